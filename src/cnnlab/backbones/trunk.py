@@ -1,0 +1,111 @@
+"""The exported-trunk file format: a pretrained backbone that other runs load directly.
+
+A trunk file is a ``torch.save``-d dict::
+
+    {
+      "format": "cnnlab-trunk", "version": 1,
+      "arch": "vgg_cifar",                 # key of cnnlab.backbones.BACKBONES
+      "arch_kwargs": {"width": 64, ...},   # constructor arguments besides in_channels
+      "in_channels": 1,
+      "color_space": "L",                  # what the data module must deliver: rgb | gray | L
+      "taps": ["conv1_1", ...],            # the backbone's default taps
+      "method": "colorization",            # what trained it: supervised | colorization | random
+      "state_dict": {...},                 # backbone weights, input normalization included
+      "info": {...},                       # free-form: run dir, metrics, image size
+    }
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnnlab.backbones.base import Backbone
+from cnnlab.errors import UserError
+
+TRUNK_FORMAT, TRUNK_VERSION = "cnnlab-trunk", 1
+
+
+def trunk_dict(backbone: Backbone, color_space: str, method: str, info: dict | None = None) -> dict[str, Any]:
+    return {
+        "format": TRUNK_FORMAT,
+        "version": TRUNK_VERSION,
+        "arch": backbone.arch,
+        "arch_kwargs": dict(backbone.arch_kwargs),
+        "in_channels": backbone.in_channels,
+        "color_space": color_space,
+        "taps": list(backbone.default_taps),
+        "method": method,
+        "state_dict": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
+        "info": info or {},
+    }
+
+
+def save_trunk(path: str | Path, backbone: Backbone, color_space: str, method: str, info: dict | None = None) -> Path:
+    """Write ``backbone`` as a trunk file (atomically: a temp file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(trunk_dict(backbone, color_space, method, info), tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_trunk(path: str | Path) -> dict[str, Any]:
+    """Load and validate a trunk file's dict; raises a one-line :class:`UserError` if it is not one."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"trunk file {path} does not exist: pass the trunk.pt written by a cnnlab-train run")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
+        raise UserError(f"cannot read {path} as a trunk file ({type(err).__name__}); pass a trunk.pt from a cnnlab-train run") from err
+    if not isinstance(data, dict) or data.get("format") != TRUNK_FORMAT:
+        hint = " (this is a Lightning checkpoint: pass the run's trunk.pt instead)" if isinstance(data, dict) and "pytorch-lightning_version" in data else ""
+        raise UserError(f"{path} is not a cnnlab trunk file{hint}")
+    return data
+
+
+def load_trunk(path: str | Path, expect_arch: str | None = None, expect_color_space: str | None = None) -> tuple[Backbone, dict]:
+    """Rebuild the backbone stored in a trunk file; returns ``(backbone, metadata)``.
+
+    ``expect_*`` make a mismatch a clear error instead of a shape error deep in a run.
+    """
+    data = read_trunk(path)
+    if expect_arch is not None and data["arch"] != expect_arch:
+        raise UserError(f"{path} holds a {data['arch']} trunk but {expect_arch} was asked for: pass a matching trunk or backbone")
+    if expect_color_space is not None and data["color_space"] != expect_color_space:
+        raise UserError(
+            f"{path} expects {data['color_space']!r} input but the data delivers {expect_color_space!r}: "
+            f"set data.color_space={data['color_space']}"
+        )
+    backbone = build_backbone(data["arch"], in_channels=data["in_channels"], **data["arch_kwargs"])
+    backbone.load_state_dict(data["state_dict"])
+    meta = {k: v for k, v in data.items() if k != "state_dict"}
+    return backbone, meta
+
+
+def backbone_from_trunk(path: str | Path, in_channels: int | None = None) -> Backbone:
+    """Config entry point (``backbone=trunk``): the backbone of a trunk file, checked against the data's channels."""
+    backbone, meta = load_trunk(path)
+    if in_channels is not None and in_channels != backbone.in_channels:
+        raise UserError(
+            f"{path} takes {backbone.in_channels}-channel input ({meta['color_space']}) but the data delivers {in_channels} channels: "
+            f"set data.color_space={meta['color_space']}"
+        )
+    return backbone
+
+
+def _registry():
+    from cnnlab.backbones import BACKBONES
+
+    return BACKBONES
+
+
+def build_backbone(arch: str, in_channels: int = 3, **kwargs) -> Backbone:
+    reg = _registry()
+    if arch not in reg:
+        raise UserError(f"unknown backbone {arch!r}: choose one of {sorted(reg)}")
+    return reg[arch](in_channels=in_channels, **kwargs)

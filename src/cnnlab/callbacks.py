@@ -1,0 +1,79 @@
+"""Callbacks: trunk export, per-step reseeding for exact resumes, and a test interrupt."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_only
+
+from cnnlab.backbones import save_trunk
+
+
+def scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+
+
+class ExportTrunk(pl.Callback):
+    """Write the module's backbone as ``<run dir>/trunk.pt`` (see :mod:`cnnlab.backbones.trunk`) after fit."""
+
+    def __init__(self, filename: str = "trunk.pt", log_artifact: bool = True):
+        self.filename, self.log_artifact = filename, log_artifact
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.interrupted or getattr(pl_module, "trunk", lambda: None)() is None:
+            return
+        dm = trainer.datamodule
+        info = {"run_dir": str(trainer.default_root_dir), "epochs": trainer.current_epoch,
+                "global_step": trainer.global_step, "metrics": scalar_metrics(trainer),
+                "image_size": getattr(getattr(dm, "hparams", {}), "get", lambda *_: None)("image_size")}
+        path = save_trunk(Path(trainer.default_root_dir) / self.filename, pl_module.trunk(),
+                          pl_module.trunk_color_space(), pl_module.method, info)
+        if self.log_artifact:
+            for lg in trainer.loggers:
+                if isinstance(lg, pl.loggers.WandbLogger):
+                    import wandb
+
+                    art = wandb.Artifact(f"trunk-{lg.experiment.id}", type="model", metadata={"method": pl_module.method})
+                    art.add_file(str(path))
+                    lg.experiment.log_artifact(art)
+
+
+class StepSeeder(pl.Callback):
+    """Reseed every RNG from (seed, global step, rank) before each training batch.
+
+    Augmentation, dropout and random sampling then depend only on the step, so a run resumed from
+    a checkpoint continues exactly as the uninterrupted run would have.
+    """
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        s = (self.seed * 1_000_003 + trainer.global_step * 7919 + trainer.global_rank) % (2**31)
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+
+
+class InterruptAfter(pl.Callback):
+    """Interrupt training (as Ctrl-C would) at the start of epoch ``epochs``; for testing resume."""
+
+    def __init__(self, epochs: int = 1):
+        self.epochs = epochs
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch >= self.epochs:
+            raise KeyboardInterrupt
+
+
+@rank_zero_only
+def write_json(path: str | Path, data: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))

@@ -1,0 +1,81 @@
+"""Config plumbing shared by the entry points: where conf/ is, resolvers, printing, resume."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
+
+from cnnlab.color import channels_of
+from cnnlab.errors import UserError
+
+#: the repository root (conf/, data/, outputs/ live here); CNNLAB_ROOT overrides it
+PROJECT_ROOT = Path(os.environ.get("CNNLAB_ROOT", Path(__file__).resolve().parents[2]))
+CONF_DIR = str(PROJECT_ROOT / "conf")
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("cnnlab.channels"):
+        OmegaConf.register_new_resolver("cnnlab.channels", channels_of)
+    if not OmegaConf.has_resolver("cnnlab.root"):
+        OmegaConf.register_new_resolver("cnnlab.root", lambda: str(PROJECT_ROOT))
+
+
+register_resolvers()
+
+
+def check_complete(cfg: DictConfig) -> None:
+    """Fail now, not mid-run, on a missing mandatory value (``???``) or a broken interpolation."""
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+@rank_zero_only
+def print_config_tree(cfg: DictConfig, save_to: str | Path | None = None,
+                      order: Sequence[str] = ("data", "backbone", "model", "callbacks", "logger", "trainer", "paths")) -> None:
+    """Print the composed config as a rich tree (rank 0) and save it next to the run."""
+    import rich
+    import rich.syntax
+    import rich.tree
+
+    tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
+    keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]
+    for key in keys:
+        branch = tree.add(str(key), style="bold", guide_style="dim")
+        node = cfg[key]
+        text = OmegaConf.to_yaml(node, resolve=True) if isinstance(node, DictConfig) else str(node)
+        branch.add(rich.syntax.Syntax(text, "yaml"))
+    rich.print(tree)
+    if save_to:
+        Path(save_to).parent.mkdir(parents=True, exist_ok=True)
+        with open(save_to, "w") as fh:
+            rich.print(tree, file=fh)
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def resume_argv(argv: list[str]) -> list[str]:
+    """Expand ``resume=<run dir>`` into the run's saved overrides plus ``hydra.run.dir=<run dir>``.
+
+    Overrides given next to ``resume=`` win over the saved ones with the same key.
+    """
+    resume = [a for a in argv if a.startswith("resume=")]
+    if not resume:
+        return argv
+    run_dir = Path(resume[-1].split("=", 1)[1]).expanduser()
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not (run_dir / "checkpoints" / "last.ckpt").is_file() or not saved.is_file():
+        raise UserError(
+            f"cannot resume {run_dir}: it needs .hydra/overrides.yaml and checkpoints/last.ckpt; "
+            "pass the run directory of an earlier cnnlab-train run"
+        )
+    extra = [a for a in argv if not a.startswith("resume=")]
+    extra_keys = {_key(a) for a in extra}
+    old = [o for o in yaml.safe_load(saved.read_text()) or [] if _key(o) not in extra_keys and _key(o) != "resume"]
+    return old + extra + [f"resume={run_dir.resolve()}", f"hydra.run.dir={shlex.quote(str(run_dir.resolve()))}"]

@@ -1,0 +1,92 @@
+"""The small base every cnnlab LightningModule stands on.
+
+It builds the backbone from its config, the optimizer and scheduler from ``_partial_`` configs,
+stops on a non-finite loss with a clear message, and says how to export its trunk.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.backbones import Backbone
+from cnnlab.errors import UserError
+
+
+def as_dict(cfg: Any) -> Any:
+    """DictConfig -> plain dict (so hparams pickle into checkpoints without OmegaConf)."""
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def make_backbone(cfg: dict | Backbone) -> Backbone:
+    """Build a backbone from its ``_target_`` config (or pass a built one through)."""
+    if isinstance(cfg, Backbone):
+        return cfg
+    backbone = hydra.utils.instantiate(cfg)
+    if not isinstance(backbone, Backbone):
+        raise UserError(f"backbone config builds a {type(backbone).__name__}, not a cnnlab Backbone: check backbone._target_")
+    return backbone
+
+
+def build_partial(cfg: dict, **kwargs: Any) -> Any:
+    """Instantiate a ``_partial_`` config (or a plain one) with the runtime arguments added."""
+    cfg = dict(cfg)
+    cfg.pop("_partial_", None)
+    return hydra.utils.instantiate(cfg, **kwargs)
+
+
+class CnnlabModule(pl.LightningModule):
+    """Shared plumbing: optimizer/scheduler from config, non-finite loss guard, trunk export."""
+
+    #: what trained the exported trunk (supervised, colorization, ...)
+    method = "base"
+
+    def __init__(self, optimizer: dict | None = None, scheduler: dict | None = None, compile: bool = False):
+        super().__init__()
+        self.optimizer_cfg = as_dict(optimizer) or {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.05, "momentum": 0.9}
+        self.scheduler_cfg = as_dict(scheduler)
+        self.compile_model = compile
+
+    # ----------------------------------------------------------------------------- optimization
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        optimizer = build_partial(self.optimizer_cfg, params=self.trainable_parameters())
+        if not self.scheduler_cfg or not self.scheduler_cfg.get("_target_"):
+            return optimizer
+        cfg = dict(self.scheduler_cfg)
+        interval = cfg.pop("interval", "epoch")
+        if cfg.get("_target_", "").endswith("OneCycleLR"):
+            cfg.setdefault("total_steps", int(self.trainer.estimated_stepping_batches))
+        scheduler = build_partial(cfg, optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    def check_finite(self, loss: torch.Tensor) -> torch.Tensor:
+        """Stop the run on a NaN/inf loss; the last good checkpoint is left as it was."""
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError(
+                f"non-finite loss ({loss.item()}) at epoch {self.current_epoch}, step {self.global_step}: "
+                "lower model.optimizer.lr or set trainer.gradient_clip_val; the last good checkpoint is kept in checkpoints/"
+            )
+        return loss
+
+    # ----------------------------------------------------------------------------- export
+    def trunk(self) -> Backbone | None:
+        """The backbone to export as ``trunk.pt`` (None: nothing to export)."""
+        return getattr(self, "backbone", None)
+
+    def trunk_color_space(self) -> str:
+        return "rgb" if self.trunk().in_channels == 3 else "L"
+
+    def maybe_compile(self, module: torch.nn.Module) -> torch.nn.Module:
+        return torch.compile(module) if self.compile_model else module
+
+
+def nan_safe(x: float) -> float:
+    return x if math.isfinite(x) else float("nan")

@@ -1,0 +1,116 @@
+"""Experiment tracking: the W&B logger factory and image-grid logging.
+
+W&B is the default logger. Without credentials it runs offline into the run dir (upload later with
+``wandb sync <run dir>/wandb/offline-run-*``); a W&B failure never stops training, it falls back to
+offline mode with a warning. The run id lives in ``<run dir>/wandb_id.txt`` so a resumed run
+continues the same W&B run.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import secrets
+import string
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from pytorch_lightning.loggers import Logger, WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
+from torchvision.utils import make_grid, save_image
+
+log = logging.getLogger(__name__)
+WANDB_ID_FILE = "wandb_id.txt"
+
+
+def wandb_credentials_available() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    """``auto`` -> ``$WANDB_MODE`` if set, else online with credentials and offline without."""
+    if mode != "auto":
+        return mode
+    return os.environ.get("WANDB_MODE") or ("online" if wandb_credentials_available() else "offline")
+
+
+def run_id(save_dir: str | Path) -> str:
+    """The W&B run id of this run dir: read from ``wandb_id.txt``, created on first use (rank 0)."""
+    path = Path(save_dir) / WANDB_ID_FILE
+    if path.exists():
+        return path.read_text().strip()
+    new_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    if rank_zero_only.rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(new_id)
+    return new_id
+
+
+def make_wandb_logger(
+    save_dir: str,
+    project: str = "cnnlab",
+    name: str | None = None,
+    mode: str = "auto",
+    log_model: bool | str = False,
+    group: str | None = None,
+    tags: Sequence[str] | None = None,
+    entity: str | None = None,
+    job_type: str | None = None,
+) -> WandbLogger:
+    mode = resolve_wandb_mode(mode)
+    if mode == "offline":
+        log.info("W&B: offline run in %s (upload later with `wandb sync`)", save_dir)
+    return WandbLogger(
+        save_dir=save_dir, project=project, name=name, id=run_id(save_dir), offline=mode == "offline",
+        mode=mode if mode == "disabled" else None, log_model=log_model, group=group or None,
+        tags=list(tags or []), entity=entity, job_type=job_type,
+    )
+
+
+def ensure_wandb_started(loggers: list[Logger]) -> list[Logger]:
+    """Start each W&B run now (rank 0); if that fails, warn and swap in an offline run."""
+    out = []
+    for lg in loggers:
+        if isinstance(lg, WandbLogger) and rank_zero_only.rank == 0:
+            try:
+                lg.experiment  # noqa: B018 - forces wandb.init
+            except Exception as err:  # noqa: BLE001 - network and auth errors come in many types
+                warnings.warn(f"W&B failed to start ({type(err).__name__}: {err}); continuing offline", stacklevel=2)
+                os.environ["WANDB_MODE"] = "offline"
+                kw = lg._wandb_init
+                lg = WandbLogger(save_dir=kw.get("dir") or kw.get("save_dir"), project=kw.get("project"), name=kw.get("name"),
+                                 id=kw.get("id"), offline=True, tags=kw.get("tags"), group=kw.get("group"))
+                lg.experiment  # noqa: B018
+        out.append(lg)
+    return out
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, padding: int = 2, normalize: bool = False) -> Path:
+    """Save ``(B, C, H, W)`` images in [0, 1] (C = 1 or 3) as one PNG grid."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images.detach().float().cpu(), str(path), nrow=nrow, padding=padding, normalize=normalize)
+    return path
+
+
+@rank_zero_only
+def log_image_grid(trainer, key: str, images: torch.Tensor, nrow: int = 8, caption: str | None = None,
+                   normalize: bool = False, out_dir: str | Path | None = None) -> Path | None:
+    """Save an image grid as ``<run dir>/images/<key>/step_<N>.png`` and send it to every image-capable logger."""
+    root = Path(out_dir or trainer.default_root_dir)
+    path = save_grid(images, root / "images" / key.replace("/", "_") / f"step_{trainer.global_step:07d}.png", nrow, normalize=normalize)
+    grid = make_grid(images.detach().float().cpu(), nrow=nrow, normalize=normalize).clamp(0, 1)
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger):
+            lg.log_image(key=key, images=[grid], caption=[caption] if caption else None, step=trainer.global_step)
+        elif hasattr(lg, "experiment") and hasattr(lg.experiment, "add_image"):
+            lg.experiment.add_image(key, grid, global_step=trainer.global_step)
+    return path

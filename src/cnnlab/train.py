@@ -1,0 +1,151 @@
+"""``cnnlab-train``: train any configured LightningModule (``python -m cnnlab.train``).
+
+    cnnlab-train                                  # supervised VGG on CIFAR-10
+    cnnlab-train experiment=colorize_cifar        # an experiment preset
+    cnnlab-train resume=outputs/train/runs/<dir>  # continue an interrupted run
+    cnnlab-train -m hparams_search=optuna         # an Optuna sweep
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.utilities import rank_zero_only
+
+from cnnlab.callbacks import StepSeeder, scalar_metrics, write_json
+from cnnlab.config import CONF_DIR, check_complete, print_config_tree, resume_argv
+from cnnlab.errors import UserError, exit_on_user_error
+from cnnlab.tracking import ensure_wandb_started
+
+log = logging.getLogger("cnnlab")
+
+
+def _instantiate_group(group: DictConfig | None) -> list[Any]:
+    if not group:
+        return []
+    return [hydra.utils.instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def _refuse_multirun_ddp(cfg: DictConfig) -> None:
+    strategy = str(cfg.trainer.get("strategy", ""))
+    if _in_multirun() and strategy.startswith("ddp") and "spawn" not in strategy:
+        raise UserError(
+            f"Hydra multirun cannot drive trainer.strategy={strategy}: Lightning re-launches the script in each process, "
+            "which would re-run the whole sweep; use trainer=ddp_spawn, or launch each run with an external launcher (hydra/launcher=slurm)"
+        )
+
+
+def _quiet_non_zero_rank() -> None:
+    """DDP children must not write files: drop the per-process Hydra log file they were given."""
+    if rank_zero_only.rank == 0:
+        return
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, logging.FileHandler):
+            root.removeHandler(h)
+            h.close()
+            Path(h.baseFilename).unlink(missing_ok=True)
+
+
+def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> pl.Trainer:
+    if cfg.get("deterministic"):
+        callbacks.append(StepSeeder(cfg.get("seed") or 0))
+    if not loggers:
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Train (and test) one configured run; returns ``cfg.optimized_metric`` for sweepers."""
+    _quiet_non_zero_rank()
+    check_complete(cfg)
+    _refuse_multirun_ddp(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    if cfg.get("seed") is not None:  # 0 is a valid seed
+        pl.seed_everything(int(cfg.seed), workers=True)
+    print_config_tree(cfg, save_to=out_dir / "config_tree.log")
+
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    loggers = ensure_wandb_started(_instantiate_group(cfg.get("logger")))
+    trainer = build_trainer(cfg, callbacks, loggers)
+
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    model_cfg = cfg.model
+    if "num_classes" in model_cfg and model_cfg.num_classes is None:
+        model_cfg = model_cfg.copy()
+        with open_dict(model_cfg):
+            model_cfg.num_classes = datamodule.num_classes
+    model = hydra.utils.instantiate(model_cfg, _recursive_=False)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    ckpt_path = None
+    if cfg.get("resume"):
+        ckpt_path = str(Path(cfg.resume) / "checkpoints" / "last.ckpt")
+        log.info("resuming from %s", ckpt_path)
+    elif cfg.get("ckpt_path"):
+        ckpt_path = cfg.ckpt_path
+
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        if trainer.interrupted:
+            raise UserError(f"training was interrupted; continue it with: cnnlab-train resume={out_dir}")
+    train_metrics = scalar_metrics(trainer)
+    test_metrics = {}
+    if cfg.get("test", False):
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") if cfg.get("train", True) else ""
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or (None if cfg.get("train", True) else ckpt_path), weights_only=False)
+        test_metrics = scalar_metrics(trainer)
+    metrics = {**train_metrics, **test_metrics}
+    write_json(out_dir / "metrics.json", metrics)
+    _finish_wandb()
+
+    value = metrics.get(cfg.get("optimized_metric") or "", None)
+    if value is not None and not math.isfinite(value):
+        log.warning("optimized metric %s is %s", cfg.optimized_metric, value)
+    return value
+
+
+@rank_zero_only
+def _finish_wandb() -> None:
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def _hydra_entry(cfg: DictConfig) -> float | None:
+    try:
+        return run(cfg)
+    except UserError as err:
+        log.error("error: %s", err)
+        if _in_multirun():
+            raise  # the sweeper records this job as failed and goes on with the next
+        print(f"error: {err}", file=sys.stderr)  # one line instead of a traceback
+        raise SystemExit(2) from None
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@exit_on_user_error
+def main() -> None:
+    sys.argv = [sys.argv[0], *resume_argv(sys.argv[1:])]
+    _hydra_entry()
+
+
+if __name__ == "__main__":
+    main()

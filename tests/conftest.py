@@ -1,0 +1,58 @@
+"""Shared fixtures.
+
+Integration tests read the real CIFAR-10 archive from ``$CNNLAB_DATA/cifar10-jpg.tar.gz``
+(``.ci/run`` sets CNNLAB_DATA to ../shared/data). Unset, they are skipped with the reason; set but
+missing, they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cnnlab.config import PROJECT_ROOT
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("WANDB_CONSOLE", "off")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """Where datasets are cached during tests (the project's data/ dir: caches are reused across runs)."""
+    path = Path(os.environ.get("CNNLAB_TEST_DATA_DIR", PROJECT_ROOT / "data"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar_archive() -> Path:
+    """The real CIFAR-10 JPEG archive, or a skip (CNNLAB_DATA unset) / failure (set but missing)."""
+    root = os.environ.get("CNNLAB_DATA")
+    if not root:
+        pytest.skip("CNNLAB_DATA is not set: point it at the directory holding cifar10-jpg.tar.gz to run integration tests")
+    path = Path(root) / "cifar10-jpg.tar.gz"
+    if not path.is_file():
+        pytest.fail(f"CNNLAB_DATA={root} but {path} does not exist")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar_dm_kwargs(cifar_archive, data_dir) -> dict:
+    """ImageDataModule kwargs for the real CIFAR-10 archive (decoded once into the cache)."""
+    return {"name": "cifar10", "source": str(cifar_archive), "data_dir": str(data_dir), "progress": False}
+
+
+def run_cli(module: str, *overrides: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python -m <module> <overrides>`` as a real process; on failure show its output."""
+    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd or PROJECT_ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} {' '.join(overrides)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
+    return proc

@@ -1,0 +1,23 @@
+"""cnnlab-train end to end on synthetic data."""
+
+import json
+
+import torch
+
+from cnnlab.backbones import load_trunk
+from tests.conftest import run_cli
+
+
+def test_train_synthetic_writes_run_dir(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    run_cli("cnnlab.train", "data=synthetic", "backbone.width=8", "trainer.max_epochs=2", "callbacks.progress_bar=null",
+            f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test/acc"] > 0.5  # 10 classes: chance is 0.1
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "config_tree.log").read_text().count("backbone") >= 1
+    backbone, meta = load_trunk(run_dir / "trunk.pt")
+    assert meta["method"] == "supervised" and meta["color_space"] == "rgb"
+    assert backbone(torch.rand(2, 3, 32, 32)).shape == (2, 64)
+    assert list((run_dir / "wandb").glob("offline-run-*")), "an offline W&B run should be written in the run dir"
