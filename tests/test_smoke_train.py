@@ -21,3 +21,9 @@ def test_train_synthetic_writes_run_dir(tmp_path, data_dir):
     assert meta["method"] == "supervised" and meta["color_space"] == "rgb"
     assert backbone(torch.rand(2, 3, 32, 32)).shape == (2, 64)
     assert list((run_dir / "wandb").glob("offline-run-*")), "an offline W&B run should be written in the run dir"
+    from cnnlab.models import Classifier, load_module
+
+    module = load_module(run_dir / "checkpoints" / "last.ckpt", expect=Classifier)
+    assert not module.training
+    assert module.data_info["color_space"] == "rgb" and len(module.data_info["classes"]) == 10
+    assert module(torch.rand(2, 3, 32, 32)).shape == (2, 10)

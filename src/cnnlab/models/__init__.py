@@ -2,5 +2,6 @@
 
 from cnnlab.models.base import CnnlabModule, make_backbone
 from cnnlab.models.classifier import Classifier
+from cnnlab.models.loading import load_module
 
-__all__ = ["Classifier", "CnnlabModule", "make_backbone"]
+__all__ = ["Classifier", "CnnlabModule", "load_module", "make_backbone"]

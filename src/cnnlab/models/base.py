@@ -51,6 +51,8 @@ class CnnlabModule(pl.LightningModule):
         self.optimizer_cfg = as_dict(optimizer) or {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.05, "momentum": 0.9}
         self.scheduler_cfg = as_dict(scheduler)
         self.compile_model = compile
+        #: colour space, image size and class names of the data it was trained on (set from checkpoints)
+        self.data_info: dict = {}
 
     # ----------------------------------------------------------------------------- optimization
     def trainable_parameters(self):
@@ -75,6 +77,18 @@ class CnnlabModule(pl.LightningModule):
                 "lower model.optimizer.lr or set trainer.gradient_clip_val; the last good checkpoint is kept in checkpoints/"
             )
         return loss
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # what load_module needs to rebuild this module and feed it correctly, without the config
+        checkpoint["cnnlab_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "color_space"):
+            checkpoint["cnnlab_data"] = {"color_space": dm.color_space, "image_size": dm.hparams.image_size,
+                                         "classes": list(dm.classes), "name": dm.hparams.name}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.data_info = checkpoint.get("cnnlab_data", {})
 
     # ----------------------------------------------------------------------------- export
     def trunk(self) -> Backbone | None:
