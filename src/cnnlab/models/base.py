@@ -72,7 +72,7 @@ class CnnlabModule(pl.LightningModule):
     def check_finite(self, loss: torch.Tensor) -> torch.Tensor:
         """Stop the run on a NaN/inf loss; the last good checkpoint is left as it was."""
         if not torch.isfinite(loss).all():
-            raise FloatingPointError(
+            raise UserError(
                 f"non-finite loss ({loss.item()}) at epoch {self.current_epoch}, step {self.global_step}: "
                 "lower model.optimizer.lr or set trainer.gradient_clip_val; the last good checkpoint is kept in checkpoints/"
             )
