@@ -1,0 +1,160 @@
+"""The shared state of one analysis run: the subject, its data, the feature cache, figures and the report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from cnnlab.analysis.report import Report, Section
+from cnnlab.analysis.subject import Subject
+from cnnlab.color import convert
+from cnnlab.errors import UserError
+from cnnlab.features import cached_features, extract_features, state_fingerprint
+
+log = logging.getLogger("cnnlab")
+
+
+class AnalysisContext:
+    """Everything an analysis needs; features are computed once per (tap, pooling) and reused."""
+
+    def __init__(self, subject: Subject, datamodule, out_dir: str | Path, split: str = "test", limit: int | None = None,
+                 batch_size: int = 256, device: str = "cpu", feature_cache_dir: str | Path | None = None,
+                 loggers: list | None = None, seed: int = 0, report: Report | None = None):
+        self.subject, self.dm = subject, datamodule
+        self.out_dir = Path(out_dir)
+        self.split, self.limit, self.batch_size = split, limit, batch_size
+        self.device = torch.device(device)
+        self.feature_cache_dir = Path(feature_cache_dir) if feature_cache_dir else self.out_dir / "features"
+        self.loggers = loggers or []
+        self.seed = seed
+        self.report = report or Report(f"cnnlab analyses of {subject.source}")
+        self._features: dict[tuple, dict[str, torch.Tensor]] = {}
+        self._dataset = None
+        self._fingerprint: str | None = None
+        self.figures: list[Path] = []
+
+    # ----------------------------------------------------------------------------- data
+    def dataset(self):
+        """The split's ``TensorImageDataset`` (uint8 images), cut to ``limit`` images (class-balanced, fixed)."""
+        if self._dataset is None:
+            from cnnlab.data.datamodule import TensorImageDataset, balanced_subset
+
+            self.dm.setup()
+            if self.split not in self.dm.splits:
+                raise UserError(f"unknown split {self.split!r}: choose one of {sorted(self.dm.splits)}")
+            ds = self.dm.splits[self.split]
+            if len(ds) == 0:
+                raise UserError(f"the {self.split} split is empty: nothing to analyse; check data.source and the split")
+            if self.limit is not None:
+                if self.limit < 1:
+                    raise UserError(f"limit must be at least 1 image, got {self.limit}")
+                if self.limit < len(ds):
+                    idx = torch.from_numpy(balanced_subset(ds.labels.numpy(), count=self.limit, seed=self.seed))[: self.limit]
+                    ds = TensorImageDataset(ds.images[idx], ds.labels[idx])
+            self._dataset = ds
+        return self._dataset
+
+    @property
+    def images(self) -> torch.Tensor:
+        return self.dataset().images
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.dataset().labels
+
+    @property
+    def classes(self) -> list[str]:
+        return self.subject.classes or list(getattr(self.dm, "classes", []))
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        ds = self.dataset()
+        for s in range(0, len(ds), self.batch_size):
+            yield ds.images[s:s + self.batch_size], ds.labels[s:s + self.batch_size]
+
+    def num_batches(self) -> int:
+        return -(-len(self.dataset()) // self.batch_size)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, 3, H, W)`` -> model input in the subject's colour space, on the device."""
+        return convert(images.to(self.device).float() / 255, self.subject.color_space)
+
+    def gray_fill(self) -> torch.Tensor:
+        """Mid-gray RGB (0.5) in model-input space, ``(C,)``: the occluder colour."""
+        return convert(torch.full((1, 3, 1, 1), 0.5), self.subject.color_space).view(-1)
+
+    def tap_or_default(self, tap: str | None, where: str = "middle") -> str:
+        taps = self.subject.backbone.default_taps or self.subject.backbone.tap_names
+        if tap is None:
+            return taps[len(taps) // 2] if where == "middle" else taps[-1]
+        return self.subject.check_tap(tap)
+
+    # ----------------------------------------------------------------------------- features
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = state_fingerprint(self.subject.backbone)
+        return self._fingerprint
+
+    def features(self, tap: str, target_dims: int | None = None) -> dict[str, torch.Tensor]:
+        """``{tap: (N, D), "labels": (N,)}`` pooled features of the dataset, from memory, the disk cache or one pass."""
+        tap = self.subject.check_tap(tap)
+        n = len(self.dataset())
+        key = (tap, target_dims)
+        if key not in self._features:
+            tag = f"{self.fingerprint()}_{self.dm.hparams.name}_{self.split}_{n}_{self.seed}_{tap}_{target_dims or 'gap'}"
+            self._features[key] = cached_features(
+                self.feature_cache_dir / f"{tag}.pt", tag,
+                lambda: extract_features(self.subject.backbone, self.batches(), [tap], preprocess=self.preprocess,
+                                         target_dims=target_dims, device=self.device, dtype=torch.float32,
+                                         progress=f"features {tap}", total=self.num_batches()),
+            )
+        return self._features[key]
+
+    # ----------------------------------------------------------------------------- output
+    def section(self, key: str, title: str, text: str = "") -> Section:
+        return self.report.section(key, title, text)
+
+    def save_figure(self, section: Section, name: str, figure, caption: str, nrow: int = 8) -> Path:
+        """Save a matplotlib figure or a ``(B, C, H, W)``/``(C, H, W)`` tensor in [0, 1] as ``analysis_<name>.png``.
+
+        The PNG goes to the run dir, into the report section and to every W&B logger.
+        """
+        path = self.out_dir / f"analysis_{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(figure, torch.Tensor):
+            from cnnlab.tracking import save_grid
+
+            imgs = figure if figure.dim() == 4 else figure[None]
+            save_grid(imgs.clamp(0, 1), path, nrow=nrow, padding=1 if imgs.shape[-1] < 48 else 2)
+        else:
+            import matplotlib.pyplot as plt
+
+            figure.savefig(path, dpi=figure.dpi, bbox_inches="tight")
+            plt.close(figure)
+        section.figures.append(_figure(path, caption))
+        self.figures.append(path)
+        self._log_image(name, path, caption)
+        return path
+
+    def _log_image(self, name: str, path: Path, caption: str) -> None:
+        from pytorch_lightning.loggers import WandbLogger
+
+        for lg in self.loggers:
+            if isinstance(lg, WandbLogger):
+                try:
+                    lg.log_image(key=f"analysis/{name}", images=[str(path)], caption=[caption])
+                except Exception as err:  # noqa: BLE001 - tracking must never stop an analysis
+                    log.warning("W&B image logging failed for %s: %s", name, err)
+
+
+def _figure(path: Path, caption: str):
+    from cnnlab.analysis.report import Figure
+
+    return Figure(path, caption)
+
+
+def as_numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

@@ -1,0 +1,105 @@
+"""``cnnlab-analyze``: understanding tools on any cnnlab checkpoint, with one self-contained HTML report.
+
+    cnnlab-analyze ckpt=outputs/reference/supervised_cifar/checkpoints/last.ckpt       # every analysis
+    cnnlab-analyze ckpt=<colorization run>/trunk.pt analysis=[filters,patches,color_units]
+    cnnlab-analyze ckpt=... analysis=occlusion analyses.occlusion.patch=6 limit=2000
+
+Writes ``analysis_*.png`` figures, ``report.html`` and ``analysis.json`` into the run dir, and the
+figures to W&B (offline without credentials).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.config import CONF_DIR, check_complete
+from cnnlab.errors import UserError, exit_on_user_error
+
+log = logging.getLogger("cnnlab")
+
+
+def build_datamodule(cfg: DictConfig, subject):
+    """The configured data module, set to the checkpoint's colour space (and image size) unless told otherwise."""
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    if cfg.get("follow_checkpoint_data", True):
+        data_cfg["color_space"] = subject.color_space
+        if subject.image_size:
+            data_cfg["image_size"] = int(subject.image_size)
+    data_cfg["augment"] = []
+    return hydra.utils.instantiate(data_cfg)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Run every analysis under ``cfg.analyses`` on ``cfg.ckpt``; returns ``{name: summary}``."""
+    from cnnlab.analysis.context import AnalysisContext
+    from cnnlab.analysis.report import Report
+    from cnnlab.analysis.runners import ORDER, RUNNERS
+    from cnnlab.analysis.subject import load_subject
+    from cnnlab.callbacks import write_json
+    from cnnlab.tracking import ensure_wandb_started
+    from cnnlab.train import _finish_wandb, _instantiate_group
+
+    if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
+        raise UserError("no checkpoint given: pass ckpt=<run dir>/checkpoints/last.ckpt or ckpt=<run dir>/trunk.pt")
+    check_complete(cfg)
+    analyses = OmegaConf.to_container(cfg.get("analyses") or {}, resolve=True)
+    unknown = [a for a in analyses if a not in RUNNERS]
+    if unknown:
+        raise UserError(f"unknown analysis {unknown}: choose from {ORDER} (analysis=[...])")
+    if not analyses:
+        raise UserError(f"no analysis selected: pass analysis=[{','.join(ORDER)}] or analysis=all")
+    if cfg.device != "cpu" and not torch.cuda.is_available():
+        raise UserError(f"device={cfg.device} but CUDA is not available: pass device=cpu")
+    torch.manual_seed(int(cfg.seed or 0))
+    out_dir = Path(cfg.paths.output_dir)
+    subject = load_subject(cfg.ckpt)
+    dm = build_datamodule(cfg, subject)
+    loggers = ensure_wandb_started(_instantiate_group(cfg.get("logger")))
+    report = Report(f"cnnlab analyses: {Path(str(cfg.ckpt)).name}",
+                    meta={"checkpoint": cfg.ckpt, "kind": f"{subject.method} ({'classifier' if subject.has_head else 'trunk only'})",
+                          "backbone": subject.backbone.arch, "input": subject.color_space, "data": f"{dm.hparams.name} / {cfg.split}",
+                          "analyses": ", ".join(a for a in ORDER if a in analyses)})
+    ctx = AnalysisContext(subject, dm, out_dir, split=cfg.split, limit=cfg.get("limit"), batch_size=int(cfg.batch_size),
+                          device=cfg.device, feature_cache_dir=cfg.get("feature_cache_dir"), loggers=loggers,
+                          seed=int(cfg.seed or 0), report=report)
+    summary = {}
+    for name in ORDER:
+        if name not in analyses:
+            continue
+        t0 = time.perf_counter()
+        log.info("analysis %s", name)
+        result = RUNNERS[name](ctx, **(analyses[name] or {}))
+        summary[name] = {"seconds": round(time.perf_counter() - t0, 2),
+                         **{k: v for k, v in result.items() if isinstance(v, (int, float, str, list, dict)) and k != "patches"}}
+    path = report.write(out_dir / cfg.get("report_name", "report.html"))
+    write_json(out_dir / "analysis.json", {"report": str(path), "figures": [str(p) for p in ctx.figures], "analyses": summary})
+    log.info("report: %s", path)
+    print(f"report: {path}")
+    _finish_wandb()
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="analyze")
+def _hydra_entry(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except UserError as err:
+        log.error("error: %s", err)
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+@exit_on_user_error
+def main() -> None:
+    _hydra_entry()
+
+
+if __name__ == "__main__":
+    main()
