@@ -1,0 +1,3 @@
+from cnnlab.visualize import main
+
+main()

@@ -1,0 +1,97 @@
+"""``cnnlab-visualize``: run one configured visualization or attack (``python -m cnnlab.visualize``).
+
+    cnnlab-visualize viz=class_model                       # the reference CIFAR-10 classifier
+    cnnlab-visualize viz=style viz.style_image=<painting>  # neural style
+    cnnlab-visualize viz=inversion network.trunk=<trunk.pt> viz.layers=[conv2_1,conv3_1]
+    cnnlab-visualize viz=deepdream network.arch=vgg16 network.weights=<vgg16.pth> viz.layer=conv4_3
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.callbacks import write_json
+from cnnlab.config import CONF_DIR, check_complete, print_config_tree
+from cnnlab.errors import UserError, exit_on_user_error
+from cnnlab.tracking import ensure_wandb_started
+
+log = logging.getLogger("cnnlab")
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no GPU is visible: use device=cpu or device=auto")
+    return name
+
+
+def build_network(cfg: DictConfig):
+    from cnnlab.visualize.network import load_network
+
+    net = dict(OmegaConf.to_container(cfg, resolve=True))
+    # an explicit trunk or torchvision arch replaces the default checkpoint
+    if net.get("trunk") or net.get("arch"):
+        net["checkpoint"] = None
+    return load_network(**net)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Build the network and loggers, run ``cfg.viz``, write ``metrics.json``; returns the metrics."""
+    from cnnlab.visualize.experiments import Context
+
+    check_complete(cfg)
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    out_dir = Path(cfg.paths.output_dir)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    print_config_tree(cfg, order=("viz", "network", "logger", "paths"), save_to=out_dir / "config_tree.log")
+    network = build_network(cfg.network)
+    loggers = ensure_wandb_started([hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()
+                                    if isinstance(c, DictConfig) and "_target_" in c])
+    experiment = hydra.utils.instantiate(cfg.viz, _convert_="all")
+    ctx = Context(network=network, out_dir=out_dir, loggers=loggers, data_dir=str(cfg.paths.data_dir),
+                  seed=int(cfg.get("seed") or 0), progress=bool(cfg.get("progress", True)), device=_device(cfg.get("device", "auto")))
+    metrics = experiment(ctx)
+    metrics = {"network": network.name, **metrics}
+    write_json(out_dir / "metrics.json", metrics)
+    ctx.log_metrics(metrics)
+    for k, v in metrics.items():
+        log.info("%s: %s", k, f"{v:.4g}" if isinstance(v, float) else v)
+    _finish_wandb()
+    return metrics
+
+
+def _finish_wandb() -> None:
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="visualize")
+def _hydra_entry(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except UserError as err:
+        log.error("error: %s", err)
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+@exit_on_user_error
+def main() -> None:
+    _hydra_entry()
+
+
+if __name__ == "__main__":
+    main()

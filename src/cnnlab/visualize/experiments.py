@@ -1,0 +1,304 @@
+"""The configured experiments of ``cnnlab-visualize`` (one function each, ``conf/viz/<name>.yaml``).
+
+Each function takes a :class:`Context` (the frozen network, the run dir, the loggers) plus its
+settings, writes image grids to ``<run dir>/images/<key>.png`` (and to W&B as media), and returns a
+dict of scalar results that the entry point writes to ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from cnnlab.errors import UserError
+from cnnlab.tracking import save_grid
+from cnnlab.visualize import attacks as A
+from cnnlab.visualize import objectives as O
+from cnnlab.visualize.hooks import LayerCapture
+from cnnlab.visualize.images import cifar_test_images, load_image, resize
+from cnnlab.visualize.module import ImageOptimization, run_optimization
+from cnnlab.visualize.network import LOGITS, Network
+from cnnlab.visualize.param import PixelImage, make_image
+from cnnlab.visualize.regularizers import YOSINSKI_PRESETS, StepRegularizer
+from cnnlab.visualize.saliency import saliency_map
+from cnnlab.visualize.transforms import RandomTransforms, lucid_transforms
+
+log = logging.getLogger("cnnlab")
+
+
+@dataclass
+class Context:
+    """What every experiment needs: the network, where to write, whom to log to."""
+
+    network: Network
+    out_dir: Path
+    loggers: list = field(default_factory=list)
+    data_dir: str = "data"
+    seed: int = 0
+    progress: bool = True
+    device: str = "cpu"
+    #: W&B step shared by all optimization runs of this experiment (histories never overlap)
+    step: int = 0
+
+    def optimize(self, image, objective: O.Objective, steps: int, tag: str, transforms: RandomTransforms | None = None,
+                 optimizer: str = "adam", lr: float = 0.05, post_steps: Sequence = (), optimizer_kwargs: dict | None = None,
+                 ) -> ImageOptimization:
+        module = ImageOptimization(self.network, image, objective, transforms, optimizer, lr, optimizer_kwargs, post_steps,
+                                   tag=tag, loggers=self.loggers, step_offset=self.step, seed=self.seed)
+        run_optimization(module, steps, progress=self.progress, accelerator="gpu" if self.device == "cuda" else "cpu")
+        self.step += int(steps)
+        module.to("cpu")
+        return module
+
+    def save(self, key: str, images: torch.Tensor, nrow: int = 8, caption: str | None = None, min_tile: int = 96) -> Path:
+        """Write a grid PNG (tiles upscaled with nearest neighbours to >= ``min_tile`` px) and send it to W&B."""
+        images = images.detach().float().cpu().clamp(0, 1)
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        h = images.shape[-2]
+        if h < min_tile:
+            images = F.interpolate(images, scale_factor=math.ceil(min_tile / h), mode="nearest")
+        path = save_grid(images, self.out_dir / "images" / f"{key}.png", nrow=nrow)
+        from pytorch_lightning.loggers import WandbLogger
+        from torchvision.utils import make_grid
+
+        grid = make_grid(images, nrow=nrow)
+        for lg in self.loggers:
+            if isinstance(lg, WandbLogger):
+                lg.log_image(key=f"viz/{key}", images=[grid], caption=[caption or key], step=self.step)
+        log.info("saved %s", path)
+        return path
+
+    def log_metrics(self, metrics: dict) -> None:
+        for lg in self.loggers:
+            lg.log_metrics({f"viz/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.step)
+
+    # ----------------------------------------------------------------------------- inputs
+    def class_indices(self, classes: Sequence | None) -> list[int]:
+        if classes is None:
+            return list(range(self.network.num_classes))
+        return [self.network.class_index(c) for c in classes]
+
+    def images(self, specs: Sequence[str] | None, size, count: int = 10) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Given image specs (files, ``skimage:<name>``) resized to ``size``, or ``count`` CIFAR-10 test images."""
+        if specs:
+            imgs = [load_image(s, size) for s in specs]
+            shape = imgs[0].shape[-2:]
+            return torch.cat([resize(i, tuple(shape)) for i in imgs]), None
+        x, y, _ = cifar_test_images(count, self.data_dir)
+        return resize(x, size) if size and size != x.shape[-1] else x, y
+
+
+def _size(ctx: Context, size) -> int:
+    return int(size or ctx.network.image_size)
+
+
+def _logits(ctx: Context, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return ctx.network(images)
+
+
+# --------------------------------------------------------------------------------- class models
+def class_model(ctx: Context, classes: Sequence | None = None, steps: int = 200, lr: float = 0.05, optimizer: str = "adam",
+                image: str = "pixel", size: int | None = None, l2_weight: float = 1e-2, tv_weight: float = 0.0,
+                robust: bool = False) -> dict:
+    """Simonyan et al.: argmax_x S_c(x) - lambda ||x||^2 from a gray image, one image per class."""
+    idx = ctx.class_indices(classes)
+    s = _size(ctx, size)
+    img = make_image(image, len(idx), s, init="zeros") if image == "pixel" else make_image(image, len(idx), s, seed=ctx.seed)
+    obj = O.class_logit(idx) + l2_weight * O.l2()
+    if tv_weight:
+        obj = obj + tv_weight * O.tv()
+    mod = ctx.optimize(img, obj, steps, "class_model", lucid_transforms(s) if robust else None, optimizer, lr)
+    out = mod.result()
+    probs = _logits(ctx, out).softmax(1)
+    names = [ctx.network.class_name(i) for i in idx]
+    ctx.save("class_model", out, nrow=len(idx), caption=" | ".join(names))
+    conf = probs[torch.arange(len(idx)), torch.tensor(idx)]
+    return {"objective_start": mod.history[0], "objective_end": mod.history[-1],
+            "mean_target_prob": float(conf.mean()), **{f"prob/{n}": float(p) for n, p in zip(names, conf)}}
+
+
+def saliency(ctx: Context, images: Sequence[str] | None = None, count: int = 10, size: int | None = None,
+             target: str = "predicted") -> dict:
+    """Image-specific class saliency: the input images above their saliency maps (per-image normalized)."""
+    x, y = ctx.images(images, size, count)
+    logits = _logits(ctx, x)
+    if target == "predicted" or y is None:
+        t = logits.argmax(1)
+    elif target == "true":
+        t = y
+    else:
+        t = torch.full((len(x),), ctx.network.class_index(target))
+    sal = saliency_map(ctx.network, x, t)
+    flat = sal.flatten(1)
+    norm = (flat / flat.amax(1, keepdim=True).clamp_min(1e-12)).view_as(sal)
+    grid = torch.cat([x, norm.unsqueeze(1).expand(-1, 3, -1, -1)])
+    ctx.save("saliency", grid, nrow=len(x), caption="top: image, bottom: |d score / d x| (max over channels)")
+    # share of the saliency mass in the central half of the image (objects are mostly centred)
+    h, w = sal.shape[-2:]
+    centre = sal[:, h // 4: h - h // 4, w // 4: w - w // 4].sum((1, 2)) / sal.sum((1, 2)).clamp_min(1e-12)
+    out = {"centre_mass": float(centre.mean())}
+    if y is not None:
+        out["accuracy"] = float((logits.argmax(1) == y).float().mean())
+    return out
+
+
+# --------------------------------------------------------------------------------- activation maximization
+def actmax(ctx: Context, layer: str = LOGITS, units: Sequence | None = None, presets: Sequence[str] = ("a", "b", "c", "d"),
+           steps: int = 200, lr: float = 0.05, size: int | None = None, init_sd: float = 0.0) -> dict:
+    """Yosinski et al.: gradient ascent on one unit per image with each regularization preset (one grid row each)."""
+    ctx.network.check_layers([layer])
+    if layer == LOGITS:
+        idx = ctx.class_indices(units)
+        obj = O.class_logit(idx)
+        names = [ctx.network.class_name(i) for i in idx]
+    else:
+        idx = [int(u) for u in (units if units is not None else range(8))]
+        obj = O.channel(layer, idx)
+        names = [f"{layer}:{i}" for i in idx]
+    s = _size(ctx, size)
+    rows, out = [], {}
+    for p in presets:
+        if p not in YOSINSKI_PRESETS:
+            raise UserError(f"unknown Yosinski preset {p!r}: choose from {sorted(YOSINSKI_PRESETS)}")
+        img = PixelImage(len(idx), s, init="noise" if init_sd else "zeros", sd=init_sd, seed=ctx.seed)
+        mod = ctx.optimize(img, obj, steps, f"actmax_{p}", optimizer="sgd", lr=lr,
+                           post_steps=[StepRegularizer(**YOSINSKI_PRESETS[p])])
+        rows.append(mod.result())
+        out[f"{p}/objective_start"], out[f"{p}/objective_end"] = mod.history[0], mod.history[-1]
+    ctx.save("actmax", torch.cat(rows), nrow=len(idx), caption="rows: presets " + ",".join(presets) + "; columns: " + " | ".join(names))
+    return out
+
+
+# --------------------------------------------------------------------------------- inversion
+def inversion(ctx: Context, images: Sequence[str] | None = None, count: int = 4, size: int | None = None,
+              layers: Sequence[str] = ("conv1_2", "conv2_2", "conv3_2", "conv4_2", "logits"), steps: int = 300,
+              lr: float = 0.05, image: str = "pixel", alpha: float = 6.0, alpha_weight: float = 10.0,
+              tv_weight: float = 1.0, beta: float = 2.0, robust: bool = False) -> dict:
+    """Mahendran & Vedaldi: reconstruct each image from its representation at several depths."""
+    x, _ = ctx.images(images, size, count)
+    layers = ctx.network.check_layers(list(layers))
+    with LayerCapture(ctx.network, layers) as cap, torch.no_grad():
+        targets = cap.run(x)
+    b, _, h, w = x.shape
+    cols, out = [x], {}
+    for layer in layers:
+        obj = O.feature_reconstruction(layer, targets[layer]) + alpha_weight * O.alpha(alpha) + tv_weight * O.tv(beta)
+        img = make_image(image, b, h, w, init="noise", sd=0.05, seed=ctx.seed) if image == "pixel" else make_image(image, b, h, w, seed=ctx.seed)
+        mod = ctx.optimize(img, obj, steps, f"inversion_{layer}", lucid_transforms(h) if robust else None, "adam", lr)
+        rec = mod.result()
+        cols.append(rec)
+        with LayerCapture(ctx.network, [layer]) as cap, torch.no_grad():
+            feat = cap.run(rec)[layer]
+        t = targets[layer]
+        out[f"{layer}/feature_error"] = float(((feat - t).flatten(1).pow(2).sum(1) / t.flatten(1).pow(2).sum(1)).mean())
+        out[f"{layer}/pixel_rmse"] = float((rec - x).pow(2).mean().sqrt())
+    # rows: images; columns: original, then one reconstruction per layer
+    grid = torch.stack(cols, dim=1).flatten(0, 1)
+    ctx.save("inversion", grid, nrow=len(cols), caption="columns: original, " + ", ".join(layers))
+    return out
+
+
+# --------------------------------------------------------------------------------- DeepDream
+def deepdream(ctx: Context, image: str = "skimage:coffee", size: int = 160, layer: str = "conv3_2", octaves: int = 4,
+              octave_scale: float = 1.4, steps: int = 10, lr: float = 0.006, jitter: int = 16) -> dict:
+    """DeepDream: ascend 0.5 ||a||^2 at ``layer`` with normalized steps, octaves and roll jitter."""
+    ctx.network.check_layers([layer])
+    base = load_image(image, size)
+    h, w = base.shape[-2:]
+    shapes = [(max(8, round(h / octave_scale**k)), max(8, round(w / octave_scale**k))) for k in range(octaves - 1, -1, -1)]
+    detail = torch.zeros(1, 3, *shapes[0])
+    stages, out = [], {}
+    for k, shp in enumerate(shapes):
+        octave_base = resize(base, shp)
+        detail = F.interpolate(detail, size=shp, mode="bilinear", align_corners=False)
+        img = PixelImage(init=(octave_base + detail).clamp(0, 1))
+        roll = max(1, round(jitter * shp[0] / h))
+        mod = ctx.optimize(img, O.layer_l2(layer), steps, f"deepdream_octave{k}", RandomTransforms(roll=roll), "normalized", lr)
+        result = mod.result()
+        detail = result - octave_base
+        stages.append(resize(result, (h, w)))
+        out[f"octave{k}/objective_start"], out[f"octave{k}/objective_end"] = mod.history[0], mod.history[-1]
+    ctx.save("deepdream_octaves", torch.cat(stages), nrow=len(stages), caption="after each octave (small to full size)")
+    ctx.save("deepdream", torch.cat([base, stages[-1]]), nrow=2, caption=f"before / after, layer {layer}")
+    with LayerCapture(ctx.network, [layer]) as cap, torch.no_grad():
+        before, after = (0.5 * cap.run(t)[layer].pow(2).sum().item() for t in (base, stages[-1]))
+    out.update({"layer_energy_before": before, "layer_energy_after": after})
+    return out
+
+
+# --------------------------------------------------------------------------------- neural style
+def style(ctx: Context, content_image: str = "skimage:astronaut", style_image: str = "", size: int = 128,
+          content_layer: str = "conv3_2", style_layers: Sequence[str] = ("conv1_1", "conv2_1", "conv3_1", "conv4_1"),
+          content_weight: float = 1.0, style_weight: float = 1e3, tv_weight: float = 0.0, optimizer: str = "lbfgs",
+          lr: float = 1.0, steps: int = 100, init: str = "content") -> dict:
+    """Gatys et al.: match content features at ``content_layer`` and Gram matrices at ``style_layers``."""
+    if not style_image:
+        raise UserError("viz.style_image is not set: pass a painting, e.g. viz.style_image=/work/shared/data/images/starry_night.jpg")
+    ctx.network.check_layers([content_layer, *style_layers])
+    c = load_image(content_image, size)
+    s = resize(load_image(style_image, size), tuple(c.shape[-2:]))
+    with LayerCapture(ctx.network, [content_layer, *style_layers]) as cap, torch.no_grad():
+        c_feats = cap.run(c)
+        s_feats = cap.run(s)
+    grams = {l: O.gram(s_feats[l]) for l in style_layers}
+    c_obj, s_obj = O.content(content_layer, c_feats[content_layer]), O.style(style_layers, grams)
+    obj = content_weight * c_obj + style_weight * s_obj
+    if tv_weight:
+        obj = obj + tv_weight * O.tv()
+    start = c if init == "content" else torch.rand(c.shape, generator=torch.Generator().manual_seed(ctx.seed))
+    kw = {"line_search_fn": "strong_wolfe", "max_iter": 1} if optimizer == "lbfgs" else {}
+    mod = ctx.optimize(PixelImage(init=start), obj, steps, "style", optimizer=optimizer, lr=lr, optimizer_kwargs=kw)
+    result = mod.result()
+    ctx.save("style", torch.cat([c, s, result]), nrow=3, caption="content | style | result")
+    with LayerCapture(ctx.network, [content_layer, *style_layers]) as cap, torch.no_grad():
+        acts = cap.run(result)
+        a0 = cap.run(start)
+    return {"objective_start": mod.history[0], "objective_end": mod.history[-1],
+            "content_loss_end": float(c_obj(acts)), "style_loss_start": float(s_obj(a0)), "style_loss_end": float(s_obj(acts))}
+
+
+# --------------------------------------------------------------------------------- adversarial
+def adversarial(ctx: Context, count: int = 10, eps: float = 8 / 255, step_size: float = 2 / 255, steps: int = 10,
+                md_steps: int = 50, md_search: int = 4, md_lr: float = 0.01) -> dict:
+    """FGSM, PGD, targeted PGD and the minimal-distortion attack on CIFAR-10 test images."""
+    A.check_eps(eps)
+    A.check_eps(step_size, "step_size")
+    x, y, _ = cifar_test_images(count, ctx.data_dir)
+    net, g = ctx.network, torch.Generator().manual_seed(ctx.seed)
+    k = net.num_classes
+    adv_fgsm = A.fgsm(net, x, y, eps)
+    adv_pgd = A.pgd(net, x, y, eps, step_size, steps, random_start=True, generator=g)
+    target = (y + 1) % k
+    adv_tgt = A.pgd(net, x, target, eps, step_size, steps, random_start=True, targeted=True, generator=g)
+    adv_md, ok = A.minimal_distortion(net, x, y, steps=md_steps, search_steps=md_search, lr=md_lr)
+    pred = {n: A.predict(net, a) for n, a in (("clean", x), ("fgsm", adv_fgsm), ("pgd", adv_pgd), ("targeted", adv_tgt), ("md", adv_md))}
+    amp = lambda a: (0.5 + (a - x) / (2 * eps)).clamp(0, 1)  # noqa: E731 - perturbation, eps mapped to full contrast
+    ctx.save("adversarial", torch.cat([x, adv_fgsm, amp(adv_fgsm), adv_pgd, amp(adv_pgd), adv_md,
+                                       (0.5 + 10 * (adv_md - x)).clamp(0, 1)]), nrow=len(x),
+             caption="rows: clean, FGSM, its perturbation, PGD, its perturbation, minimal distortion, its perturbation x10")
+    norms = (adv_md - x).flatten(1).norm(dim=1)
+    return {"clean_acc": float((pred["clean"] == y).float().mean()), "fgsm_acc": float((pred["fgsm"] == y).float().mean()),
+            "pgd_acc": float((pred["pgd"] == y).float().mean()),
+            "targeted_success": float((pred["targeted"] == target).float().mean()),
+            "md_success": float(ok.float().mean()), "md_mean_l2": float(norms[ok].mean()) if ok.any() else float("nan"),
+            "max_linf_pgd": float((adv_pgd - x).abs().max())}
+
+
+def fooling(ctx: Context, classes: Sequence | None = None, size: int | None = None, steps: int = 300, lr: float = 0.05,
+            confidence: float = 0.99) -> dict:
+    """Nguyen et al.: unrecognizable images classified as each class with >= ``confidence``."""
+    idx = ctx.class_indices(classes)
+    imgs, conf, taken = A.fooling_images(ctx.network, torch.tensor(idx), _size(ctx, size), steps, lr, confidence,
+                                         generator=torch.Generator().manual_seed(ctx.seed))
+    names = [ctx.network.class_name(i) for i in idx]
+    ctx.save("fooling", imgs, nrow=len(idx), caption=" | ".join(f"{n} {c:.3f}" for n, c in zip(names, conf.tolist())))
+    return {"share_confident": float((conf >= confidence).float().mean()), "mean_confidence": float(conf.mean()),
+            "mean_steps": float(taken.float().mean()), **{f"conf/{n}": float(c) for n, c in zip(names, conf)}}

@@ -1,0 +1,77 @@
+"""Forward hooks registered by layer name, always removed when the run ends (also on error)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from cnnlab.visualize.network import INPUT, LOGITS, Network
+
+
+class _StopForward(Exception):
+    """Raised from a hook once every requested activation is recorded: the rest of the net is skipped."""
+
+
+class LayerCapture:
+    """Record the outputs of named layers during ``run(x)``.
+
+    A context manager: hooks exist only between ``__enter__`` and ``__exit__`` (``close``), which
+    runs even if the body raises. When the output (``logits``) is not needed, the forward pass
+    stops at the deepest requested layer (DeepDream, inversion and style never pay for the head).
+    """
+
+    def __init__(self, network: Network, layers: Sequence[str], stop_early: bool = True):
+        names = [n for n in dict.fromkeys(layers) if n != INPUT]
+        self.network = network
+        self.layers = network.check_layers(names)
+        self.hooked = [n for n in self.layers if n != LOGITS]
+        self.need_output = LOGITS in self.layers
+        self.stop_early = stop_early and not self.need_output
+        self.acts: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+
+    def _hook(self, name: str):
+        def hook(_module, _inputs, output):
+            self.acts[name] = output
+            if self.stop_early and len(self.acts) == len(self.hooked):
+                raise _StopForward
+
+        return hook
+
+    def open(self) -> "LayerCapture":
+        if not self._handles:
+            self._handles = [self.network.layer(n).register_forward_hook(self._hook(n)) for n in self.hooked]
+        return self
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.acts = {}
+
+    def __enter__(self) -> "LayerCapture":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Forward ``x`` (RGB in [0, 1]); ``{layer: activation}`` for every requested layer."""
+        if self.hooked and not self._handles:
+            raise RuntimeError("LayerCapture.run outside its context: use `with LayerCapture(...) as cap:`")
+        self.acts = {}
+        try:
+            out = self.network(x)
+        except _StopForward:
+            out = None
+        acts = dict(self.acts)
+        self.acts = {}
+        if self.need_output:
+            acts[LOGITS] = out
+        return acts
+
+
+def hook_count(module: torch.nn.Module) -> int:
+    """Forward (pre-)hooks and backward hooks left on ``module`` and its children (0 after a clean run)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in module.modules())

@@ -1,0 +1,88 @@
+"""Input images for the experiments: files, scikit-image's sample photos, CIFAR-10 test images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cnnlab.errors import UserError
+
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera")
+
+
+def _to_tensor(arr: np.ndarray) -> torch.Tensor:
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    arr = arr[..., :3]
+    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float()
+    return (t / 255.0 if arr.dtype == np.uint8 else t).clamp(0, 1).unsqueeze(0)
+
+
+def resize(img: torch.Tensor, size: int | Sequence[int] | None) -> torch.Tensor:
+    """``(B, 3, H, W)`` -> shorter side ``size`` (int, aspect kept) or exactly ``(h, w)``; None keeps it."""
+    if size is None:
+        return img
+    h, w = img.shape[-2:]
+    if isinstance(size, int):
+        s = size / min(h, w)
+        out = (max(1, round(h * s)), max(1, round(w * s)))
+    else:
+        out = (int(size[0]), int(size[1]))
+    return F.interpolate(img, size=out, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+
+
+def load_image(spec: str, size: int | Sequence[int] | None = None) -> torch.Tensor:
+    """``spec`` -> ``(1, 3, H, W)`` in [0, 1].
+
+    ``spec``: an image file path, or ``skimage:<name>`` (astronaut, chelsea, coffee, ...).
+    """
+    spec = str(spec)
+    if spec.startswith("skimage:"):
+        import skimage.data
+
+        name = spec.split(":", 1)[1]
+        if name not in SKIMAGE_PHOTOS:
+            raise UserError(f"unknown scikit-image photo {name!r}: choose one of {list(SKIMAGE_PHOTOS)}")
+        return resize(_to_tensor(getattr(skimage.data, name)()), size)
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise UserError(f"image {path} does not exist: pass an image file or skimage:<name> ({', '.join(SKIMAGE_PHOTOS)})")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as err:
+        raise UserError(f"{path} is not a readable image ({type(err).__name__}): pass a JPEG/PNG file") from err
+    return resize(_to_tensor(arr), size)
+
+
+def cifar_test_images(count: int = 10, data_dir: str | None = None, per_class: bool = True, offset: int = 0,
+                      ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """``count`` CIFAR-10 test images ``(N, 3, 32, 32)`` in [0, 1], labels and class names.
+
+    ``per_class``: cycle through the classes (the first test image of each class, then the second ...).
+    The archive is found in ``data_dir`` or ``$CNNLAB_DATA`` (see ``ImageDataModule``).
+    """
+    from cnnlab.data import ImageDataModule
+
+    dm = ImageDataModule(name="cifar10", data_dir=str(data_dir or "data"), progress=False, val_fraction=0.0)
+    dm.setup()
+    test = dm.splits["test"]
+    labels = test.labels
+    if per_class:
+        k = len(dm.classes)
+        order = []
+        for rank in range(offset, offset + (count + k - 1) // k):
+            for c in range(k):
+                idx = torch.nonzero(labels == c).flatten()
+                if rank < len(idx):
+                    order.append(int(idx[rank]))
+        idx = torch.tensor(order[:count])
+    else:
+        idx = torch.arange(offset, min(offset + count, len(labels)))
+    return test.images[idx].float() / 255.0, labels[idx].long(), list(dm.classes)
