@@ -1,0 +1,4 @@
+from cnnlab.gap import main
+
+if __name__ == "__main__":
+    main()
