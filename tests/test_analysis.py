@@ -32,11 +32,21 @@ def test_saliency_of_linear_model_is_abs_weight_max_over_channels():
     model = linear_model()
     x = torch.rand(2, 3, 8, 8)
     target = torch.tensor([1, 3])
-    sal = A.saliency_map(model, x, target)
+    sal = A.captum_saliency_map(model, x, target)
     w = model[1].weight.detach().view(4, 3, 8, 8)
     expected = w[target].abs().amax(1)
     assert sal.shape == (2, 8, 8)
     torch.testing.assert_close(sal, expected)
+
+
+def test_captum_saliency_agrees_with_the_visualize_implementation_on_a_conv_net():
+    from cnnlab.visualize.saliency import saliency_map
+
+    torch.manual_seed(0)
+    model = nn.Sequential(_randomize_bn(VGGCifar(width=4)), nn.Linear(32, 5)).eval()
+    x = torch.rand(3, 3, 32, 32)
+    target = torch.tensor([0, 4, 2])
+    torch.testing.assert_close(A.captum_saliency_map(model, x, target), saliency_map(model, x, target))
 
 
 def test_guided_backprop_and_deconvnet_on_relu_free_linear_model_equal_the_gradient():

@@ -35,7 +35,7 @@ def classifier_ckpt(tmp_path_factory, data_dir) -> Path:
     dm = ImageDataModule(name="synthetic", data_dir=str(data_dir), batch_size=64, augment=[], progress=False)
     model = Classifier(backbone={"_target_": "cnnlab.backbones.VGGCifar", "width": 8}, num_classes=10,
                        optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 3e-3})
-    trainer = pl.Trainer(max_steps=30, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = pl.Trainer(max_steps=15, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", limit_val_batches=0)
     trainer.fit(model, datamodule=dm)
     path = tmp_path_factory.mktemp("clf") / "last.ckpt"
@@ -55,7 +55,7 @@ def colorization_trunk(tmp_path_factory) -> Path:
 def full_run(classifier_ckpt, data_dir, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("analyze") / "run"
     run_cli("cnnlab.analyze", f"ckpt={classifier_ckpt}", "data=synthetic", f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}",
-            "limit=200", *FAST)
+            "limit=120", *FAST)
     return run_dir
 
 
@@ -177,9 +177,10 @@ def test_cifar_features_are_cached_and_reused_between_analyses_and_runs(cifar_dm
     trunk = save_trunk(tmp_path / "trunk.pt", VGGCifar(width=8), color_space="rgb", method="random")
     cache = tmp_path / "cache"
 
+    dm = ImageDataModule(**cifar_dm_kwargs, augment=[])  # one data module: decoding CIFAR-10 is the slow part
+
     def context(out):
-        dm = ImageDataModule(**cifar_dm_kwargs, augment=[])
-        return AnalysisContext(load_subject(trunk), dm, tmp_path / out, limit=300, feature_cache_dir=cache)
+        return AnalysisContext(load_subject(trunk), dm, tmp_path / out, limit=200, feature_cache_dir=cache)
 
     ctx = context("a")
     res = run_patches(ctx, tap="conv2_2", units=[0, 1], k=3)
@@ -189,7 +190,7 @@ def test_cifar_features_are_cached_and_reused_between_analyses_and_runs(cifar_dm
     assert len(files) == 1
     mtime = files[0].stat().st_mtime_ns
     feats = ctx.features("conv4_2")  # second use in the run: from memory
-    assert feats is ctx.features("conv4_2") and feats["conv4_2"].shape == (300, 64)
+    assert feats is ctx.features("conv4_2") and feats["conv4_2"].shape == (200, 64)
     ctx2 = context("b")  # a later run with the same weights and data: from the disk cache
     again = ctx2.features("conv4_2")
     assert files[0].stat().st_mtime_ns == mtime

@@ -72,7 +72,7 @@ def attribute(model: nn.Module, images: torch.Tensor, target: torch.Tensor | int
     return _FNS[method](model, x, target, **kwargs).detach()
 
 
-def saliency_map(model: nn.Module, images: torch.Tensor, target: torch.Tensor | int) -> torch.Tensor:
+def captum_saliency_map(model: nn.Module, images: torch.Tensor, target: torch.Tensor | int) -> torch.Tensor:
     """Simonyan saliency ``(B, H, W)``: ``max_c |d score_target / d x|`` (Captum's gradient)."""
     return attribute(model, images, target, "saliency").abs().amax(dim=1)
 
