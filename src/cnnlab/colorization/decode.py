@@ -1,0 +1,58 @@
+"""Turn predicted distributions into colours. Pure tensor functions; shapes in the docstrings."""
+
+from __future__ import annotations
+
+import torch
+
+from cnnlab.color import lab_to_rgb, rgb_to_lab
+from cnnlab.colorization.bins import decode_chroma_median, decode_hue_circular_mean, hue_chroma_to_rgb
+
+#: the annealed-mean temperature of colourful colorization
+ANNEALED_T = 0.38
+
+
+def annealed_probs(logits: torch.Tensor, temperature: float = ANNEALED_T, dim: int = 1) -> torch.Tensor:
+    """``softmax(log(softmax(z)) / T)`` along ``dim``: T = 1 is the plain distribution, T -> 0 its mode."""
+    return torch.softmax(torch.log_softmax(logits, dim=dim) / temperature, dim=dim)
+
+
+def decode_ab(logits: torch.Tensor, centers: torch.Tensor, temperature: float | None = ANNEALED_T) -> torch.Tensor:
+    """Lab-bin logits ``(B, Q, H, W)`` -> ab ``(B, 2, H, W)``: annealed mean (``temperature``) or expectation (None / 1)."""
+    probs = torch.softmax(logits, 1) if temperature in (None, 1.0) else annealed_probs(logits, temperature)
+    return torch.einsum("bqhw,qc->bchw", probs, centers.to(probs.dtype))
+
+
+def lightness_from_input(x: torch.Tensor, input_space: str) -> torch.Tensor:
+    """Model input ``(B, 1, H, W)`` in [0, 1] (Lab L / 100 or mean RGB) -> Lab L ``(B, 1, H, W)`` in [0, 100]."""
+    if input_space == "L":
+        return x * 100.0
+    return rgb_to_lab(x.expand(-1, 3, -1, -1))[:, :1]
+
+
+def gray_from_input(x: torch.Tensor, input_space: str) -> torch.Tensor:
+    """Model input ``(B, 1, H, W)`` -> intensity = mean(RGB) ``(B, 1, H, W)`` of the neutral colour of that lightness."""
+    if input_space == "gray":
+        return x
+    lab = torch.cat([x * 100.0, torch.zeros_like(x), torch.zeros_like(x)], 1)
+    return lab_to_rgb(lab).mean(1, keepdim=True)
+
+
+def compose_lab(lightness: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+    """L ``(B, 1, H, W)`` and ab ``(B, 2, H, W)`` (or ``(2,)`` broadcast) -> RGB ``(B, 3, H, W)`` in [0, 1]."""
+    if ab.dim() == 1:
+        ab = ab.view(1, 2, 1, 1).expand(lightness.shape[0], 2, *lightness.shape[-2:])
+    return lab_to_rgb(torch.cat([lightness, ab.to(lightness.dtype)], 1))
+
+
+def decode_hue_chroma(hue_logits: torch.Tensor, chroma_logits: torch.Tensor, x: torch.Tensor, input_space: str) -> torch.Tensor:
+    """Hue/chroma logits ``(B, n, H, W)`` each + model input ``(B, 1, H, W)`` -> RGB ``(B, 3, H, W)``.
+
+    Chroma: median of its histogram; hue: circular mean. With Lab-L input the result keeps the
+    input's lightness exactly (its ab comes from the hue/chroma colour).
+    """
+    chroma = decode_chroma_median(torch.softmax(chroma_logits, 1).movedim(1, -1))
+    hue = decode_hue_circular_mean(torch.softmax(hue_logits, 1).movedim(1, -1))
+    rgb = hue_chroma_to_rgb(hue, chroma, gray_from_input(x, input_space))
+    if input_space == "L":
+        rgb = compose_lab(x * 100.0, rgb_to_lab(rgb)[:, 1:])
+    return rgb

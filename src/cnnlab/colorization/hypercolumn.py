@@ -1,0 +1,128 @@
+"""Hypercolumns: the features of several backbone taps at a pixel, concatenated.
+
+Training samples them *sparsely*: each tap map is bilinearly sampled with ``F.grid_sample`` at K
+random pixel centres per image, so the head's cost and memory grow with K, not with H*W, and
+gradients flow back to the four neighbouring cells of every tap. Inference runs the same head
+*densely* as 1x1 convolutions over taps upsampled to the image size (bilinear, ``align_corners=False``,
+which agrees exactly with the sparse sampling at pixel centres).
+
+Coordinates: pixel ``(y, x)`` of an ``H x W`` image has its centre at normalized
+``((2x + 1) / W - 1, (2y + 1) / H - 1)``; a tap of any stride sees the same normalized point.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def random_pixels(batch: int, k: int, height: int, width: int, margin: int = 0,
+                  generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """``(B, K, 2)`` long pixel indices ``(y, x)``, uniform over the image minus a ``margin``-pixel border."""
+    margin = min(margin, (min(height, width) - 1) // 2)
+    y = torch.randint(margin, height - margin, (batch, k), generator=generator, device=device)
+    x = torch.randint(margin, width - margin, (batch, k), generator=generator, device=device)
+    return torch.stack([y, x], -1)
+
+
+def grid_pixels(height: int, width: int, stride: int = 1, device=None) -> torch.Tensor:
+    """``(P, 2)`` long pixel indices ``(y, x)`` of a regular grid (every ``stride``-th pixel), row-major."""
+    ys = torch.arange(stride // 2, height, stride, device=device)
+    xs = torch.arange(stride // 2, width, stride, device=device)
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([yy.reshape(-1), xx.reshape(-1)], -1)
+
+
+def pixel_centers(pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pixel indices ``(..., 2)`` ``(y, x)`` -> ``grid_sample`` coordinates ``(..., 2)`` ``(x, y)`` in [-1, 1]."""
+    y = (2 * pixels[..., 0].float() + 1) / height - 1
+    x = (2 * pixels[..., 1].float() + 1) / width - 1
+    return torch.stack([x, y], -1)
+
+
+def gather_pixels(image: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """Values of ``image (B, C, H, W)`` at ``pixels (B, K, 2)`` -> ``(B, K, C)`` (exact, no interpolation)."""
+    b, c, h, w = image.shape
+    flat = (pixels[..., 0] * w + pixels[..., 1]).unsqueeze(1).expand(b, c, -1)
+    return image.flatten(2).gather(2, flat).transpose(1, 2)
+
+
+def sample_hypercolumns(taps: Sequence[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of each tap ``(B, C_i, h_i, w_i)`` at ``coords (B, K, 2)`` -> ``(B, K, sum C_i)``.
+
+    Border padding matches ``F.interpolate``'s edge handling, so this equals the dense hypercolumn.
+    """
+    grid = coords.unsqueeze(1).to(taps[0].dtype)  # (B, 1, K, 2)
+    cols = [F.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, :, 0] for t in taps]
+    return torch.cat(cols, 1).transpose(1, 2)
+
+
+def dense_hypercolumns(taps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """Every tap upsampled to ``size`` and concatenated: ``(B, sum C_i, H, W)``."""
+    return torch.cat([t if t.shape[-2:] == tuple(size) else
+                      F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in taps], 1)
+
+
+class TapNorm(nn.Module):
+    """Per-tap BatchNorm (no affine) on the tap maps at their own resolution.
+
+    Tap scales differ by orders of magnitude (a ReLU map of 16 channels next to one of 512); this
+    brings every channel to zero mean and unit variance before the head. It runs before sampling,
+    and a per-channel affine map commutes with bilinear interpolation, so sparse and dense
+    hypercolumns see identical features in training and in eval mode.
+    """
+
+    def __init__(self, channels: Sequence[int]):
+        super().__init__()
+        self.norms = nn.ModuleList([nn.BatchNorm2d(c, affine=False) for c in channels])
+
+    def forward(self, taps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [norm(t) for norm, t in zip(self.norms, taps)]
+
+
+class HypercolumnHead(nn.Module):
+    """hypercolumn ``(..., D)`` -> FC(hidden) -> ReLU -> dropout -> one linear layer per output group.
+
+    :meth:`forward` runs on sampled hypercolumns ``(N, D)``; :meth:`dense` runs the same weights as
+    1x1 convolutions over ``(B, D, H, W)``; :meth:`dense_from_taps` projects each tap at its own
+    resolution before upsampling (bilinear upsampling and a 1x1 conv commute, so it is equal and
+    far cheaper for deep, coarse taps).
+    """
+
+    def __init__(self, in_dim: int, out_dims: Sequence[int], hidden: int = 1024, dropout: float = 0.5):
+        super().__init__()
+        self.fc = nn.Linear(in_dim, hidden)
+        self.dropout = dropout
+        self.out = nn.Linear(hidden, sum(out_dims))
+        self.out_dims = list(out_dims)
+
+    def _tail(self, h: torch.Tensor, conv: bool) -> torch.Tensor:
+        h = F.dropout(F.relu(h), self.dropout, self.training)
+        if conv:
+            return F.conv2d(h, self.out.weight[:, :, None, None], self.out.bias)
+        return self.out(h)
+
+    def forward(self, cols: torch.Tensor) -> torch.Tensor:
+        """``(N, D)`` -> logits ``(N, sum out_dims)``."""
+        return self._tail(self.fc(cols), conv=False)
+
+    def dense(self, cols: torch.Tensor) -> torch.Tensor:
+        """``(B, D, H, W)`` -> logits ``(B, sum out_dims, H, W)`` (1x1 convolutions, same weights)."""
+        return self._tail(F.conv2d(cols, self.fc.weight[:, :, None, None], self.fc.bias), conv=True)
+
+    def dense_from_taps(self, taps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """Normalized taps ``[(B, C_i, h_i, w_i)]`` -> logits ``(B, sum out_dims, H, W)``, equal to ``dense``."""
+        h, start = 0, 0
+        for t in taps:
+            c = t.shape[1]
+            proj = F.conv2d(t, self.fc.weight[:, start:start + c, None, None])
+            h = h + (proj if proj.shape[-2:] == tuple(size) else F.interpolate(proj, size=size, mode="bilinear", align_corners=False))
+            start += c
+        return self._tail(h + self.fc.bias.view(1, -1, 1, 1), conv=True)
+
+    def split(self, logits: torch.Tensor, dim: int = -1) -> list[torch.Tensor]:
+        """Logits -> one tensor per output group along ``dim``."""
+        return list(logits.split(self.out_dims, dim=dim))
