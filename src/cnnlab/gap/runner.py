@@ -43,6 +43,8 @@ def validate(cfg: DictConfig) -> None:
                         "(a colorization trunk cannot take colour), set data.color_space=L")
     if cfg.probe.mode not in ("cached", "lightning"):
         raise UserError(f"probe.mode={cfg.probe.mode}: choose cached or lightning")
+    if cfg.probe.taps:
+        hydra.utils.instantiate(cfg.backbone).check_taps(list(cfg.probe.taps))  # unknown tap: one line now, not after pretraining
     conf_dir = Path(cfg.paths.root_dir) / "conf"
     for init in inits:
         if init == "random":

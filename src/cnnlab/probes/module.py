@@ -60,8 +60,9 @@ class LinearProbe(CnnlabModule):
                                    "image_size": image_size, "expect_arch": expect_arch, "optimizer": self.optimizer_cfg,
                                    "scheduler": self.scheduler_cfg, "compile": compile})
         self.heads = ProbeHeads(probe_dims(self.backbone, self.taps, image_size, target_dims), num_classes)
+        # keyed "<stage>/<tap>" with the slash swapped: ModuleDict keys may not be "train" or contain dots
         self.metrics = nn.ModuleDict({
-            s: nn.ModuleDict({t: MulticlassAccuracy(num_classes, average="micro") for t in self.taps}) for s in STAGES
+            f"{s}__{t}": MulticlassAccuracy(num_classes, average="micro") for s in STAGES for t in self.taps
         })
 
     # ----------------------------------------------------------------------------- frozen trunk
@@ -99,14 +100,14 @@ class LinearProbe(CnnlabModule):
             self.check_finite(loss)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test")
         for t, v in logits.items():
-            self.metrics[stage][t].update(v, y)
+            self.metrics[f"{stage}__{t}"].update(v, y)
         return loss
 
     def _log_epoch(self, stage: str) -> None:
-        accs = {t: m.compute() for t, m in self.metrics[stage].items()}
+        accs = {t: self.metrics[f"{stage}__{t}"].compute() for t in self.taps}
         for t, a in accs.items():
             self.log(f"{stage}/acc/{t}", a)
-            self.metrics[stage][t].reset()
+            self.metrics[f"{stage}__{t}"].reset()
         best = max(accs, key=lambda t: float(accs[t]))
         self.log(f"{stage}/acc", accs[best], prog_bar=True)
 
