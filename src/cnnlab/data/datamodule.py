@@ -1,0 +1,263 @@
+"""A LightningDataModule over the uint8 image cache with batched, on-device augmentation.
+
+Batches leave the DataLoader as ``uint8 (B, 3, H, W)`` tensors (cheap to index, pin and move) and
+are turned into float model input on the training device in :meth:`on_after_batch_transfer`:
+random crop + flip with kornia during training, then conversion to the configured colour space.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import kornia.augmentation as K
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from cnnlab.color import channels_of, convert
+from cnnlab.data import sources
+from cnnlab.data.cache import CachedDataset
+from cnnlab.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class TensorImageDataset(Dataset):
+    """uint8 images ``(N, 3, H, W)`` and labels ``(N,)``, fetched a whole batch at a time."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], self.labels[i]
+
+    def __getitems__(self, indices: Sequence[int]):
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[idx], self.labels[idx]
+
+
+def _passthrough(batch):
+    return batch
+
+
+class EpochSeededRandomSampler(RandomSampler):
+    """A shuffling sampler whose order is a function of (seed, epoch) alone.
+
+    A resumed run therefore sees exactly the batches an uninterrupted one would. It subclasses
+    RandomSampler so Lightning still recognises it as shuffled when it swaps in a distributed sampler.
+    """
+
+    def __init__(self, data_source, seed: int = 0):
+        super().__init__(data_source)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=g).tolist()
+
+
+def balanced_subset(labels: np.ndarray, fraction: float | None = None, count: int | None = None, seed: int = 0) -> np.ndarray:
+    """Indices of a class-balanced random subset: ``fraction`` of each class, or ``count`` in total.
+
+    Every class keeps at least one example. The result is sorted and depends only on the arguments.
+    """
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    picked = []
+    for c in classes:
+        idx = np.flatnonzero(labels == c)
+        k = round(len(idx) * fraction) if fraction is not None else round(count / len(classes))
+        picked.append(rng.permutation(idx)[: max(1, min(len(idx), k))])
+    return np.sort(np.concatenate(picked))
+
+
+def build_augment(names: Sequence[str], image_size: int, crop_padding: int = 4) -> nn.Module:
+    """kornia augmentations by name: ``crop`` (pad + random crop), ``flip``, ``resized_crop``, ``jitter``."""
+    table = {
+        "crop": lambda: K.RandomCrop((image_size, image_size), padding=crop_padding, padding_mode="reflect"),
+        "flip": lambda: K.RandomHorizontalFlip(),
+        "resized_crop": lambda: K.RandomResizedCrop((image_size, image_size), scale=(0.35, 1.0)),
+        "jitter": lambda: K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
+    }
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise UserError(f"unknown augmentation(s) {unknown}: choose from {sorted(table)} (data.augment)")
+    return nn.Sequential(*[table[n]() for n in names])
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """CIFAR-10, STL-10, any ImageFolder (directory or archive) or synthetic images.
+
+    Splits: ``train`` (optionally a class-balanced ``label_fraction`` of it), ``val`` (a
+    deterministic stratified ``val_fraction`` held out from train, independent of the run seed) and
+    ``test`` (the dataset's own test split).
+    """
+
+    def __init__(
+        self,
+        name: str = "cifar10",
+        source: str | None = None,
+        data_dir: str = "data",
+        image_size: int = 32,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        label_fraction: float = 1.0,
+        label_seed: int = 0,
+        train_limit: int | None = None,
+        shuffle_seed: int = 0,
+        color_space: str = "rgb",
+        augment: Sequence[str] = ("crop", "flip"),
+        crop_padding: int = 4,
+        num_workers: int = 0,
+        download: bool = True,
+        on_corrupt: str = "skip",
+        synthetic: dict | None = None,
+        progress: bool = True,
+    ):
+        super().__init__()
+        if not 0.0 < float(label_fraction) <= 1.0:
+            raise UserError(f"data.label_fraction must be in (0, 1], got {label_fraction}")
+        if not 0.0 <= float(val_fraction) < 1.0:
+            raise UserError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        channels_of(color_space)
+        self.save_hyperparameters(logger=False)
+        self.train_augment = build_augment(list(augment), image_size, crop_padding)
+        self._data: CachedDataset | None = None
+        self.splits: dict[str, TensorImageDataset] = {}
+
+    # ----------------------------------------------------------------------------- properties
+    @property
+    def color_space(self) -> str:
+        return self.hparams.color_space
+
+    @property
+    def channels(self) -> int:
+        return channels_of(self.hparams.color_space)
+
+    @property
+    def classes(self) -> list[str]:
+        return self._load().classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    # ----------------------------------------------------------------------------- set-up
+    def _load(self) -> CachedDataset:
+        if self._data is None:
+            h = self.hparams
+            syn = dict(h.synthetic or {})
+            self._data = sources.resolve(
+                h.name, h.data_dir, h.image_size, source=h.source, download=h.download, on_corrupt=h.on_corrupt,
+                synthetic_train=syn.get("n_train", 2000), synthetic_test=syn.get("n_test", 500),
+                synthetic_classes=syn.get("num_classes", 10), synthetic_seed=syn.get("seed", 0), progress=h.progress,
+            )
+        return self._data
+
+    def prepare_data(self) -> None:
+        self._load()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        h, data = self.hparams, self._load()
+        if "train" not in data.splits:
+            raise UserError(f"{data.meta.get('source')} has no train split: add a train/ directory to the ImageFolder")
+        train = data.splits["train"]
+        labels = train.labels
+        pool = np.arange(len(labels))
+        if h.val_fraction > 0:
+            val_idx = balanced_subset(labels, fraction=h.val_fraction, seed=h.split_seed)
+            pool = np.setdiff1d(pool, val_idx)
+        else:
+            val_idx = np.array([], dtype=np.int64)
+        if h.train_limit:
+            pool = pool[balanced_subset(labels[pool], count=h.train_limit, seed=h.split_seed)]
+        if h.label_fraction < 1.0:
+            pool = pool[balanced_subset(labels[pool], fraction=h.label_fraction, seed=h.label_seed)]
+        images = torch.from_numpy(np.array(train.images))  # copy: the cache is a read-only memmap
+        labels_t = torch.from_numpy(labels)
+        self.splits["train"] = TensorImageDataset(images[pool], labels_t[pool])
+        self.splits["val"] = TensorImageDataset(images[val_idx], labels_t[val_idx])
+        if "test" in data.splits:
+            test = data.splits["test"]
+            self.splits["test"] = TensorImageDataset(torch.from_numpy(np.array(test.images)), torch.from_numpy(test.labels))
+        else:
+            log.warning("%s has no test split: using the validation split as test", data.meta.get("source"))
+            self.splits["test"] = self.splits["val"]
+        if len(self.splits["val"]) == 0:
+            self.splits["val"] = self.splits["test"]
+        for name, ds in self.splits.items():
+            if len(ds) == 0:
+                raise UserError(f"the {name} split is empty: check data.source, data.train_limit and data.label_fraction")
+
+    # ----------------------------------------------------------------------------- loaders
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        self.setup()
+        ds = self.splits[split]
+        h = self.hparams
+        bs = h.batch_size if train else (h.eval_batch_size or h.batch_size)
+        return DataLoader(
+            ds,
+            batch_size=min(bs, len(ds)) if train else bs,
+            sampler=EpochSeededRandomSampler(ds, seed=h.shuffle_seed) if train else None,
+            drop_last=train and len(ds) > bs,
+            collate_fn=_passthrough,
+            num_workers=h.num_workers,
+            persistent_workers=h.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def loader(self, split: str, batch_size: int | None = None) -> DataLoader:
+        """An unshuffled loader over ``split`` for analyses outside the Trainer."""
+        self.setup()
+        if split not in self.splits:
+            raise UserError(f"unknown split {split!r}: choose one of {sorted(self.splits)}")
+        return DataLoader(self.splits[split], batch_size=batch_size or self.hparams.batch_size, collate_fn=_passthrough)
+
+    # ----------------------------------------------------------------------------- on device
+    def preprocess(self, images: torch.Tensor, train: bool = False, seed: int | None = None) -> torch.Tensor:
+        """``uint8 (B, 3, H, W)`` -> float model input in the configured colour space.
+
+        ``seed`` fixes the random augmentation of this batch without touching the global RNG.
+        """
+        x = images.float().div_(255.0)
+        if train and len(self.train_augment):
+            if seed is None:
+                x = self.train_augment(x)
+            else:
+                devices = [x.device] if x.is_cuda else []
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(seed)
+                    x = self.train_augment(x)
+        return convert(x, self.hparams.color_space)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return self.preprocess(images), labels
+        # augmentation is a function of (seed, step, rank) alone, so a resumed run repeats it exactly
+        seed = (self.hparams.shuffle_seed * 1_000_003 + trainer.global_step * 7919 + trainer.global_rank) % (2**63)
+        return self.preprocess(images, train=True, seed=seed), labels
