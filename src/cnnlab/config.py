@@ -9,9 +9,7 @@ from typing import Sequence
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.utilities import rank_zero_only
 
-from cnnlab.color import channels_of
 from cnnlab.errors import UserError
 
 #: the repository root (conf/, data/, outputs/ live here); CNNLAB_ROOT overrides it
@@ -19,9 +17,31 @@ PROJECT_ROOT = Path(os.environ.get("CNNLAB_ROOT", Path(__file__).resolve().paren
 CONF_DIR = str(PROJECT_ROOT / "conf")
 
 
+def is_rank_zero() -> bool:
+    """True unless this process is a non-zero rank of a distributed job (read from the launcher's env)."""
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(var) not in (None, "", "0"):
+            return False
+    return True
+
+
+def _channels(color_space: str) -> int:
+    from cnnlab.color import channels_of  # lazy: keeps config errors fast (no torch import)
+
+    return channels_of(color_space)
+
+
+def _sqlite_url(path: str) -> str:
+    """``sqlite:///<path>``, creating the parent directory (Optuna opens the study before Hydra makes the sweep dir)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(path).resolve()}"
+
+
 def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("cnnlab.sqlite"):
+        OmegaConf.register_new_resolver("cnnlab.sqlite", _sqlite_url)
     if not OmegaConf.has_resolver("cnnlab.channels"):
-        OmegaConf.register_new_resolver("cnnlab.channels", channels_of)
+        OmegaConf.register_new_resolver("cnnlab.channels", _channels)
     if not OmegaConf.has_resolver("cnnlab.root"):
         OmegaConf.register_new_resolver("cnnlab.root", lambda: str(PROJECT_ROOT))
 
@@ -34,10 +54,11 @@ def check_complete(cfg: DictConfig) -> None:
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
-@rank_zero_only
 def print_config_tree(cfg: DictConfig, save_to: str | Path | None = None,
                       order: Sequence[str] = ("data", "backbone", "model", "callbacks", "logger", "trainer", "paths")) -> None:
     """Print the composed config as a rich tree (rank 0) and save it next to the run."""
+    if not is_rank_zero():
+        return
     import rich
     import rich.syntax
     import rich.tree

@@ -15,14 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.utilities import rank_zero_only
 
-from cnnlab.callbacks import StepSeeder, scalar_metrics, write_json
-from cnnlab.config import CONF_DIR, check_complete, print_config_tree, resume_argv
+from cnnlab.config import CONF_DIR, check_complete, is_rank_zero, print_config_tree, resume_argv
 from cnnlab.errors import UserError, exit_on_user_error
-from cnnlab.tracking import ensure_wandb_started
+
+# torch, Lightning and W&B are imported inside run(): a config mistake is reported in a second or two
 
 log = logging.getLogger("cnnlab")
 
@@ -44,7 +42,7 @@ def _refuse_multirun_ddp(cfg: DictConfig) -> None:
 
 def _quiet_non_zero_rank() -> None:
     """DDP children must not write files: drop the per-process Hydra log file they were given."""
-    if rank_zero_only.rank == 0:
+    if is_rank_zero():
         return
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -54,7 +52,11 @@ def _quiet_non_zero_rank() -> None:
             Path(h.baseFilename).unlink(missing_ok=True)
 
 
-def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, callbacks: list, loggers: list):
+    import pytorch_lightning as pl
+
+    from cnnlab.callbacks import StepSeeder
+
     if cfg.get("deterministic"):
         callbacks.append(StepSeeder(cfg.get("seed") or 0))
     if not loggers:
@@ -67,6 +69,11 @@ def run(cfg: DictConfig) -> float | None:
     _quiet_non_zero_rank()
     check_complete(cfg)
     _refuse_multirun_ddp(cfg)
+    import pytorch_lightning as pl
+
+    from cnnlab.callbacks import scalar_metrics, write_json
+    from cnnlab.tracking import ensure_wandb_started
+
     out_dir = Path(cfg.paths.output_dir)
     if cfg.get("seed") is not None:  # 0 is a valid seed
         pl.seed_everything(int(cfg.seed), workers=True)
@@ -95,9 +102,17 @@ def run(cfg: DictConfig) -> float | None:
         ckpt_path = cfg.ckpt_path
 
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        try:
+            # our own checkpoints hold config containers, which torch's weights-only loader refuses
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+        except SystemExit:
+            # Lightning exits on Ctrl-C / SIGTERM after a graceful shutdown: say how to go on
+            if trainer.interrupted:
+                _resume_hint(out_dir)
+            raise
         if trainer.interrupted:
-            raise UserError(f"training was interrupted; continue it with: cnnlab-train resume={out_dir}")
+            _resume_hint(out_dir)
+            raise SystemExit(1)
     train_metrics = scalar_metrics(trainer)
     test_metrics = {}
     if cfg.get("test", False):
@@ -114,8 +129,14 @@ def run(cfg: DictConfig) -> float | None:
     return value
 
 
-@rank_zero_only
+def _resume_hint(out_dir: Path) -> None:
+    if is_rank_zero():
+        print(f"interrupted: continue this run with `cnnlab-train resume={out_dir}`", file=sys.stderr)
+
+
 def _finish_wandb() -> None:
+    if not is_rank_zero():
+        return
     import wandb
 
     if wandb.run is not None:
