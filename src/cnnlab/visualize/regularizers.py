@@ -37,7 +37,9 @@ def total_variation(x: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
     dx = x[..., :-1, 1:] - x[..., :-1, :-1]
     dy = x[..., 1:, :-1] - x[..., :-1, :-1]
     d2 = dx.pow(2) + dy.pow(2)
-    return ((d2 + _TV_EPS).pow(beta / 2.0) - _TV_EPS ** (beta / 2.0)).mean()
+    eps = torch.full((), _TV_EPS, dtype=x.dtype, device=x.device)
+    # the same float op on both sides: a flat image gives exactly (eps^(b/2) - eps^(b/2)) = 0
+    return ((d2 + eps).pow(beta / 2.0) - eps.pow(beta / 2.0)).mean()
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

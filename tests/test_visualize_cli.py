@@ -1,0 +1,63 @@
+"""``cnnlab-visualize`` end to end on the real CIFAR-10 archive: a real checkpoint, real subprocesses, W&B offline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import pytorch_lightning as pl
+
+from tests.conftest import run_cli
+
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::UserWarning")]
+
+
+@pytest.fixture(scope="module")
+def cifar_ckpt(cifar_dm_kwargs, tmp_path_factory):
+    """A small classifier trained for a few steps on real CIFAR-10, saved as a cnnlab checkpoint."""
+    from cnnlab.data import ImageDataModule
+    from cnnlab.models import Classifier
+
+    pl.seed_everything(0, verbose=False)
+    dm = ImageDataModule(**cifar_dm_kwargs, batch_size=64, train_limit=640, augment=[])
+    model = Classifier(backbone={"_target_": "cnnlab.backbones.VGGCifar", "width": 8}, num_classes=10,
+                       optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.01})
+    trainer = pl.Trainer(max_steps=10, limit_val_batches=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu")
+    trainer.fit(model, datamodule=dm)
+    path = tmp_path_factory.mktemp("viz_ckpt") / "tiny.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_adversarial_run_writes_images_metrics_and_wandb(cifar_ckpt, data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli("cnnlab.visualize", "viz=adversarial", f"network.checkpoint={cifar_ckpt}", "viz.count=4", "viz.md_steps=5",
+            "viz.md_search=1", "progress=false", f"hydra.run.dir={run_dir}", f"paths.data_dir={data_dir}", timeout=300)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["pgd_acc"] <= metrics["clean_acc"] + 1e-9
+    assert metrics["max_linf_pgd"] <= 8 / 255 + 1e-6
+    assert (run_dir / "images" / "adversarial.png").stat().st_size > 1000
+    assert list((run_dir / "wandb").glob("offline-run-*")), "no offline W&B run was written"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("viz.classes=[zebra]", "unknown class 'zebra'"),
+    ("viz=adversarial viz.eps=8", "outside the pixel range"),
+    ("viz=inversion viz.layers=[conv9_1]", "unknown layer 'conv9_1'"),
+])
+def test_bad_inputs_give_one_line_errors(cifar_ckpt, data_dir, tmp_path, override, message):
+    proc = run_cli("cnnlab.visualize", *override.split(), f"network.checkpoint={cifar_ckpt}", "logger=none", "progress=false",
+                   f"hydra.run.dir={tmp_path / 'run'}", f"paths.data_dir={data_dir}", check=False, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_non_image_style_path_is_a_one_line_error(cifar_ckpt, data_dir, tmp_path):
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("this is not an image")
+    proc = run_cli("cnnlab.visualize", "viz=style", f"viz.style_image={notes}", f"network.checkpoint={cifar_ckpt}", "logger=none",
+                   f"hydra.run.dir={tmp_path / 'run'}", check=False, timeout=300)
+    assert proc.returncode == 2 and "not a readable image" in proc.stderr
