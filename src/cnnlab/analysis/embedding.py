@@ -76,12 +76,14 @@ def mosaic(embedding: np.ndarray, images: torch.Tensor, grid: int = 24, tile: in
     """Images placed at their embedded positions: a ``grid x grid`` lattice, one image per occupied cell.
 
     ``images``: ``(N, 3, H, W)`` uint8 or float in [0, 1]. Returns ``(3, grid * tile, grid * tile)`` in [0, 1]
-    (white where no image landed). Each cell shows the image closest to the cell centre.
+    (white where no image landed). Each cell shows the image closest to the cell centre; the 1% most
+    extreme coordinates on each axis are clipped to the border cells.
     """
     if len(images) != len(embedding):
         raise UserError(f"mosaic got {len(images)} images for {len(embedding)} embedded points")
-    e = embedding - embedding.min(0)
-    e = e / np.maximum(e.max(0), 1e-12) * (grid - 1e-6)
+    # robust range: a few t-SNE outliers must not squeeze everything else into a corner
+    lo, hi = np.percentile(embedding, 1, axis=0), np.percentile(embedding, 99, axis=0)
+    e = (np.clip(embedding, lo, hi) - lo) / np.maximum(hi - lo, 1e-12) * (grid - 1e-6)
     cell = np.floor(e).astype(int)
     dist = np.linalg.norm(e - (cell + 0.5), axis=1)
     canvas = torch.ones(3, grid * tile, grid * tile)
