@@ -87,9 +87,8 @@ class HypercolumnHead(nn.Module):
     """hypercolumn ``(..., D)`` -> FC(hidden) -> ReLU -> dropout -> one linear layer per output group.
 
     :meth:`forward` runs on sampled hypercolumns ``(N, D)``; :meth:`dense` runs the same weights as
-    1x1 convolutions over ``(B, D, H, W)``; :meth:`dense_from_taps` projects each tap at its own
-    resolution before upsampling (bilinear upsampling and a 1x1 conv commute, so it is equal and
-    far cheaper for deep, coarse taps).
+    1x1 convolutions over ``(B, D, H, W)``. (Projecting coarse taps before upsampling is
+    mathematically equal, but measured slower on CPU: upsampling ``hidden`` channels is memory-bound.)
     """
 
     def __init__(self, in_dim: int, out_dims: Sequence[int], hidden: int = 1024, dropout: float = 0.5):
@@ -112,16 +111,6 @@ class HypercolumnHead(nn.Module):
     def dense(self, cols: torch.Tensor) -> torch.Tensor:
         """``(B, D, H, W)`` -> logits ``(B, sum out_dims, H, W)`` (1x1 convolutions, same weights)."""
         return self._tail(F.conv2d(cols, self.fc.weight[:, :, None, None], self.fc.bias), conv=True)
-
-    def dense_from_taps(self, taps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        """Normalized taps ``[(B, C_i, h_i, w_i)]`` -> logits ``(B, sum out_dims, H, W)``, equal to ``dense``."""
-        h, start = 0, 0
-        for t in taps:
-            c = t.shape[1]
-            proj = F.conv2d(t, self.fc.weight[:, start:start + c, None, None])
-            h = h + (proj if proj.shape[-2:] == tuple(size) else F.interpolate(proj, size=size, mode="bilinear", align_corners=False))
-            start += c
-        return self._tail(h + self.fc.bias.view(1, -1, 1, 1), conv=True)
 
     def split(self, logits: torch.Tensor, dim: int = -1) -> list[torch.Tensor]:
         """Logits -> one tensor per output group along ``dim``."""

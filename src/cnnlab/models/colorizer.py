@@ -61,7 +61,7 @@ class Colorizer(CnnlabModule):
         prior_max_images: int = 10000,
         prior_cache: bool = True,
         dense_training: bool = False,
-        eval_loss_stride: int = 4,
+        eval_stride: int = 1,
         eval_chunk_pixels: int = 65536,
         panel_every_n_epochs: int = 1,
         panel_images: int = 8,
@@ -80,7 +80,7 @@ class Colorizer(CnnlabModule):
             "taps": list(taps) if taps else None, "samples_per_image": samples_per_image, "sample_margin": sample_margin,
             "hidden": hidden, "dropout": dropout, "hue_bins": hue_bins, "chroma_bins": chroma_bins, "hue_weight": hue_weight,
             "lab": lab, "prior_max_images": prior_max_images, "prior_cache": prior_cache, "dense_training": dense_training,
-            "eval_loss_stride": eval_loss_stride, "eval_chunk_pixels": eval_chunk_pixels,
+            "eval_stride": eval_stride, "eval_chunk_pixels": eval_chunk_pixels,
             "panel_every_n_epochs": panel_every_n_epochs, "panel_images": panel_images,
             "optimizer": self.optimizer_cfg, "scheduler": self.scheduler_cfg, "compile": compile,
         })
@@ -155,16 +155,9 @@ class Colorizer(CnnlabModule):
         cols = sample_hypercolumns(maps, pixel_centers(pixels, *x.shape[-2:]))
         return self.head(cols)
 
-    def dense_logits(self, x: torch.Tensor, upsample_first: bool = False) -> torch.Tensor:
-        """Input ``(B, 1, H, W)`` -> logits ``(B, O, H, W)`` at every pixel.
-
-        ``upsample_first``: build the full hypercolumn (the textbook dense path, memory ~ D*H*W);
-        otherwise project each tap at its own resolution first (equal result, much cheaper).
-        """
-        maps = self.tap_maps(x)
-        if upsample_first:
-            return self.head.dense(dense_hypercolumns(maps, x.shape[-2:]))
-        return self.head.dense_from_taps(maps, x.shape[-2:])
+    def dense_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Input ``(B, 1, H, W)`` -> logits ``(B, O, H, W)`` at every pixel (1x1 convs over upsampled taps)."""
+        return self.head.dense(dense_hypercolumns(self.tap_maps(x), x.shape[-2:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Input ``(B, 1, H, W)`` in [0, 1] -> colorized RGB ``(B, 3, H, W)`` in [0, 1]."""
@@ -224,7 +217,7 @@ class Colorizer(CnnlabModule):
     def dense_loss(self, rgb: torch.Tensor) -> torch.Tensor:
         """The loss at every pixel from the textbook dense hypercolumn (for comparison with sparse training)."""
         x = self.model_input(rgb)
-        logits = self.dense_logits(x, upsample_first=True)
+        logits = self.dense_logits(x)
         tmap, colour = self.targets_of(rgb)
         hw = x.shape[-1] * x.shape[-2]
         return self.loss_at(logits.flatten(2).transpose(1, 2).reshape(-1, logits.shape[1]),
@@ -248,25 +241,36 @@ class Colorizer(CnnlabModule):
         x = self.model_input(rgb)
         h, w = x.shape[-2:]
         tmap, colour = self.targets_of(rgb)
-        pixels = grid_pixels(h, w, self.hparams.eval_loss_stride, device=x.device)
-        per = max(1, self.hparams.eval_chunk_pixels // (h * w))
-        losses, preds = [], []
+        # loss and metrics on a regular grid of pixels (every pixel at eval_stride=1: equal to dense inference)
+        stride = max(1, self.hparams.eval_stride)
+        pixels = grid_pixels(h, w, stride, device=x.device)
+        gh, gw = len(range(stride // 2, h, stride)), len(range(stride // 2, w, stride))
+        per = max(1, self.hparams.eval_chunk_pixels // len(pixels))
+        loss_sum, preds = 0.0, []
         for sl in torch.arange(x.shape[0], device=x.device).split(per):
-            logits = self.dense_logits(x[sl])
-            at = gather_pixels(logits, pixels.expand(len(sl), -1, -1))
-            tg = gather_pixels(tmap[sl], pixels.expand(len(sl), -1, -1))
-            losses.append(self.loss_at(at.reshape(-1, at.shape[-1]), tg.reshape(-1, 2),
-                                       colour[sl].repeat_interleave(pixels.shape[0])) * len(sl))
-            preds.append(self.decode(logits, x[sl]))
+            pix = pixels.expand(len(sl), -1, -1)
+            logits = self.sparse_logits(x[sl], pix)  # (b, P, O)
+            tg = gather_pixels(tmap[sl], pix)
+            loss_sum = loss_sum + len(sl) * self.loss_at(logits.reshape(-1, logits.shape[-1]), tg.reshape(-1, 2),
+                                                          colour[sl].repeat_interleave(len(pixels)))
+            grid_logits = logits.transpose(1, 2).reshape(len(sl), -1, gh, gw)
+            preds.append(self.decode(grid_logits, self._at_grid(x[sl], pixels, gh, gw)))
         pred = torch.cat(preds)
-        self.log(f"{stage}/loss", torch.stack(losses).sum() / x.shape[0], prog_bar=stage == "val", on_epoch=True,
-                 batch_size=x.shape[0])
-        base = self.baselines(x)
-        self.metrics[stage].update(pred, rgb, base)
+        self.log(f"{stage}/loss", loss_sum / x.shape[0], prog_bar=stage == "val", on_epoch=True, batch_size=x.shape[0])
+        x_grid = self._at_grid(x, pixels, gh, gw)
+        self.metrics[stage].update(pred, self._at_grid(rgb, pixels, gh, gw), self.baselines(x_grid))
         if batch_idx == 0:
             n = self.hparams.panel_images
+            full = pred[:n] if stride == 1 else self.colorize(x[:n])
             self._panels[stage] = torch.stack([gray_from_input(x[:n], self.input_space).expand(-1, 3, -1, -1),
-                                               pred[:n], rgb[:n]], 1).flatten(0, 1).detach().cpu()
+                                               full, rgb[:n]], 1).flatten(0, 1).detach().cpu()
+
+    @staticmethod
+    def _at_grid(img: torch.Tensor, pixels: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
+        """``(B, C, H, W)`` at grid ``pixels (P, 2)`` -> ``(B, C, gh, gw)``."""
+        if pixels.shape[0] == img.shape[-1] * img.shape[-2]:
+            return img
+        return gather_pixels(img, pixels.expand(img.shape[0], -1, -1)).transpose(1, 2).reshape(img.shape[0], -1, gh, gw)
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, batch_idx, "val")
