@@ -6,6 +6,7 @@ import json
 
 import pytest
 import pytorch_lightning as pl
+import torch
 
 from tests.conftest import run_cli
 
@@ -14,6 +15,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::UserW
 
 @pytest.fixture(scope="module")
 def cifar_ckpt(cifar_dm_kwargs, tmp_path_factory):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread beats two contended ones
+    try:
+        return _train_tiny(cifar_dm_kwargs, tmp_path_factory)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_tiny(cifar_dm_kwargs, tmp_path_factory):
     """A small classifier trained for a few steps on real CIFAR-10, saved as a cnnlab checkpoint."""
     from cnnlab.data import ImageDataModule
     from cnnlab.models import Classifier
@@ -41,23 +51,39 @@ def test_adversarial_run_writes_images_metrics_and_wandb(cifar_ckpt, data_dir, t
     assert list((run_dir / "wandb").glob("offline-run-*")), "no offline W&B run was written"
 
 
-@pytest.mark.parametrize("override,message", [
-    ("viz.classes=[zebra]", "unknown class 'zebra'"),
-    ("viz=adversarial viz.eps=8", "outside the pixel range"),
-    ("viz=inversion viz.layers=[conv9_1]", "unknown layer 'conv9_1'"),
-])
-def test_bad_inputs_give_one_line_errors(cifar_ckpt, data_dir, tmp_path, override, message):
-    proc = run_cli("cnnlab.visualize", *override.split(), f"network.checkpoint={cifar_ckpt}", "logger=none", "progress=false",
+def test_bad_input_exits_2_with_one_line(cifar_ckpt, data_dir, tmp_path):
+    proc = run_cli("cnnlab.visualize", "viz.classes=[zebra]", f"network.checkpoint={cifar_ckpt}", "logger=none", "progress=false",
                    f"hydra.run.dir={tmp_path / 'run'}", f"paths.data_dir={data_dir}", check=False, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+    assert len(errors) == 1 and "unknown class 'zebra'" in errors[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
 
 
-def test_non_image_style_path_is_a_one_line_error(cifar_ckpt, data_dir, tmp_path):
+def _compose(*overrides: str):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from cnnlab.config import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("visualize", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("viz=adversarial viz.eps=8", "outside the pixel range"),
+    ("viz=inversion viz.layers=[conv9_1]", "unknown layer 'conv9_1'"),
+    ("viz=style viz.style_image={notes}", "not a readable image"),
+])
+def test_bad_inputs_are_user_errors(cifar_ckpt, data_dir, tmp_path, override, message):
+    from cnnlab.errors import UserError
+    from cnnlab.visualize.cli import run
+
     notes = tmp_path / "notes.jpg"
     notes.write_text("this is not an image")
-    proc = run_cli("cnnlab.visualize", "viz=style", f"viz.style_image={notes}", f"network.checkpoint={cifar_ckpt}", "logger=none",
-                   f"hydra.run.dir={tmp_path / 'run'}", check=False, timeout=300)
-    assert proc.returncode == 2 and "not a readable image" in proc.stderr
+    cfg = _compose(*override.format(notes=notes).split(), f"network.checkpoint={cifar_ckpt}", "logger=none", "progress=false",
+                   f"paths.output_dir={tmp_path / 'run'}", f"paths.data_dir={data_dir}")
+    with pytest.raises(UserError, match=message) as info:
+        run(cfg)
+    assert "\n" not in str(info.value)
