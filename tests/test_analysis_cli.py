@@ -125,7 +125,7 @@ def test_colorization_trunk_gets_trunk_analyses_and_a_one_line_error_for_head_on
     assert "colorization trunk" in html and "L input" in html
     cfg = compose_cfg(f"ckpt={colorization_trunk}", "data=synthetic", f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path}",
                       "analysis=[occlusion]")
-    with pytest.raises(UserError, match="without a classifier head") as err:
+    with pytest.raises(UserError, match=r"\(colorization\) has no classifier head") as err:
         run(cfg)
     assert "\n" not in str(err.value)
 

@@ -43,7 +43,7 @@ class Subject:
         """``(B, C, H, W)`` model input -> logits ``(B, K)``; a :class:`UserError` for a bare trunk."""
         if self.head is None:
             raise UserError(
-                f"{analysis} needs class scores but {self.source} is a {self.method} trunk without a classifier head: "
+                f"{analysis} needs class scores but {self.source} ({self.method}) has no classifier head: "
                 "pass a Classifier checkpoint (checkpoints/last.ckpt of a supervised run) or drop that analysis"
             )
         return nn.Sequential(self.backbone, self.head).eval()
@@ -70,16 +70,19 @@ def load_subject(path: str | Path) -> Subject:
         return Subject(backbone=backbone, color_space=meta["color_space"], source=str(path), method=meta.get("method", "unknown"),
                        image_size=info.get("image_size"), classes=list(info.get("classes") or []))
     if isinstance(raw, dict) and "cnnlab_class" in raw:
-        from cnnlab.models import load_module
+        from cnnlab.models import Classifier, load_module
 
         module = load_module(path)
         backbone = getattr(module, "backbone", None)
         if not isinstance(backbone, Backbone):
             raise UserError(f"{path} holds a {type(module).__name__} without a backbone: pass a Classifier checkpoint or a trunk.pt")
         info = module.data_info or {}
-        head = getattr(module, "head", None)
-        color_space = info.get("color_space") or ("rgb" if backbone.in_channels == 3 else "L")
-        return Subject(backbone=backbone, head=head if isinstance(head, nn.Module) else None, color_space=color_space,
+        # only a Classifier's head gives class scores (a colorizer's head predicts colours)
+        head = module.head if isinstance(module, Classifier) else None
+        color_space = info.get("color_space") if head is not None else None
+        if not color_space:
+            color_space = module.trunk_color_space() if hasattr(module, "trunk_color_space") else ("rgb" if backbone.in_channels == 3 else "L")
+        return Subject(backbone=backbone, head=head, color_space=color_space,
                        source=str(path), classes=list(info.get("classes") or []), image_size=info.get("image_size"),
                        method=getattr(module, "method", type(module).__name__))
     raise UserError(f"{path} is neither a cnnlab Lightning checkpoint nor a trunk file: pass checkpoints/last.ckpt or trunk.pt of a cnnlab-train run")
