@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import hydra.errors
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab.config import CONF_DIR, check_complete, is_rank_zero, print_config_tree, resume_argv
@@ -90,7 +91,12 @@ def run(cfg: DictConfig) -> float | None:
         model_cfg = model_cfg.copy()
         with open_dict(model_cfg):
             model_cfg.num_classes = datamodule.num_classes
-    model = hydra.utils.instantiate(model_cfg, _recursive_=False)
+    try:
+        model = hydra.utils.instantiate(model_cfg, _recursive_=False)
+    except hydra.errors.InstantiationException as err:
+        if isinstance(err.__cause__, UserError):  # a model's own one-line error, not a config-system failure
+            raise err.__cause__ from None
+        raise
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
