@@ -48,9 +48,11 @@ def cifar_dm_kwargs(cifar_archive, data_dir) -> dict:
 
 
 def run_cli(module: str, *overrides: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None,
-            check: bool = True) -> subprocess.CompletedProcess:
+            check: bool = True, unset: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """Run ``python -m <module> <overrides>`` as a real process; on failure show its output."""
     full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1", **(env or {})}
+    for var in unset:
+        full_env.pop(var, None)
     proc = subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd or PROJECT_ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

@@ -105,3 +105,23 @@ def test_optuna_sweep_survives_failed_trials(tmp_path, data_dir):
     assert {idx for _, idx in rows} == {0.0, 1.0}, "both kinds of trial were sampled"
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_params"]["model.dropout"] == 0.0 and 0.0 < best["best_value"] <= 1.0
+
+
+def test_wandb_failure_falls_back_to_offline(tmp_path, data_dir):
+    run_dir = tmp_path / "wb"
+    proc = run_cli("cnnlab.train", *TINY, "trainer.max_epochs=1", "logger.wandb.mode=online", f"paths.data_dir={data_dir}",
+                   f"hydra.run.dir={run_dir}", unset=("WANDB_MODE", "WANDB_API_KEY"), env={"NETRC": str(tmp_path / "no-netrc")})
+    assert "W&B failed to start" in proc.stderr and "continuing offline" in proc.stderr
+    assert list((run_dir / "wandb").glob("offline-run-*")), "the run is logged offline instead"
+    assert (run_dir / "metrics.json").is_file(), "training went on"
+
+
+@pytest.mark.integration
+def test_supervised_training_on_real_cifar10_beats_chance(tmp_path, cifar_archive, data_dir):
+    run_dir = tmp_path / "cifar"
+    run_cli("cnnlab.train", "data=cifar10", f"data.source={cifar_archive}", "data.train_limit=5000", "data.eval_batch_size=1000",
+            "backbone.width=16", "trainer.max_epochs=2", "callbacks.progress_bar=null", "callbacks.model_summary=null", "logger=csv",
+            f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test/acc"] > 0.35, metrics  # chance is 0.10
+    assert metrics["test/acc_top5"] > 0.8, metrics

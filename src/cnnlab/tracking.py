@@ -65,14 +65,18 @@ def make_wandb_logger(
     entity: str | None = None,
     job_type: str | None = None,
 ) -> WandbLogger:
+    factory_kwargs = dict(save_dir=save_dir, project=project, name=name, log_model=log_model, group=group,
+                          tags=tags, entity=entity, job_type=job_type)
     mode = resolve_wandb_mode(mode)
     if mode == "offline":
         log.info("W&B: offline run in %s (upload later with `wandb sync`)", save_dir)
-    return WandbLogger(
+    logger = WandbLogger(
         save_dir=save_dir, project=project, name=name, id=run_id(save_dir), offline=mode == "offline",
         mode=mode if mode == "disabled" else None, log_model=log_model, group=group or None,
         tags=list(tags or []), entity=entity, job_type=job_type,
     )
+    logger._cnnlab_factory_kwargs = factory_kwargs  # what the offline fallback rebuilds from
+    return logger
 
 
 def ensure_wandb_started(loggers: list[Logger]) -> list[Logger]:
@@ -83,11 +87,13 @@ def ensure_wandb_started(loggers: list[Logger]) -> list[Logger]:
             try:
                 lg.experiment  # noqa: B018 - forces wandb.init
             except Exception as err:  # noqa: BLE001 - network and auth errors come in many types
-                warnings.warn(f"W&B failed to start ({type(err).__name__}: {err}); continuing offline", stacklevel=2)
+                first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                warnings.warn(f"W&B failed to start ({type(err).__name__}: {first_line}); continuing offline", stacklevel=2)
+                import wandb
+
+                wandb.teardown()  # drop the half-initialised online session before starting an offline one
                 os.environ["WANDB_MODE"] = "offline"
-                kw = lg._wandb_init
-                lg = WandbLogger(save_dir=kw.get("dir") or kw.get("save_dir"), project=kw.get("project"), name=kw.get("name"),
-                                 id=kw.get("id"), offline=True, tags=kw.get("tags"), group=kw.get("group"))
+                lg = make_wandb_logger(**{**getattr(lg, "_cnnlab_factory_kwargs", {}), "mode": "offline"})
                 lg.experiment  # noqa: B018
         out.append(lg)
     return out
