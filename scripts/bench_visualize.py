@@ -48,40 +48,47 @@ def _test_split(data_dir: str):
 def robustness(args) -> dict:
     from cnnlab.visualize import attacks as A
 
+    torch.set_num_threads(args.threads)
     net = _network(args.ckpt)
     images, labels = _test_split(args.data_dir)
     x_all = images.float() / 255
     g = torch.Generator().manual_seed(0)
     out = {"checkpoint": str(args.ckpt), "n_test": len(labels)}
     t = time.perf_counter()
-    out["clean_acc"] = float((A.predict(net, x_all) == labels).float().mean())
+    parts = set(args.parts)
+    if "clean" in parts:
+        out["clean_acc"] = float((A.predict(net, x_all) == labels).float().mean())
 
     def subset(n):
         idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))[:n].sort().values
         return x_all[idx], labels[idx]
 
     eps, step = 8 / 255, 2 / 255
-    x, y = subset(args.n_fgsm)
-    adv = torch.cat([A.fgsm(net, x[i:i + 250], y[i:i + 250], eps) for i in range(0, len(x), 250)])
-    out.update(n_fgsm=len(x), fgsm_acc=float((A.predict(net, adv) == y).float().mean()),
-               clean_acc_fgsm_subset=float((A.predict(net, x) == y).float().mean()))
-    x, y = subset(args.n_pgd)
-    adv = torch.cat([A.pgd(net, x[i:i + 250], y[i:i + 250], eps, step, 10, random_start=True, generator=g)
-                     for i in range(0, len(x), 250)])
-    out.update(n_pgd=len(x), pgd10_acc=float((A.predict(net, adv) == y).float().mean()),
-               clean_acc_pgd_subset=float((A.predict(net, x) == y).float().mean()),
-               pgd_max_linf=float((adv - x).abs().max()))
-    x, y = subset(args.n_md)
-    pred = A.predict(net, x)
-    keep = pred == y  # distortion needed to flip a correct decision
-    md, ok = A.minimal_distortion(net, x[keep], y[keep], steps=args.md_steps, search_steps=args.md_search, lr=0.01)
-    norms = (md - x[keep]).flatten(1).norm(dim=1)
-    out.update(n_md=int(keep.sum()), md_success=float(ok.float().mean()), md_mean_l2=float(norms[ok].mean()),
-               md_median_l2=float(norms[ok].median()), md_mean_linf=float((md - x[keep]).flatten(1).abs().amax(1)[ok].mean()))
-    imgs, conf, taken = A.fooling_images(net, torch.arange(10), 32, steps=args.fool_steps, lr=0.05, confidence=0.99,
-                                         generator=torch.Generator().manual_seed(0))
-    out.update(fooling_share_99=float((conf >= 0.99).float().mean()), fooling_steps=args.fool_steps,
-               fooling_mean_steps=float(taken.float().mean()), fooling_min_conf=float(conf.min()))
+    if "fgsm" in parts:
+        x, y = subset(args.n_fgsm)
+        adv = torch.cat([A.fgsm(net, x[i:i + 250], y[i:i + 250], eps) for i in range(0, len(x), 250)])
+        out.update(n_fgsm=len(x), fgsm_acc=float((A.predict(net, adv) == y).float().mean()),
+                   clean_acc_fgsm_subset=float((A.predict(net, x) == y).float().mean()))
+    if "pgd" in parts:
+        x, y = subset(args.n_pgd)
+        adv = torch.cat([A.pgd(net, x[i:i + 250], y[i:i + 250], eps, step, 10, random_start=True, generator=g)
+                         for i in range(0, len(x), 250)])
+        out.update(n_pgd=len(x), pgd10_acc=float((A.predict(net, adv) == y).float().mean()),
+                   clean_acc_pgd_subset=float((A.predict(net, x) == y).float().mean()),
+                   pgd_max_linf=float((adv - x).abs().max()))
+    if "md" in parts:
+        x, y = subset(args.n_md)
+        pred = A.predict(net, x)
+        keep = pred == y  # distortion needed to flip a correct decision
+        md, ok = A.minimal_distortion(net, x[keep], y[keep], steps=args.md_steps, search_steps=args.md_search, lr=0.01)
+        norms = (md - x[keep]).flatten(1).norm(dim=1)
+        out.update(n_md=int(keep.sum()), md_success=float(ok.float().mean()), md_mean_l2=float(norms[ok].mean()),
+                   md_median_l2=float(norms[ok].median()), md_mean_linf=float((md - x[keep]).flatten(1).abs().amax(1)[ok].mean()))
+    if "fool" in parts:
+        imgs, conf, taken = A.fooling_images(net, torch.arange(10), 32, steps=args.fool_steps, lr=0.05, confidence=0.99,
+                                             generator=torch.Generator().manual_seed(0))
+        out.update(fooling_share_99=float((conf >= 0.99).float().mean()), fooling_steps=args.fool_steps,
+                   fooling_mean_steps=float(taken.float().mean()), fooling_min_conf=float(conf.min()))
     out["seconds"] = time.perf_counter() - t
     return out
 
@@ -206,6 +213,7 @@ def main() -> None:
     p.add_argument("what", choices=["robustness", "speed"])
     p.add_argument("--ckpt", default=str(DEFAULT_CKPT))
     p.add_argument("--data-dir", default=str(ROOT / "data"))
+    p.add_argument("--parts", nargs="+", default=["clean", "fgsm", "pgd", "md", "fool"])
     p.add_argument("--n-fgsm", type=int, default=10000)
     p.add_argument("--n-pgd", type=int, default=1000)
     p.add_argument("--n-md", type=int, default=100)
@@ -215,7 +223,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--workloads", nargs="+", default=["class_model", "fourier128"])
+    p.add_argument("--workloads", nargs="*", default=["class_model", "fourier128"])
     p.add_argument("--lucent-site", default="", help="PYTHONPATH entries holding torch-lucent and its kornia (empty: skip)")
     p.add_argument("--out", default="")
     args = p.parse_args()

@@ -52,6 +52,8 @@ def run(cfg: DictConfig) -> dict:
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     out_dir = Path(cfg.paths.output_dir)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     print_config_tree(cfg, order=("viz", "network", "logger", "paths"), save_to=out_dir / "config_tree.log")

@@ -152,7 +152,7 @@ def saliency(ctx: Context, images: Sequence[str] | None = None, count: int = 10,
 
 # --------------------------------------------------------------------------------- activation maximization
 def actmax(ctx: Context, layer: str = LOGITS, units: Sequence | None = None, presets: Sequence[str] = ("a", "b", "c", "d"),
-           steps: int = 200, lr: float = 0.05, size: int | None = None, init_sd: float = 0.0) -> dict:
+           steps: int = 100, lr: float = 3.0, size: int | None = None, init_sd: float = 0.0) -> dict:
     """Yosinski et al.: gradient ascent on one unit per image with each regularization preset (one grid row each)."""
     ctx.network.check_layers([layer])
     if layer == LOGITS:
@@ -285,6 +285,7 @@ def adversarial(ctx: Context, count: int = 10, eps: float = 8 / 255, step_size: 
                                        (0.5 + 10 * (adv_md - x)).clamp(0, 1)]), nrow=len(x),
              caption="rows: clean, FGSM, its perturbation, PGD, its perturbation, minimal distortion, its perturbation x10")
     norms = (adv_md - x).flatten(1).norm(dim=1)
+    ok = ok & (pred["clean"] == y)  # distortion needed to flip a correct decision (a wrong one needs none)
     return {"clean_acc": float((pred["clean"] == y).float().mean()), "fgsm_acc": float((pred["fgsm"] == y).float().mean()),
             "pgd_acc": float((pred["pgd"] == y).float().mean()),
             "targeted_success": float((pred["targeted"] == target).float().mean()),
