@@ -394,3 +394,19 @@ def test_style_lowers_style_loss(ctx, tmp_path):
 def test_fooling_experiment_reports_share(ctx):
     m = fooling(ctx, classes=[1, 2], size=16, steps=20, lr=0.1, confidence=0.9)
     assert 0.0 <= m["share_confident"] <= 1.0 and math.isfinite(m["mean_confidence"])
+
+
+def test_lightness_trunk_works_from_rgb_images(tmp_path):
+    """A colorization trunk takes Lab L: the Network converts RGB in its forward path and gradients reach the pixels."""
+    from cnnlab.backbones import VGGCifar, save_trunk
+    from cnnlab.visualize.network import load_network
+
+    torch.manual_seed(0)
+    path = save_trunk(tmp_path / "trunk.pt", VGGCifar(in_channels=1, width=4), "L", "colorization")
+    tnet = load_network(trunk=str(path))
+    assert tnet.color_space == "L" and "conv2_1" in tnet.layer_names
+    ctx = Context(network=tnet, out_dir=tmp_path, progress=False)
+    m = actmax(ctx, layer="conv2_1", units=[0, 1], presets=["c"], steps=5, lr=0.5, size=16)
+    assert m["c/objective_end"] < m["c/objective_start"]
+    with pytest.raises(UserError, match="no class"):
+        class_model(ctx, steps=1)
