@@ -85,5 +85,6 @@ def test_override_formatting_and_plan():
     arms = plan_arms(["random", "colorization", "supervised"], [0, 1], [0.1, 1.0])
     assert len(arms) == 2 * (3 + 3 + 6)
     names = [a.name for a in arms]
-    assert names.index("supervised_seed0") < names.index("probe_supervised_seed0") < names.index("finetune_supervised_f0.1_seed0")
+    assert names.index("supervised_seed1") < names.index("probe_random_seed0") < names.index("finetune_supervised_f0.1_seed0")
+    assert names.index("finetune_supervised_f0.1_seed1") < names.index("finetune_random_f1_seed0")
     assert len(set(names)) == len(names)

@@ -44,7 +44,7 @@ def test_gap_smoke_end_to_end_and_resume(tmp_path, data_dir):
     shutil.rmtree(arms / "probe_colorization_seed0")
     shutil.rmtree(arms / "random_seed0")
     proc = run_cli("cnnlab.gap", *args)
-    assert "9 arms, 7 already done" in proc.stdout
+    assert "9 arms, 5 already done" in proc.stdout and "arms: ran 2, reused 7" in proc.stdout
     after = {p.parent.name: p.stat().st_mtime_ns for p in arms.glob("*/gap_arm.json")}
     rerun = {k for k in after if after[k] != stamps.get(k)}
     assert rerun == {"probe_colorization_seed0", "random_seed0"}, f"only the deleted arms run again, not {rerun}"

@@ -69,17 +69,16 @@ def fraction_tag(f: float) -> str:
 
 
 def plan_arms(inits: list[str], seeds: list[int], fractions: list[float]) -> list[Arm]:
-    """Every arm in run order: per seed, the trunks, then the probes, then the fine-tunes."""
-    arms: list[Arm] = []
-    for seed in seeds:
-        for init in inits:
-            arms.append(Arm(trunk_arm_name(init, seed), "trunk", init, seed, trunk_arm=trunk_arm_name(init, seed)))
-        for init in inits:
-            arms.append(Arm(f"probe_{init}_seed{seed}", "probe", init, seed, trunk_arm=trunk_arm_name(init, seed)))
-        for init in inits:
-            for f in fractions:
-                arms.append(Arm(f"finetune_{init}_{fraction_tag(f)}_seed{seed}", "finetune", init, seed, f, trunk_arm_name(init, seed)))
-    return arms
+    """Every arm in run order: all trunks, then all probes (the headline table), then the fine-tunes.
+
+    Seeds are interleaved within each stage, so a run stopped early still has every init for the first
+    seeds of each stage, and its partial report (``run_arms=false``) compares like with like.
+    """
+    trunks = [Arm(trunk_arm_name(i, s), "trunk", i, s, trunk_arm=trunk_arm_name(i, s)) for s in seeds for i in inits]
+    probes = [Arm(f"probe_{i}_seed{s}", "probe", i, s, trunk_arm=trunk_arm_name(i, s)) for s in seeds for i in inits]
+    fts = [Arm(f"finetune_{i}_{fraction_tag(f)}_seed{s}", "finetune", i, s, f, trunk_arm_name(i, s))
+           for f in fractions for s in seeds for i in inits]
+    return trunks + probes + fts
 
 
 # --------------------------------------------------------------------------------- override strings
@@ -171,10 +170,12 @@ def train_command(overrides: list[str], run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "cnnlab.train", *dedupe(overrides), f"hydra.run.dir={format_value(str(run_dir))}"]
 
 
-def run_train(arm: Arm, command: list[str], run_dir: Path) -> None:
+def run_train(arm: Arm, command: list[str], run_dir: Path, threads: int | None = None) -> None:
     """Run one ``cnnlab-train`` arm as a subprocess; its console output goes to ``<arm dir>/arm.log``."""
     log_path = run_dir / "arm.log"
     env = {**os.environ, "WANDB_CONSOLE": "off", "WANDB_SILENT": "true"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     with open(log_path, "w") as fh:
         fh.write(" ".join(command) + "\n\n")
         fh.flush()

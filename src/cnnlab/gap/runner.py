@@ -162,7 +162,7 @@ class Runner:
             write_json(d / "metrics.json", metrics)
             write_json(d / "probe.json", res)
         else:
-            A.run_train(arm, A.train_command(cmd, d), d)
+            A.run_train(arm, A.train_command(cmd, d), d, self.cfg.get("threads"))
             if arm.kind == "trunk":
                 self.fingerprint(d / "trunk.pt")  # wrong architecture or input type: a clear error now
         mark_extra = {"trunk_fingerprint": fp, **extra}
@@ -193,21 +193,29 @@ class Runner:
         from rich.table import Table
 
         cfg = self.cfg
+        if cfg.get("threads"):
+            torch.set_num_threads(int(cfg.threads))
         arms = A.plan_arms(list(cfg.inits), [int(s) for s in cfg.seeds], [float(f) for f in cfg.label_fractions])
         console = Console()
         status = {}
         for arm in arms:
             key = self.key(arm)[0]
-            status[arm.name] = "done" if key is not None and A.is_done(arm, self.root, key) else "to run"
-        todo = [a for a in arms if status[a.name] != "done"]
+            if key is not None and A.is_done(arm, self.root, key):
+                status[arm.name] = "done"
+            else:  # a finished arm whose trunk is being remade is reused if the trunk comes back identical
+                status[arm.name] = "check" if key is None and A.is_done(arm, self.root, None) else "to run"
+        todo = [a for a in arms if status[a.name] != "done"] if cfg.run_arms else []
         table = Table(title=f"cnnlab-gap · budget {cfg.budget_name} · {len(arms)} arms, {len(arms) - len(todo)} already done (reused)",
                       show_lines=False)
         for col in ("arm", "what", "status"):
             table.add_column(col)
         for arm in arms:
-            table.add_row(arm.name, arm.label, "[green]reused[/]" if status[arm.name] == "done" else "[yellow]to run[/]")
+            table.add_row(arm.name, arm.label, {"done": "[green]reused[/]", "check": "[cyan]reused if its trunk is unchanged[/]",
+                                                "to run": "[yellow]to run[/]"}[status[arm.name]])
         console.print(table)
         console.print(f"run dir: {self.root}")
+        if not cfg.run_arms:
+            console.print("run_arms=false: reporting the finished arms only")
         columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=False) as progress:
             task = progress.add_task("arms", total=len(arms), completed=len(arms) - len(todo))
@@ -225,12 +233,13 @@ class Runner:
                 progress.console.print(f"  done {arm.name} in {time.time() - t0:.0f} s")
                 self.timings[arm.name] = {"seconds": round(time.time() - t0, 1)}
                 progress.advance(task)
+        console.print(f"arms: ran {len(self.timings)}, reused {len(arms) - len(self.timings)}")
         probe, finetune, taps = self.collect(arms)
         taps = taps or (list(cfg.probe.taps) if cfg.probe.taps else [])
         res = summarize(probe, finetune, list(cfg.inits), [int(s) for s in cfg.seeds], taps, [float(f) for f in cfg.label_fractions])
         res["budget"] = str(cfg.budget_name)
         res["arms"] = {a.name: {"kind": a.kind, "init": a.init, "seed": a.seed, "fraction": a.fraction,
-                                "reused": status[a.name] == "done", "dir": str(a.dir(self.root))} for a in arms}
+                                "reused": a.name not in self.timings, "seconds": self.timings.get(a.name, {}).get("seconds"), "dir": str(a.dir(self.root))} for a in arms}
         res["data"] = {"name": cfg.data.name, "color_space": cfg.data.color_space, "train_limit": cfg.data.get("train_limit")}
         res["backbone"] = {"arch": self.arch, **self.arch_kwargs}
         res["machine"] = f"{platform.node()} · {platform.processor() or platform.machine()} · torch {torch.__version__} · " + (
