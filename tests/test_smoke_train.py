@@ -27,3 +27,18 @@ def test_train_synthetic_writes_run_dir(tmp_path, data_dir):
     assert not module.training
     assert module.data_info["color_space"] == "rgb" and len(module.data_info["classes"]) == 10
     assert module(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_eval_entry_point_reproduces_test_accuracy(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    run_cli("cnnlab.train", "data=synthetic", "data.synthetic.n_train=600", "data.synthetic.n_test=200", "backbone.width=8",
+            "trainer.max_epochs=2", "callbacks.progress_bar=null", "logger=none", f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}")
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    ckpt = next((run_dir / "checkpoints").glob("best_*.ckpt"))
+    eval_dir = tmp_path / "eval"
+    run_cli("cnnlab.evaluate", f"ckpt_path={ckpt}", "data=synthetic", "data.synthetic.n_train=600", "data.synthetic.n_test=200",
+            f"paths.data_dir={data_dir}", f"hydra.run.dir={eval_dir}")
+    evaluated = json.loads((eval_dir / "metrics.json").read_text())
+    assert evaluated["test/acc"] == trained["test/acc"]
+    proc = run_cli("cnnlab.evaluate", f"ckpt_path={run_dir / 'trunk.pt'}", f"hydra.run.dir={tmp_path / 'bad'}", check=False)
+    assert proc.returncode == 2 and "is not a cnnlab Lightning checkpoint (a trunk file" in proc.stderr
