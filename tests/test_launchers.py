@@ -9,7 +9,7 @@ from cnnlab.config import PROJECT_ROOT
 
 
 def _hydra_cfg(*overrides: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "cnnlab.train", *overrides, "--cfg", "hydra"], cwd=PROJECT_ROOT,
+    proc = subprocess.run([sys.executable, "-m", "cnnlab.train", *overrides, "--cfg", "hydra", "--resolve"], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return yaml.safe_load(proc.stdout)["hydra"]
