@@ -9,7 +9,7 @@ from cnnlab.config import PROJECT_ROOT
 
 
 def _hydra_cfg(*overrides: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "cnnlab.train", *overrides, "--cfg", "hydra", "--resolve"], cwd=PROJECT_ROOT,
+    proc = subprocess.run([sys.executable, "-m", "cnnlab.train", *overrides, "--cfg", "hydra"], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return yaml.safe_load(proc.stdout)["hydra"]
@@ -18,7 +18,7 @@ def _hydra_cfg(*overrides: str) -> dict:
 def test_slurm_launcher_config_composes():
     launcher = _hydra_cfg("hydra/launcher=slurm", "trainer=ddp", "hydra.launcher.partition=gpu")["launcher"]
     assert launcher["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    assert launcher["partition"] == "gpu" and launcher["tasks_per_node"] == launcher["gpus_per_node"]
+    assert launcher["partition"] == "gpu" and launcher["tasks_per_node"] == "${hydra.launcher.gpus_per_node}"  # one task per GPU
 
 
 def test_optuna_preset_composes_with_sqlite_storage(tmp_path):
