@@ -145,3 +145,9 @@ def test_real_cifar10_archive(cifar_dm_kwargs):
     assert np.bincount(dm.splits["train"].labels.numpy()).tolist() == [45] * 10
     x = dm.preprocess(dm.splits["test"].images[:8])
     assert x.shape == (8, 3, 32, 32) and 0.2 < x.mean() < 0.7, "real photos, not blank images"
+
+
+def test_missing_stl10_without_network_is_clear(tmp_path):
+    dm = ImageDataModule(name="stl10", data_dir=str(tmp_path), image_size=96, download=False)
+    with pytest.raises(UserError, match="STL-10 not found in .*stl10_binary.*network access"):
+        dm.setup()
