@@ -70,6 +70,18 @@ class AnalysisContext:
     def classes(self) -> list[str]:
         return self.subject.classes or list(getattr(self.dm, "classes", []))
 
+    def sample_indices(self, n: int) -> torch.Tensor:
+        """``n`` dataset indices spread over the classes (round robin, first images of each class): the example images."""
+        labels = self.labels
+        per_class = [torch.nonzero(labels == c).flatten() for c in torch.unique(labels)]
+        picked, rank = [], 0
+        while len(picked) < min(n, len(labels)):
+            for idx in per_class:
+                if rank < len(idx) and len(picked) < n:
+                    picked.append(int(idx[rank]))
+            rank += 1
+        return torch.tensor(picked, dtype=torch.long)
+
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         ds = self.dataset()
         for s in range(0, len(ds), self.batch_size):

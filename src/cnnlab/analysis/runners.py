@@ -107,7 +107,8 @@ def run_embedding(ctx: AnalysisContext, tap: str | None = None, target_dims: int
                     "t-SNE scatter coloured by true class")
     ctx.save_figure(sec, "embedding_mosaic", emb.mosaic(coords, ctx.images[:n], grid=grid),
                     f"the same embedding as an image mosaic: each of {grid}x{grid} cells shows the image nearest its centre")
-    q_idx = torch.linspace(0, n - 1, steps=min(queries, n)).long()
+    q_idx = ctx.sample_indices(queries)
+    q_idx = q_idx[q_idx < n]
     idx, sims = emb.nearest_neighbours(x_e, x_e[q_idx], k=neighbours + 1)
     tiles = torch.cat([ctx.images[idx[r]] for r in range(len(q_idx))]).float() / 255
     ctx.save_figure(sec, "embedding_neighbours", pt_upscale(tiles),
@@ -135,7 +136,8 @@ def _overlay(images: torch.Tensor, heat: torch.Tensor, alpha: float = 0.6) -> to
 def run_occlusion(ctx: AnalysisContext, images: int = 4, patch: int = 8, stride: int = 2, target: str = "pred",
                   output: str = "prob") -> dict:
     model = ctx.subject.classifier("occlusion").to(ctx.device)
-    imgs, labels = ctx.images[:images], ctx.labels[:images]
+    pick = ctx.sample_indices(images)
+    imgs, labels = ctx.images[pick], ctx.labels[pick]
     if len(imgs) == 0:
         raise UserError("the dataset is empty: nothing to occlude")
     x = ctx.preprocess(imgs)
@@ -172,7 +174,8 @@ def run_attribution(ctx: AnalysisContext, images: int = 4, methods=attr_mod.METH
     unknown = [m for m in methods if m not in attr_mod.METHODS]
     if unknown:
         raise UserError(f"unknown attribution method(s) {unknown}: choose from {list(attr_mod.METHODS)}")
-    imgs, labels = ctx.images[:images], ctx.labels[:images]
+    pick = ctx.sample_indices(images)
+    imgs, labels = ctx.images[pick], ctx.labels[pick]
     x = ctx.preprocess(imgs)
     tgt = _targets(ctx, model, x, labels, target)
     cam_tap = ctx.tap_or_default(grad_cam_tap, where="last")
@@ -234,7 +237,14 @@ def run_color_units(ctx: AnalysisContext, tap: str | None = None, top_cells: int
     rows = [[u, str(cats[u]), float(stats.hue_consistency[u]), float(stats.chroma_ratio[u]), float(stats.chroma_corr[u]),
              float(stats.mean_hue_deg[u]), float(stats.class_selectivity[u]), _class_name(classes, int(stats.preferred_class[u]))] for u in picked]
     sec.tables.append((header, rows))
-    return {"tap": tap, "stats": stats, "categories": cats, "counts": counts}
+    per_unit = {"hue_consistency": stats.hue_consistency, "chroma_ratio": stats.chroma_ratio, "chroma_corr": stats.chroma_corr,
+                "mean_hue_deg": stats.mean_hue_deg, "class_selectivity": stats.class_selectivity,
+                "preferred_class": stats.preferred_class, "category": cats}
+    from cnnlab.callbacks import write_json
+
+    write_json(ctx.out_dir / f"color_units_{tap}.json", {k: np.asarray(v).tolist() for k, v in per_unit.items()})
+    medians = {f"median_{k}": round(float(np.median(per_unit[k])), 3) for k in ("hue_consistency", "chroma_corr", "class_selectivity")}
+    return {"tap": tap, "stats": stats, "categories": cats, "counts": counts, **medians}
 
 
 def _class_name(classes: list[str], k: int) -> str:
