@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import shlex
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -11,6 +14,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.errors import UserError
+
+log = logging.getLogger("cnnlab")
 
 #: the repository root (conf/, data/, outputs/ live here); CNNLAB_ROOT overrides it
 PROJECT_ROOT = Path(os.environ.get("CNNLAB_ROOT", Path(__file__).resolve().parents[2]))
@@ -100,3 +105,31 @@ def resume_argv(argv: list[str]) -> list[str]:
     extra_keys = {_key(a) for a in extra}
     old = [o for o in yaml.safe_load(saved.read_text()) or [] if _key(o) not in extra_keys and _key(o) != "resume"]
     return old + extra + [f"resume={run_dir.resolve()}", f"hydra.run.dir={shlex.quote(str(run_dir.resolve()))}"]
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def hydra_task(fn):
+    """Wrap a Hydra task function: a :class:`UserError` becomes one ``error:`` line and exit code 2.
+
+    Inside a multirun the error is re-raised instead, so the sweeper records that job as failed
+    and goes on with the next one.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(cfg):
+        try:
+            return fn(cfg)
+        except UserError as err:
+            log.error("error: %s", err)
+            if in_multirun():
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper

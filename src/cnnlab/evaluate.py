@@ -5,13 +5,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from cnnlab.config import CONF_DIR, check_complete
+from cnnlab.config import CONF_DIR, check_complete, hydra_task
 from cnnlab.errors import UserError, exit_on_user_error
 
 
@@ -41,12 +40,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+@hydra_task
 def _hydra_entry(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    evaluate(cfg)
 
 
 @exit_on_user_error

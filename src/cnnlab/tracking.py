@@ -99,6 +99,16 @@ def ensure_wandb_started(loggers: list[Logger]) -> list[Logger]:
     return out
 
 
+def finish_wandb() -> None:
+    """Close this process's W&B run (rank 0), so the next job of a sweep starts its own."""
+    if rank_zero_only.rank != 0:
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()
+
+
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, padding: int = 2, normalize: bool = False) -> Path:
     """Save ``(B, C, H, W)`` images in [0, 1] (C = 1 or 3) as one PNG grid."""
     path = Path(path)

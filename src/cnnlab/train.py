@@ -18,7 +18,7 @@ import hydra
 import hydra.errors
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cnnlab.config import CONF_DIR, check_complete, is_rank_zero, print_config_tree, resume_argv
+from cnnlab.config import CONF_DIR, check_complete, hydra_task, in_multirun, is_rank_zero, print_config_tree, resume_argv
 from cnnlab.errors import UserError, exit_on_user_error
 
 # torch, Lightning and W&B are imported inside run(): a config mistake is reported in a second or two
@@ -34,7 +34,7 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
 
 def _refuse_multirun_ddp(cfg: DictConfig) -> None:
     strategy = str(cfg.trainer.get("strategy", ""))
-    if _in_multirun() and strategy.startswith("ddp") and "spawn" not in strategy:
+    if in_multirun() and strategy.startswith("ddp") and "spawn" not in strategy:
         raise UserError(
             f"Hydra multirun cannot drive trainer.strategy={strategy}: Lightning re-launches the script in each process, "
             "which would re-run the whole sweep; use trainer=ddp_spawn, or launch each run with an external launcher (hydra/launcher=slurm)"
@@ -73,7 +73,7 @@ def run(cfg: DictConfig) -> float | None:
     import pytorch_lightning as pl
 
     from cnnlab.callbacks import scalar_metrics, write_json
-    from cnnlab.tracking import ensure_wandb_started
+    from cnnlab.tracking import ensure_wandb_started, finish_wandb
 
     out_dir = Path(cfg.paths.output_dir)
     if cfg.get("seed") is not None:  # 0 is a valid seed
@@ -127,7 +127,7 @@ def run(cfg: DictConfig) -> float | None:
         test_metrics = scalar_metrics(trainer)
     metrics = {**train_metrics, **test_metrics}
     write_json(out_dir / "metrics.json", metrics)
-    _finish_wandb()
+    finish_wandb()
 
     value = metrics.get(cfg.get("optimized_metric") or "", None)
     if value is not None and not math.isfinite(value):
@@ -140,32 +140,10 @@ def _resume_hint(out_dir: Path) -> None:
         print(f"interrupted: continue this run with `cnnlab-train resume={out_dir}`", file=sys.stderr)
 
 
-def _finish_wandb() -> None:
-    if not is_rank_zero():
-        return
-    import wandb
-
-    if wandb.run is not None:
-        wandb.finish()
-
-
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@hydra_task
 def _hydra_entry(cfg: DictConfig) -> float | None:
-    try:
-        return run(cfg)
-    except UserError as err:
-        log.error("error: %s", err)
-        if _in_multirun():
-            raise  # the sweeper records this job as failed and goes on with the next
-        print(f"error: {err}", file=sys.stderr)  # one line instead of a traceback
-        raise SystemExit(2) from None
-
-
-def _in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    return run(cfg)
 
 
 @exit_on_user_error
