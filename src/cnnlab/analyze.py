@@ -25,6 +25,13 @@ from cnnlab.errors import UserError, exit_on_user_error
 log = logging.getLogger("cnnlab")
 
 
+def _instantiate_group(group: DictConfig | None) -> list:
+    """Every ``_target_`` config of a group (the logger group) built."""
+    if not group:
+        return []
+    return [hydra.utils.instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
 def build_datamodule(cfg: DictConfig, subject):
     """The configured data module, set to the checkpoint's colour space (and image size) unless told otherwise."""
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
@@ -43,8 +50,7 @@ def run(cfg: DictConfig) -> dict:
     from cnnlab.analysis.runners import ORDER, RUNNERS
     from cnnlab.analysis.subject import load_subject
     from cnnlab.callbacks import write_json
-    from cnnlab.tracking import ensure_wandb_started
-    from cnnlab.train import _finish_wandb, _instantiate_group
+    from cnnlab.tracking import ensure_wandb_started, finish_wandb
 
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
         raise UserError("no checkpoint given: pass ckpt=<run dir>/checkpoints/last.ckpt or ckpt=<run dir>/trunk.pt")
@@ -82,7 +88,7 @@ def run(cfg: DictConfig) -> dict:
     write_json(out_dir / "analysis.json", {"report": str(path), "figures": [str(p) for p in ctx.figures], "analyses": summary})
     log.info("report: %s", path)
     print(f"report: {path}")
-    _finish_wandb()
+    finish_wandb()
     return summary
 
 
