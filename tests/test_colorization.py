@@ -7,7 +7,7 @@ import torch
 
 from cnnlab.color import lab_to_rgb, rgb_to_hue_chroma, rgb_to_lab
 from cnnlab.colorization import bins as B
-from cnnlab.colorization.decode import annealed_probs, decode_ab
+from cnnlab.colorization.decode import annealed_probs, decode_ab, decode_hue_chroma
 from cnnlab.colorization.hypercolumn import (dense_hypercolumns, gather_pixels, pixel_centers, random_pixels,
                                              sample_hypercolumns)
 from cnnlab.colorization.metrics import ab_error_auc, AbAuC
@@ -87,6 +87,25 @@ def test_hue_chroma_bins_decode_and_reconstruct():
     logits_h, logits_c = torch.randn(4, n), torch.randn(4, n)
     gray_loss = B.hue_chroma_loss(logits_h, logits_c, torch.rand(4), torch.zeros(4))
     assert torch.isclose(gray_loss, torch.nn.functional.cross_entropy(logits_c, torch.zeros(4, dtype=torch.long)))
+
+
+def test_hue_confidence_decode_moves_uncertain_hues_towards_gray():
+    n = 32
+    x = torch.full((1, 1, 1, 3), 0.6)  # Lab L = 60
+    chroma_logits = torch.full((1, n, 1, 3), -20.0)
+    chroma_logits[:, 12] = 20.0  # chroma ~0.39 at every pixel
+    hue_logits = torch.full((1, n, 1, 3), -20.0)
+    hue_logits[0, 5, 0, 0] = 20.0  # pixel 0: a certain hue
+    hue_logits[0, :, 0, 1] = 0.0  # pixel 1: uniform hue (resultant length 0)
+    hue_logits[0, 5, 0, 2] = hue_logits[0, 21, 0, 2] = 20.0  # pixel 2: two opposite hues
+    hue, resultant = B.hue_mean_resultant(torch.softmax(hue_logits, 1).movedim(1, -1))
+    assert torch.allclose(resultant[0, 0], torch.tensor([1.0, 0.0, 0.0]), atol=1e-4)
+    ab_of = lambda rgb: rgb_to_lab(rgb)[0, 1:, 0].norm(dim=0)  # noqa: E731  chroma in ab units per pixel
+    scaled = ab_of(decode_hue_chroma(hue_logits, chroma_logits, x, "L"))
+    paper = ab_of(decode_hue_chroma(hue_logits, chroma_logits, x, "L", hue_confidence=False))
+    assert abs(scaled[0] - paper[0]) < 1e-3 and paper[0] > 20  # a certain hue keeps the median chroma
+    assert scaled[1] < 1.0 and scaled[2] < 1.0  # no preferred hue: gray, however saturated the chroma median
+    assert paper[1] > 20  # the plain decode paints an arbitrary hue at full chroma
 
 
 def test_sparse_hypercolumns_equal_dense_at_pixel_centres_and_reach_every_tap():

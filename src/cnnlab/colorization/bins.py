@@ -71,12 +71,20 @@ def decode_chroma_median(probs: torch.Tensor) -> torch.Tensor:
     return ((idx.to(probs.dtype) + frac) / n).squeeze(-1)
 
 
-def decode_hue_circular_mean(probs: torch.Tensor) -> torch.Tensor:
-    """Circular (complex) mean of a hue histogram ``(..., n_bins)`` -> hue ``(...)`` in [0, 1)."""
+def hue_mean_resultant(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hue histogram ``(..., n_bins)`` -> (circular mean hue ``(...)`` in [0, 1), mean resultant length ``(...)`` in [0, 1]).
+
+    The resultant length is |E[exp(2 pi i hue)]|: 1 for a certain hue, 0 for a uniform histogram.
+    """
     angles = 2 * torch.pi * bin_centers(probs.shape[-1], probs.device)
     x = (probs * angles.cos()).sum(-1)
     y = (probs * angles.sin()).sum(-1)
-    return (torch.atan2(y, x) / (2 * torch.pi)).remainder(1.0)
+    return (torch.atan2(y, x) / (2 * torch.pi)).remainder(1.0), torch.hypot(x, y).clamp(max=1.0)
+
+
+def decode_hue_circular_mean(probs: torch.Tensor) -> torch.Tensor:
+    """Circular (complex) mean of a hue histogram ``(..., n_bins)`` -> hue ``(...)`` in [0, 1)."""
+    return hue_mean_resultant(probs)[0]
 
 
 def hue_chroma_to_rgb(hue: torch.Tensor, chroma: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from cnnlab.color import lab_to_rgb, rgb_to_lab
-from cnnlab.colorization.bins import decode_chroma_median, decode_hue_circular_mean, hue_chroma_to_rgb
+from cnnlab.colorization.bins import decode_chroma_median, hue_chroma_to_rgb, hue_mean_resultant
 
 #: the annealed-mean temperature of colourful colorization
 ANNEALED_T = 0.38
@@ -44,14 +44,21 @@ def compose_lab(lightness: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
     return lab_to_rgb(torch.cat([lightness, ab.to(lightness.dtype)], 1))
 
 
-def decode_hue_chroma(hue_logits: torch.Tensor, chroma_logits: torch.Tensor, x: torch.Tensor, input_space: str) -> torch.Tensor:
+def decode_hue_chroma(hue_logits: torch.Tensor, chroma_logits: torch.Tensor, x: torch.Tensor, input_space: str,
+                      hue_confidence: bool = True) -> torch.Tensor:
     """Hue/chroma logits ``(B, n, H, W)`` each + model input ``(B, 1, H, W)`` -> RGB ``(B, 3, H, W)``.
 
-    Chroma: median of its histogram; hue: circular mean. With Lab-L input the result keeps the
-    input's lightness exactly (its ab comes from the hue/chroma colour).
+    Chroma: median of its histogram; hue: circular mean. With ``hue_confidence`` the chroma is
+    multiplied by the hue histogram's mean resultant length, i.e. the decoded colour is
+    median(chroma) * E[exp(i hue)] in the hue/chroma plane: where the hue is uncertain the
+    colour moves towards gray instead of committing to the full chroma at an arbitrary mean hue
+    (the paper's decode, ``hue_confidence=False``, over-saturates wrong hues; see docs/results.md).
+    With Lab-L input the result keeps the input's lightness exactly (its ab comes from the hue/chroma colour).
     """
     chroma = decode_chroma_median(torch.softmax(chroma_logits, 1).movedim(1, -1))
-    hue = decode_hue_circular_mean(torch.softmax(hue_logits, 1).movedim(1, -1))
+    hue, resultant = hue_mean_resultant(torch.softmax(hue_logits, 1).movedim(1, -1))
+    if hue_confidence:
+        chroma = chroma * resultant
     rgb = hue_chroma_to_rgb(hue, chroma, gray_from_input(x, input_space))
     if input_space == "L":
         rgb = compose_lab(x * 100.0, rgb_to_lab(rgb)[:, 1:])

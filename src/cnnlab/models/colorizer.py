@@ -57,6 +57,7 @@ class Colorizer(CnnlabModule):
         hue_bins: int = 32,
         chroma_bins: int = 32,
         hue_weight: float = 5.0,
+        hue_confidence: bool = True,
         lab: dict | None = None,
         prior_max_images: int = 10000,
         prior_cache: bool = True,
@@ -79,7 +80,7 @@ class Colorizer(CnnlabModule):
             "backbone": as_dict(backbone), "targets": targets, "input_space": input_space,
             "taps": list(taps) if taps else None, "samples_per_image": samples_per_image, "sample_margin": sample_margin,
             "hidden": hidden, "dropout": dropout, "hue_bins": hue_bins, "chroma_bins": chroma_bins, "hue_weight": hue_weight,
-            "lab": lab, "prior_max_images": prior_max_images, "prior_cache": prior_cache, "dense_training": dense_training,
+            "hue_confidence": hue_confidence, "lab": lab, "prior_max_images": prior_max_images, "prior_cache": prior_cache, "dense_training": dense_training,
             "eval_stride": eval_stride, "eval_chunk_pixels": eval_chunk_pixels,
             "panel_every_n_epochs": panel_every_n_epochs, "panel_images": panel_images,
             "optimizer": self.optimizer_cfg, "scheduler": self.scheduler_cfg, "compile": compile,
@@ -173,7 +174,7 @@ class Colorizer(CnnlabModule):
         """Dense logits ``(B, O, H, W)`` + input ``(B, 1, H, W)`` -> RGB ``(B, 3, H, W)``."""
         if self.targets == "hue_chroma":
             hue, chroma = self.head.split(logits, dim=1)
-            return decode_hue_chroma(hue, chroma, x, self.input_space)
+            return decode_hue_chroma(hue, chroma, x, self.input_space, self.hparams.get("hue_confidence", True))
         t = self.hparams.lab["temperature"] if temperature is None else temperature
         return compose_lab(lightness_from_input(x, self.input_space), decode_ab(logits, self.ab_centers, t))
 
