@@ -39,7 +39,7 @@ def run_filters(ctx: AnalysisContext, layer: str | None = None, higher_layers=()
                 scale: int = 8) -> dict:
     bb = ctx.subject.backbone
     name, conv = flt.find_conv(bb, layer)
-    sec = ctx.section("filters", "Filters", f"Weights of {name} ({tuple(conv.weight.shape)}): 0.5 gray is a zero weight; each filter is scaled on its own.")
+    sec = ctx.section("filters", "Filters", f"Weights of {name}, shape {tuple(conv.weight.shape)}: 0.5 gray is a zero weight; each filter is scaled on its own.")
     w = conv.weight
     if w.shape[1] in (1, 3):
         imgs = flt.upscale(flt.first_layer_images(w), scale)
