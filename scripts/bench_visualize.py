@@ -97,14 +97,15 @@ def robustness(args) -> dict:
 def _setup(net, workload: str, seed: int = 0):
     from cnnlab.visualize import objectives as O
     from cnnlab.visualize.param import FourierImage, PixelImage
-    from cnnlab.visualize.transforms import lucid_transforms
+    from cnnlab.visualize.transforms import RandomTransforms
 
     if workload == "class_model":  # ten 32-px class models, pixels, no transforms
         return PixelImage(10, 32, init="zeros"), O.class_logit(list(range(10))) + 0.01 * O.l2(), None
     if workload == "fourier128":  # one 128-px Fourier image, a channel at conv3_1, no transforms
         return FourierImage(1, 128, seed=seed), O.channel("conv3_1", 5), None
-    if workload == "fourier128_robust":
-        return FourierImage(1, 128, seed=seed), O.channel("conv3_1", 5), lucid_transforms(128)
+    if workload == "fourier128_robust":  # pad 12, jitter 12, scale 0.9-1.1, rotate +-10, back to 128 px (lucent's standard set)
+        t = RandomTransforms(pad=12, jitter=12, scales=[1 + (i - 5) / 50 for i in range(11)], angles=10.0, out_size=128)
+        return FourierImage(1, 128, seed=seed), O.channel("conv3_1", 5), t
     raise ValueError(workload)
 
 
@@ -157,6 +158,7 @@ from lucent.modelzoo.util import get_model_layers
 from cnnlab.visualize.network import load_network
 net = load_network(checkpoint=sys.argv[1])
 steps, robust = int(sys.argv[2]), sys.argv[3] == "1"
+torch.set_num_threads(int(sys.argv[4]))  # the same thread count as the cnnlab side
 layer = [n for n in get_model_layers(net) if n.endswith("stages_conv3_1")][0]
 torch.manual_seed(0)
 obj = objectives.channel(layer, 5)
@@ -169,9 +171,9 @@ print(json.dumps({"steps_per_s": steps / (time.perf_counter() - t), "kornia": ko
 """
 
 
-def lucent_loop(ckpt: str, steps: int, robust: bool, site: str) -> dict:
+def lucent_loop(ckpt: str, steps: int, robust: bool, site: str, threads: int) -> dict:
     env = {**os.environ, "PYTHONPATH": site + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-c", LUCENT_SNIPPET, str(ckpt), str(steps), "1" if robust else "0"],
+    proc = subprocess.run([sys.executable, "-c", LUCENT_SNIPPET, str(ckpt), str(steps), "1" if robust else "0", str(threads)],
                           capture_output=True, text=True, env=env, timeout=900)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
@@ -196,7 +198,7 @@ def speed(args) -> dict:
         for workload, robust in (("fourier128", False), ("fourier128_robust", True)):
             ours, theirs = [], []
             for _ in range(args.repeats):
-                theirs.append(lucent_loop(args.ckpt, args.steps, robust, args.lucent_site))
+                theirs.append(lucent_loop(args.ckpt, args.steps, robust, args.lucent_site, args.threads))
                 ours.append(lightning_loop(net, workload, args.steps))
             if any("error" in r for r in theirs):
                 out[f"lucent_{workload}"] = theirs[0]

@@ -49,6 +49,7 @@ def test_adversarial_run_writes_images_metrics_and_wandb(cifar_ckpt, data_dir, t
     assert metrics["max_linf_pgd"] <= 8 / 255 + 1e-6
     assert (run_dir / "images" / "adversarial.png").stat().st_size > 1000
     assert list((run_dir / "wandb").glob("offline-run-*")), "no offline W&B run was written"
+    assert list((run_dir / "wandb").glob("offline-run-*/files/media/images/viz/adversarial_*.png")), "grid not sent to W&B"
 
 
 def test_bad_input_exits_2_with_one_line(cifar_ckpt, data_dir, tmp_path):

@@ -21,19 +21,21 @@ class RandomTransforms(nn.Module):
     ``pad``: pixels added on each side (``pad_value`` gray, or ``"reflect"``); ``jitter``: translation
     in pixels, uniform in [-jitter, jitter]; ``scales``: scale factors to choose from; ``angles``: maximal
     rotation in degrees (uniform in [-angles, angles]); ``roll``: circular shift up to ``roll`` pixels
-    (DeepDream's jitter: no border effects; only the network's view is shifted, never the image).
+    (DeepDream's jitter: no border effects; only the network's view is shifted, never the image);
+    ``out_size``: finally resize the network's view to this many pixels (None: keep the padded size).
     """
 
     def __init__(self, pad: int = 0, jitter: int = 0, scales: Sequence[float] = (1.0,), angles: float = 0.0,
-                 roll: int = 0, pad_mode: str = "constant", pad_value: float = 0.5):
+                 roll: int = 0, pad_mode: str = "constant", pad_value: float = 0.5, out_size: int | None = None):
         super().__init__()
+        self.out_size = out_size
         self.pad, self.jitter, self.scales, self.angles = int(pad), int(jitter), [float(s) for s in scales], float(angles)
         self.roll, self.pad_mode, self.pad_value = int(roll), pad_mode, pad_value
         self.params: dict[str, torch.Tensor] | None = None
 
     @property
     def identity(self) -> bool:
-        return not (self.pad or self.jitter or self.roll or self.angles or any(s != 1.0 for s in self.scales))
+        return not (self.pad or self.jitter or self.roll or self.angles or self.out_size or any(s != 1.0 for s in self.scales))
 
     def resample(self, batch: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Draw new random parameters (on the CPU generator) and keep them until the next call."""
@@ -68,13 +70,15 @@ class RandomTransforms(nn.Module):
             x = kornia.geometry.transform.warp_affine(x, m, (h, w), padding_mode="reflection", align_corners=True)
         if self.roll:
             x = torch.roll(x, shifts=(int(p["roll"][0]), int(p["roll"][1])), dims=(2, 3))
+        if self.out_size and tuple(x.shape[-2:]) != (self.out_size, self.out_size):
+            x = F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear", align_corners=False)
         return x
 
     def extra_repr(self) -> str:
         return f"pad={self.pad}, jitter={self.jitter}, scales={self.scales}, angles={self.angles}, roll={self.roll}"
 
 
-def lucid_transforms(size: int) -> RandomTransforms:
+def lucid_transforms(size: int, out_size: int | None = None) -> RandomTransforms:
     """The usual robustness set scaled to the image size (pad 1/8, jitter 1/16, scale +-10%, rotate +-10 deg)."""
     return RandomTransforms(pad=max(1, size // 8), jitter=max(1, size // 16), scales=[0.9, 0.95, 1.0, 1.05, 1.1],
-                            angles=10.0)
+                            angles=10.0, out_size=out_size)
