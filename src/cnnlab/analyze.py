@@ -11,7 +11,6 @@ figures to W&B (offline without credentials).
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.config import CONF_DIR, check_complete
+from cnnlab.config import CONF_DIR, check_complete, hydra_task
 from cnnlab.errors import UserError, exit_on_user_error
 
 log = logging.getLogger("cnnlab")
@@ -93,13 +92,9 @@ def run(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="analyze")
+@hydra_task
 def _hydra_entry(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except UserError as err:
-        log.error("error: %s", err)
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run(cfg)
 
 
 @exit_on_user_error
