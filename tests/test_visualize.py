@@ -410,3 +410,23 @@ def test_lightness_trunk_works_from_rgb_images(tmp_path):
     assert m["c/objective_end"] < m["c/objective_start"]
     with pytest.raises(UserError, match="no class"):
         class_model(ctx, steps=1)
+
+
+def test_torchvision_weights_from_a_local_file(tmp_path):
+    """A torchvision architecture with weights from a state_dict file: the weights are the file's, inputs are normalized."""
+    import torchvision
+
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet18(num_classes=1000)
+    path = tmp_path / "r18.pth"
+    torch.save(ref.state_dict(), path)
+    tv = from_torchvision("resnet18", str(path), image_size=64)
+    assert torch.equal(tv.model.conv1.weight, ref.conv1.weight)
+    x = torch.rand(1, 3, 64, 64)
+    ref.eval()
+    with torch.no_grad():
+        expected = ref((x - tv.mean) / tv.std)
+    assert torch.allclose(tv(x), expected, atol=1e-5)
+    ctx = Context(network=tv, out_dir=tmp_path, progress=False)
+    m = deepdream(ctx, image="skimage:coffee", size=48, layer="layer2", octaves=1, steps=3)
+    assert m["layer_energy_after"] > m["layer_energy_before"]

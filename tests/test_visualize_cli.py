@@ -43,7 +43,7 @@ def _train_tiny(cifar_dm_kwargs, tmp_path_factory):
 def test_adversarial_run_writes_images_metrics_and_wandb(cifar_ckpt, data_dir, tmp_path):
     run_dir = tmp_path / "run"
     run_cli("cnnlab.visualize", "viz=adversarial", f"network.checkpoint={cifar_ckpt}", "viz.count=4", "viz.md_steps=5",
-            "viz.md_search=1", "progress=false", f"hydra.run.dir={run_dir}", f"paths.data_dir={data_dir}", timeout=300)
+            "viz.md_search=1", "progress=false", "threads=1", f"hydra.run.dir={run_dir}", f"paths.data_dir={data_dir}", timeout=300)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0.0 <= metrics["pgd_acc"] <= metrics["clean_acc"] + 1e-9
     assert metrics["max_linf_pgd"] <= 8 / 255 + 1e-6
@@ -53,7 +53,7 @@ def test_adversarial_run_writes_images_metrics_and_wandb(cifar_ckpt, data_dir, t
 
 
 def test_bad_input_exits_2_with_one_line(cifar_ckpt, data_dir, tmp_path):
-    proc = run_cli("cnnlab.visualize", "viz.classes=[zebra]", f"network.checkpoint={cifar_ckpt}", "logger=none", "progress=false",
+    proc = run_cli("cnnlab.visualize", "viz.classes=[zebra]", f"network.checkpoint={cifar_ckpt}", "logger=none", "progress=false", "threads=1",
                    f"hydra.run.dir={tmp_path / 'run'}", f"paths.data_dir={data_dir}", check=False, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
