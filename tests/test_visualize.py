@@ -367,6 +367,8 @@ def test_inversion_improves_and_keeps_more_at_shallow_layers(ctx):
     m = inversion(ctx, images=["skimage:chelsea"], size=24, layers=["conv1_2", "conv3_2"], steps=20, lr=0.05,
                   alpha_weight=0.0, tv_weight=0.0)
     assert m["conv1_2/feature_error"] < 1.0 and m["conv3_2/feature_error"] < 1.0
+    for layer in ("conv1_2", "conv3_2"):
+        assert m[f"{layer}/objective_end"] < m[f"{layer}/objective_start"]
     img = (ctx.out_dir / "images" / "inversion.png")
     assert img.is_file()
 

@@ -200,6 +200,7 @@ def inversion(ctx: Context, images: Sequence[str] | None = None, count: int = 4,
         t = targets[layer]
         out[f"{layer}/feature_error"] = float(((feat - t).flatten(1).pow(2).sum(1) / t.flatten(1).pow(2).sum(1)).mean())
         out[f"{layer}/pixel_rmse"] = float((rec - x).pow(2).mean().sqrt())
+        out[f"{layer}/objective_start"], out[f"{layer}/objective_end"] = mod.history[0], mod.history[-1]
     # rows: images; columns: original, then one reconstruction per layer
     grid = torch.stack(cols, dim=1).flatten(0, 1)
     ctx.save("inversion", grid, nrow=len(cols), caption="columns: original, " + ", ".join(layers))
