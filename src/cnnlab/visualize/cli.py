@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import warnings
 from pathlib import Path
 
@@ -19,9 +18,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.callbacks import write_json
-from cnnlab.config import CONF_DIR, check_complete, print_config_tree
+from cnnlab.config import CONF_DIR, check_complete, hydra_task, print_config_tree
 from cnnlab.errors import UserError, exit_on_user_error
-from cnnlab.tracking import ensure_wandb_started
+from cnnlab.tracking import ensure_wandb_started, finish_wandb
 
 log = logging.getLogger("cnnlab")
 
@@ -69,25 +68,14 @@ def run(cfg: DictConfig) -> dict:
     ctx.log_metrics(metrics)
     for k, v in metrics.items():
         log.info("%s: %s", k, f"{v:.4g}" if isinstance(v, float) else v)
-    _finish_wandb()
+    finish_wandb()
     return metrics
 
 
-def _finish_wandb() -> None:
-    import wandb
-
-    if wandb.run is not None:
-        wandb.finish()
-
-
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="visualize")
+@hydra_task
 def _hydra_entry(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except UserError as err:
-        log.error("error: %s", err)
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run(cfg)
 
 
 @exit_on_user_error
