@@ -42,3 +42,12 @@ def test_eval_entry_point_reproduces_test_accuracy(tmp_path, data_dir):
     assert evaluated["test/acc"] == trained["test/acc"]
     proc = run_cli("cnnlab.evaluate", f"ckpt_path={run_dir / 'trunk.pt'}", f"hydra.run.dir={tmp_path / 'bad'}", check=False)
     assert proc.returncode == 2 and "is not a cnnlab Lightning checkpoint (a trunk file" in proc.stderr
+
+
+def test_debug_fast_dev_run_preset(tmp_path, data_dir):
+    run_dir = tmp_path / "fdr"
+    proc = run_cli("cnnlab.train", "debug=fast_dev_run", "data=synthetic", "backbone.width=4", "callbacks.progress_bar=null",
+                   f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}")
+    assert "Running in `fast_dev_run` mode" in proc.stdout + proc.stderr
+    assert not (run_dir / "wandb").exists(), "the debug preset logs nowhere"
+    assert "test/acc" in json.loads((run_dir / "metrics.json").read_text())
