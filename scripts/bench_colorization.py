@@ -70,7 +70,7 @@ def _memory(model, rgb: torch.Tensor) -> dict:
     return {"trunk_mib": trunk / mib, "sparse_head_mib": (sparse - trunk) / mib, "dense_head_mib": (dense - trunk) / mib}
 
 
-def side_by_side(steps: int, k: int, hidden: int, repeats: int) -> dict:
+def side_by_side(steps: int, k: int, hidden: int, repeats: int, lightning_hidden: int = 256) -> dict:
     out: dict = {"samples_per_image": k, "hidden": hidden, "steps": steps, "cases": {}}
     for case, (backbone, size, batch) in SIDE_CASES.items():
         model, opt = _sd_model(backbone, k, hidden)
@@ -100,7 +100,7 @@ def side_by_side(steps: int, k: int, hidden: int, repeats: int) -> dict:
         growth.append({"k": kk, "size": size, "batch": 2, **_memory(model, rgb)})
         print("memory", json.dumps(growth[-1]), flush=True)
     out["memory_growth"] = growth
-    out["lightning"] = lightning_vs_plain(max(steps, 10), repeats)
+    out["lightning"] = lightning_vs_plain(max(steps, 10), repeats, lightning_hidden)
     return out
 
 
@@ -148,7 +148,7 @@ def sparse_dense(steps: int, k: int) -> dict:
     return {"samples_per_image": k, "steps": steps, "cases": out}
 
 
-def lightning_vs_plain(steps: int, repeats: int = 2) -> dict:
+def lightning_vs_plain(steps: int, repeats: int = 2, hidden: int = 256) -> dict:
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -159,7 +159,7 @@ def lightning_vs_plain(steps: int, repeats: int = 2) -> dict:
 
     def make():
         torch.manual_seed(0)
-        return Colorizer({**backbone, "width": 16}, optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3})
+        return Colorizer({**backbone, "width": 16}, hidden=hidden, optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3})
 
     def plain() -> float:
         model = make()
@@ -186,7 +186,7 @@ def lightning_vs_plain(steps: int, repeats: int = 2) -> dict:
     for _ in range(repeats):  # alternated, so both see the same load on a shared machine
         p.append(plain())
         lt.append(lightning())
-    res = {"steps": steps, "repeats": repeats, "plain_s": min(p), "lightning_s": min(lt),
+    res = {"steps": steps, "repeats": repeats, "batch": batch, "width": 16, "hidden": hidden, "plain_s": min(p), "lightning_s": min(lt),
            "plain_all_s": p, "lightning_all_s": lt, "ratio_plain_over_lightning": min(p) / min(lt)}
     print(json.dumps(res))
     return res
@@ -199,14 +199,15 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=128)
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--lightning-hidden", type=int, default=256)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     if a.what == "side-by-side":
-        res = side_by_side(a.steps, a.k, a.hidden, a.repeats)
+        res = side_by_side(a.steps, a.k, a.hidden, a.repeats, a.lightning_hidden)
     elif a.what == "sparse-dense":
         res = sparse_dense(a.steps, a.k)
     else:
-        res = lightning_vs_plain(max(a.steps, 10), a.repeats)
+        res = lightning_vs_plain(max(a.steps, 10), a.repeats, a.lightning_hidden)
     res["torch_threads"] = torch.get_num_threads()
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -65,36 +65,61 @@ def test_unknown_tap_is_a_one_line_error(tmp_path, data_dir):
     assert proc.returncode == 2 and "unknown tap(s) ['nope']" in proc.stderr
 
 
+class _TapMaps(torch.nn.Module):
+    """The colorizer's backbone + tap normalization as one module, for BatchNorm calibration."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, rgb):
+        return self.model.tap_maps(self.model.model_input(rgb))
+
+
 @pytest.mark.integration
 def test_short_training_on_cifar_lowers_loss_and_beats_trivial_baselines(cifar_dm_kwargs):
     from cnnlab.data import ImageDataModule
     from cnnlab.models.colorizer import Colorizer
+    from cnnlab.probes import calibrate_batchnorm
 
     torch.manual_seed(0)
-    dm = ImageDataModule(**cifar_dm_kwargs, color_space="rgb", train_limit=2000, augment=["flip"])
+    dm = ImageDataModule(**cifar_dm_kwargs, color_space="rgb", train_limit=2000, augment=["flip"], batch_size=64)
     dm.setup()
     model = Colorizer({"_target_": "cnnlab.backbones.VGGCifar", "in_channels": 1, "width": 8}, hidden=128,
-                      samples_per_image=64, eval_stride=2)
+                      dropout=0.0, samples_per_image=64, eval_stride=2)
     model.fit_prior(dm.splits["train"].images, "cifar_test", None)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     held_out = dm.preprocess(dm.splits["test"].images[:256])
+    centre = torch.zeros(256, 64, 2, dtype=torch.long) + 16
     model.eval()
     with torch.no_grad():
-        before = model.sparse_loss(held_out, torch.zeros(256, 64, 2, dtype=torch.long) + 16).item()
+        before = model.sparse_loss(held_out, centre).item()
     model.train()
     for step, (images, _) in enumerate(dm.train_dataloader()):
         loss = model.sparse_loss(dm.preprocess(images, train=True))
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step == 14:
+        if step == 29:
             break
+    # after 30 steps the BatchNorm running averages still carry ~4% of their initial (0, 1) values and lag
+    # the moving weights; evaluate with statistics recomputed on training images ("precise BN")
+    calibrate_batchnorm(_TapMaps(model), dm.loader("train", batch_size=256), dm.preprocess, max_batches=4)
     model.eval()
     with torch.no_grad():
         model._eval_step((held_out, None), 1, "test")
-        after = model.sparse_loss(held_out, torch.zeros(256, 64, 2, dtype=torch.long) + 16).item()
-    m = model.metrics["test"].compute()
+        after = model.sparse_loss(held_out, centre).item()
+    m = {k: float(v) for k, v in model.metrics["test"].compute().items()}
+    model.metrics["test"].reset()
+    model.hparams.hue_confidence = False  # the paper's plain decode of the same predictions
+    with torch.no_grad():
+        model._eval_step((held_out, None), 1, "test")
+    plain = {k: float(v) for k, v in model.metrics["test"].compute().items()}
     assert after < before
-    if not (m["auc"] > m["auc_gray"] and m["auc"] > m["auc_prior"]):
-        # measured 2026-11-24: after 15 steps AuC 0.820 vs gray 0.902 / prior 0.885 (over-saturated early predictions)
-        pytest.xfail(f"15 steps do not yet beat the trivial baselines on AuC: {m} (known shortfall, docs/results.md)")
+    assert m["auc"] > m["auc_prior"]  # measured 2026-11-24: 0.890 vs 0.886
+    # an uncertain hue decodes towards gray: the confidence-scaled decode beats the plain one (0.890 vs 0.854)
+    assert m["auc"] > plain["auc"] + 0.01 and m["psnr"] > plain["psnr"]
+    if not m["auc"] > m["auc_gray"]:
+        # measured 2026-11-24: 0.890 vs gray 0.902 after 30 steps (the short budget CI allows); the documented
+        # 3-epoch run is in docs/results.md
+        pytest.xfail(f"30 steps do not yet beat the gray baseline on AuC: {m} (known shortfall, docs/results.md)")
