@@ -152,6 +152,7 @@ def lightning_vs_plain(steps: int, repeats: int = 2, hidden: int = 256) -> dict:
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader, TensorDataset
 
+    from cnnlab.callbacks import StepTimer
     from cnnlab.models.colorizer import Colorizer
 
     backbone, size, batch = CASES["vgg_cifar@32"]
@@ -161,26 +162,31 @@ def lightning_vs_plain(steps: int, repeats: int = 2, hidden: int = 256) -> dict:
         torch.manual_seed(0)
         return Colorizer({**backbone, "width": 16}, hidden=hidden, optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3})
 
+    warmup = 3
+    clock = time.process_time  # CPU time of this process at one thread: neighbours on a shared machine barely matter
+
     def plain() -> float:
         model = make()
         opt = model.configure_optimizers()
-        t = time.perf_counter()
-        for (x,) in DataLoader(TensorDataset(data), batch_size=batch):
-            loss = model.training_step((x, None), 0)
+        for i, (x,) in enumerate(DataLoader(TensorDataset(data), batch_size=batch)):
+            if i == warmup:
+                t = clock()
+            loss = model.training_step((x, None), i)
             opt.zero_grad()
             loss.backward()
             opt.step()
-        return time.perf_counter() - t
+        return clock() - t
 
     def lightning() -> float:
         model = make()
         model.log = lambda *a, **k: None  # the plain loop logs nothing either
-        trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+        timer = StepTimer(warmup, clock=clock)
+        trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, callbacks=[timer],
                              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
-        t = time.perf_counter()
         trainer.fit(model, DataLoader(TensorDataset(data), batch_size=batch))
-        return time.perf_counter() - t
+        return timer.seconds
 
+    torch.set_num_threads(1)
     plain(), lightning()  # warm-up
     p, lt = [], []
     for _ in range(repeats):  # alternated, so both see the same load on a shared machine

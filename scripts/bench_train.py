@@ -27,6 +27,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from cnnlab.callbacks import StepTimer
 from cnnlab.data import ImageDataModule
 from cnnlab.models import Classifier
 
@@ -71,29 +72,15 @@ def plain_loop(args, dm) -> float:
     return seen / (CLOCK() - start)
 
 
-class _Timer(pl.Callback):
-    def __init__(self, warmup: int):
-        self.warmup, self.start, self.seen = warmup, None, 0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.warmup:
-            self.start = CLOCK()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.start is not None:
-            self.seen += len(batch[1])
-            self.end = CLOCK()
-
-
 def lightning_loop(args, dm) -> float:
     model = make_model(args)
-    timer = _Timer(args.warmup)
+    timer = StepTimer(args.warmup, clock=CLOCK)
     trainer = pl.Trainer(
         max_steps=args.steps + args.warmup, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer],
     )
     trainer.fit(model, datamodule=dm)
-    return timer.seen / (timer.end - timer.start)
+    return timer.samples / timer.seconds
 
 
 def pipeline_rate(args, dm) -> float:
