@@ -102,5 +102,21 @@ class CnnlabModule(pl.LightningModule):
         return torch.compile(module) if self.compile_model else module
 
 
+class StagedModule(CnnlabModule):
+    """A module whose train, val and test steps are one ``_step(batch, stage)`` (stage: train | val | test)."""
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+
 def nan_safe(x: float) -> float:
     return x if math.isfinite(x) else float("nan")

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from cnnlab.models.base import CnnlabModule, as_dict, make_backbone
+from cnnlab.models.base import StagedModule, as_dict, make_backbone
 
 
-class Classifier(CnnlabModule):
+class Classifier(StagedModule):
     """Backbone -> global average pool -> dropout -> linear; cross-entropy with optional label smoothing.
 
     Logs ``{train,val,test}/loss``, ``/acc`` (top-1) and ``/acc_top5`` when there are more than 5 classes.
@@ -60,11 +60,3 @@ class Classifier(CnnlabModule):
                 self.log(f"{stage}/{name[len(stage) + 1:]}", metric, prog_bar=name.endswith("_acc"), on_step=False, on_epoch=True)
         return loss
 
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")

@@ -20,7 +20,7 @@ from torch import nn
 from cnnlab.backbones import load_trunk
 from cnnlab.errors import UserError
 from cnnlab.features import pool_features
-from cnnlab.models.base import CnnlabModule
+from cnnlab.models.base import StagedModule
 from cnnlab.probes.heads import ProbeHeads, probe_dims
 from cnnlab.probes.trunks import check_trunk_matches, freeze
 
@@ -28,7 +28,7 @@ DEFAULT_OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.0
 STAGES = ("train", "val", "test")
 
 
-class LinearProbe(CnnlabModule):
+class LinearProbe(StagedModule):
     """Frozen trunk -> each tap avg-pooled to ~``target_dims`` -> BatchNorm(affine=False) -> Linear.
 
     Logs ``{stage}/loss`` (summed over heads), ``{stage}/acc/<tap>`` (top-1 per tap) and
@@ -110,15 +110,6 @@ class LinearProbe(CnnlabModule):
             self.metrics[f"{stage}__{t}"].reset()
         best = max(accs, key=lambda t: float(accs[t]))
         self.log(f"{stage}/acc", accs[best], prog_bar=True)
-
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
