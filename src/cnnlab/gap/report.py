@@ -80,6 +80,26 @@ def markdown_tables(res: dict) -> str:
 COLORS = {"supervised": "tab:blue", "random": "tab:gray", "colorization": "tab:orange"}
 
 
+def _accuracy_panel(ax, series: dict, gaps: list, ylabel: str, title: str):
+    """One plot panel: per init, (x, mean, std) points as error bars in %; gap-closed labels above the highest bar."""
+    top = 0.0
+    for init, rows in series.items():
+        pts = [(x, 100 * m, 100 * (sd or 0.0)) for x, m, sd in rows if m is not None]
+        if pts:
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
+                        label=init, color=COLORS.get(init))
+            top = max(top, max(p[1] + p[2] for p in pts))
+    for x, gap in gaps:
+        ax.annotate(format_gap(gap).split(" (")[0], (x, top), textcoords="offset points", xytext=(0, 6),
+                    ha="center", fontsize=7, color="tab:orange")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.set_ylim(0, max(10.0, top * 1.15))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return ax
+
+
 def plot(res: dict, path: str | Path, title: str = "") -> Path:
     """Accuracy per tap for each init (mean ± std), gap closed written above each tap; fine-tuning beside it."""
     import matplotlib
@@ -90,50 +110,19 @@ def plot(res: dict, path: str | Path, title: str = "") -> Path:
     taps, fr = res["taps"], res["label_fractions"]
     ncols = 2 if fr else 1
     fig, axes = plt.subplots(1, ncols, figsize=(6.5 * ncols, 4.2), squeeze=False)
-    ax = axes[0][0]
     xs = list(range(len(taps)))
-    top = 0.0
-    for i in _rows(res["inits"]):
-        m = [res["probe"][i][t]["mean"] for t in taps]
-        sd = [res["probe"][i][t]["std"] or 0.0 for t in taps]
-        pts = [(x, 100 * a, 100 * s) for x, a, s in zip(xs, m, sd) if a is not None]
-        if pts:
-            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
-                        label=i, color=COLORS.get(i))
-            top = max(top, max(p[1] + p[2] for p in pts))
-    if "probe_gap" in res:
-        for x, t in zip(xs, taps):
-            ax.annotate(format_gap(res["probe_gap"][t]).split(" (")[0], (x, top), textcoords="offset points", xytext=(0, 6),
-                        ha="center", fontsize=7, color="tab:orange")
+    probe = {i: [(x, res["probe"][i][t]["mean"], res["probe"][i][t]["std"]) for x, t in zip(xs, taps)] for i in _rows(res["inits"])}
+    probe_gaps = [(x, res["probe_gap"][t]) for x, t in zip(xs, taps)] if "probe_gap" in res else []
+    ax = _accuracy_panel(axes[0][0], probe, probe_gaps, "linear probe top-1 (%)", "Linear probes per tap (orange: gap closed)")
     ax.set_xticks(xs, taps, rotation=30, fontsize=8)
-    ax.set_ylabel("linear probe top-1 (%)")
-    ax.set_title("Linear probes per tap (orange: gap closed)", fontsize=10)
-    ax.set_ylim(0, max(10.0, top * 1.15))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
     if fr:
-        ax = axes[0][1]
-        top = 0.0
-        for i in _rows(res["inits"]):
-            pts = [(f, 100 * res["finetune"][i][str(f)]["mean"], 100 * (res["finetune"][i][str(f)]["std"] or 0.0)) for f in fr
-                   if res["finetune"][i][str(f)]["mean"] is not None]
-            if pts:
-                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
-                            label=i, color=COLORS.get(i))
-                top = max(top, max(p[1] + p[2] for p in pts))
-        if "finetune_gap" in res:
-            for f in fr:
-                ax.annotate(format_gap(res["finetune_gap"][str(f)]).split(" (")[0], (f, top), textcoords="offset points",
-                            xytext=(0, 6), ha="center", fontsize=7, color="tab:orange")
+        tune = {i: [(f, res["finetune"][i][str(f)]["mean"], res["finetune"][i][str(f)]["std"]) for f in fr] for i in _rows(res["inits"])}
+        tune_gaps = [(f, res["finetune_gap"][str(f)]) for f in fr] if "finetune_gap" in res else []
+        ax = _accuracy_panel(axes[0][1], tune, tune_gaps, "fine-tuned top-1 (%)", "Fine-tuning on a fraction of the labels")
         if len(fr) > 1:
             ax.set_xscale("log")
         ax.set_xticks(fr, [f"{100 * f:g}%" for f in fr])
         ax.set_xlabel("labels used")
-        ax.set_ylabel("fine-tuned top-1 (%)")
-        ax.set_title("Fine-tuning on a fraction of the labels", fontsize=10)
-        ax.set_ylim(0, max(10.0, top * 1.15))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
