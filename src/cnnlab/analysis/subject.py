@@ -65,7 +65,7 @@ def load_subject(path: str | Path) -> Subject:
     except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
         raise UserError(f"cannot read {path} ({type(err).__name__}): pass a cnnlab checkpoint or trunk.pt") from err
     if isinstance(raw, dict) and raw.get("format") == "cnnlab-trunk":
-        backbone, meta = load_trunk(path)
+        backbone, meta = load_trunk(path, data=raw)
         info = meta.get("info") or {}
         return Subject(backbone=backbone, color_space=meta["color_space"], source=str(path), method=meta.get("method", "unknown"),
                        image_size=info.get("image_size"), classes=list(info.get("classes") or []))

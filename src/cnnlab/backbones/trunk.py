@@ -68,12 +68,15 @@ def read_trunk(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_trunk(path: str | Path, expect_arch: str | None = None, expect_color_space: str | None = None) -> tuple[Backbone, dict]:
+def load_trunk(path: str | Path, expect_arch: str | None = None, expect_color_space: str | None = None,
+               data: dict | None = None) -> tuple[Backbone, dict]:
     """Rebuild the backbone stored in a trunk file; returns ``(backbone, metadata)``.
 
-    ``expect_*`` make a mismatch a clear error instead of a shape error deep in a run.
+    ``expect_*`` make a mismatch a clear error instead of a shape error deep in a run. ``data``: the file's
+    dict when the caller has already read it (it is not read again).
     """
-    data = read_trunk(path)
+    if data is None or data.get("format") != TRUNK_FORMAT:
+        data = read_trunk(path)
     if expect_arch is not None and data["arch"] != expect_arch:
         raise UserError(f"{path} holds a {data['arch']} trunk but {expect_arch} was asked for: pass a matching trunk or backbone")
     if expect_color_space is not None and data["color_space"] != expect_color_space:
