@@ -25,12 +25,29 @@ def _random_ab(n=4000, seed=0):
     return rgb_to_lab(rgb)[0, 1:, :, 0].T  # (n, 2) real in-gamut colours
 
 
+def _cube_edge_ab(n=20000, seed=0):
+    """ab ``(n, 2)`` of random colours on the 12 edges of the sRGB cube (the gamut's extreme colours)."""
+    g = torch.Generator().manual_seed(seed)
+    rgb = torch.randint(0, 2, (n, 3), generator=g).float()
+    axis = torch.randint(0, 3, (n,), generator=g)
+    rgb[torch.arange(n), axis] = torch.rand(n, generator=g)
+    return rgb_to_lab(rgb.T.reshape(1, 3, n, 1))[0, 1:, :, 0].T
+
+
 def test_ab_bins_cover_the_srgb_gamut():
     centers = B.ab_bin_centers()
     assert 290 <= centers.shape[0] <= 320  # the published lattice has 313 bins; ours is derived from sRGB
     assert torch.all(centers.remainder(10) == 0)
-    ab = _random_ab()
+    ab = torch.cat([_random_ab(100000), _cube_edge_ab()])
+    # the rule: every lattice point within one step (in a and in b) of some sRGB colour is a bin
+    reached = set()
+    for fa in (torch.floor, torch.ceil):
+        for fb in (torch.floor, torch.ceil):
+            reached |= set(map(tuple, torch.stack([fa(ab[:, 0] / 10), fb(ab[:, 1] / 10)], 1).long().tolist()))
+    assert reached <= set(map(tuple, (centers / 10).long().tolist()))
     assert torch.cdist(ab, centers).min(1).values.max() <= 5 * math.sqrt(2) + 1e-4  # every colour lies in a bin's cell
+    # a denser sampling of the gamut finds no further cell: the set is converged
+    assert torch.equal(B.ab_bin_centers(samples=512), centers)
 
 
 def test_soft_encoding_sums_to_one_and_decodes_back():
@@ -154,6 +171,22 @@ def test_module_trains_on_one_batch_and_decodes(targets):
     out = model.colorize(model.model_input(rgb))
     assert out.shape == (8, 3, 16, 16) and 0 <= out.min() and out.max() <= 1
     assert model.trunk_color_space() == "L"
+
+
+def test_checkpoint_keeps_the_bins_it_was_trained_on():
+    trained = Colorizer(VGG, hidden=8)
+    state = trained.state_dict()
+    for name in ("ab_centers", "ab_prior", "class_weights"):  # as if made with a coarser gamut sampling
+        state[name] = state[name][:300].clone()
+    fresh = Colorizer(VGG, hidden=8)
+    fresh.on_load_checkpoint({"state_dict": state})
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.ab_centers, state["ab_centers"])
+    assert fresh.eval().colorize(torch.rand(1, 1, 8, 8)).shape == (1, 3, 8, 8)
+    lab_state = Colorizer(VGG, targets="lab_bins", hidden=8).state_dict()
+    lab_state["ab_centers"] = lab_state["ab_centers"][:300]
+    with pytest.raises(UserError, match="predicts 300 Lab bins"):
+        Colorizer(VGG, targets="lab_bins", hidden=8).on_load_checkpoint({"state_dict": lab_state})
 
 
 def test_auc_metric_and_perfect_prediction():

@@ -103,13 +103,29 @@ def hue_chroma_to_rgb(hue: torch.Tensor, chroma: torch.Tensor, gray: torch.Tenso
 
 
 # --------------------------------------------------------------------------------- Lab ab bins
+def _srgb_samples(n: int) -> torch.Tensor:
+    """RGB colours ``(3, M)``: an ``n x n`` lattice on each of the six faces of the sRGB cube and an
+    ``n/8``-step lattice inside it. The ab footprint of the gamut is reached at the cube's surface, so
+    dense faces find every boundary cell (a coarse ``n^3`` lattice misses a few)."""
+    v = torch.linspace(0.0, 1.0, n, dtype=torch.float32)
+    u, w = (t.reshape(-1) for t in torch.meshgrid(v, v, indexing="ij"))
+    faces = []
+    for channel in range(3):
+        for value in (0.0, 1.0):
+            face = torch.empty(3, u.numel(), dtype=torch.float32)
+            face[channel] = value
+            others = [c for c in range(3) if c != channel]
+            face[others[0]], face[others[1]] = u, w
+            faces.append(face)
+    inner = torch.linspace(0.0, 1.0, max(2, n // 8), dtype=torch.float32)
+    cube = torch.stack(torch.meshgrid(inner, inner, inner, indexing="ij")).reshape(3, -1)
+    return torch.cat([*faces, cube], 1)
+
+
 @functools.lru_cache(maxsize=4)
 def _ab_bins_cpu(grid: int, samples: int) -> torch.Tensor:
-    v = torch.linspace(0.0, 1.0, samples)
-    r, g, b = torch.meshgrid(v, v, v, indexing="ij")
-    rgb = torch.stack([r, g, b]).reshape(1, 3, -1, 1)
-    ab = KC.rgb_to_lab(rgb)[0, 1:, :, 0] / grid
-    span = 16  # |a|, |b| < 128 in sRGB, so cells -16..16 of step >= 8 cover it
+    ab = KC.rgb_to_lab(_srgb_samples(samples).reshape(1, 3, -1, 1))[0, 1:, :, 0] / grid
+    span = int(torch.ceil(ab.abs().max()).item()) + 1
     reached = torch.zeros(2 * span + 1, 2 * span + 1, dtype=torch.bool)
     # a grid point is in gamut when an sRGB colour lies within one grid step of it (in a and in b):
     # every colour then has in-gamut bins on all sides for the soft encoding
@@ -120,10 +136,14 @@ def _ab_bins_cpu(grid: int, samples: int) -> torch.Tensor:
     return cells.float() * grid
 
 
-def ab_bin_centers(grid: int = 10, samples: int = 128, device=None) -> torch.Tensor:
-    """``(Q, 2)`` ab centres of the in-gamut cells of a ``grid``-step lattice (Q = 306 for grid 10).
+def ab_bin_centers(grid: int = 10, samples: int = 256, device=None) -> torch.Tensor:
+    """``(Q, 2)`` ab centres of the in-gamut cells of a ``grid``-step lattice (Q = 309 for grid 10).
 
-    Derived from the sRGB gamut (``samples``^3 colours) once per process.
+    A lattice point is kept when some sRGB colour lies within one step of it in a and in b, found
+    from ``samples^2`` colours on each face of the sRGB cube (once per process). Colourful
+    colorization's published set has 313 bins; its exact derivation is not given, and no rule
+    tried here (nearest cell, cells within a radius, cells reached by a dense sRGB cube) yields
+    313, so the bins are the ones this rule gives on the exact sRGB gamut (docs/results.md).
     """
     return _ab_bins_cpu(int(grid), int(samples)).to(device)
 

@@ -125,6 +125,21 @@ class Colorizer(CnnlabModule):
         self.prior_ready.fill_(True)
         return stats
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # the bin lattice travels in the checkpoint: a model trained on another bin set (another
+        # gamut sampling, another grid) decodes with the bins it was trained on
+        state = checkpoint.get("state_dict", {})
+        saved = state.get("ab_centers")
+        if saved is None or saved.shape == self.ab_centers.shape:
+            return
+        if self.targets == "lab_bins":
+            raise UserError(
+                f"this checkpoint predicts {saved.shape[0]} Lab bins but model.lab.grid={self.hparams.lab['grid']} "
+                f"gives {self.ab_centers.shape[0]} here: load it with the cnnlab version that trained it"
+            )
+        for name in ("ab_centers", "ab_prior", "class_weights"):
+            setattr(self, name, torch.empty_like(state[name]))
+
     def setup(self, stage: str) -> None:
         if bool(self.prior_ready) or self._trainer is None:
             return
