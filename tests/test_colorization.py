@@ -197,6 +197,30 @@ def test_auc_metric_and_perfect_prediction():
     m.update(true, true)
     m.update(true + torch.tensor([74.5, 0.0]).view(1, 2, 1, 1), true)
     assert torch.isclose(m.compute(), torch.tensor((1.0 + 76 / 151) / 2), atol=1e-5)
+    # weighted (class-rebalanced) AuC: unit weights change nothing; the weights decide which pixels count
+    off = true + torch.tensor([74.5, 0.0]).view(1, 2, 1, 1)
+    pred = torch.where(torch.arange(4).view(1, 1, 1, 4) < 2, true, off)  # left half exact, right half 74.5 off
+    plain, unit, left = AbAuC(), AbAuC(), AbAuC()
+    plain.update(pred, true)
+    unit.update(pred, true, torch.ones(2, 4, 4))
+    left.update(pred, true, (torch.arange(4) < 2).float().expand(2, 4, 4) * 7.0)
+    assert torch.isclose(plain.compute(), unit.compute()) and torch.isclose(left.compute(), torch.tensor(1.0))
+
+
+def test_rebalanced_auc_counts_rare_colours_more():
+    model = Colorizer(VGG, hidden=8)
+    dull = torch.tensor([0.55, 0.5, 0.45]).view(1, 3, 1, 1).expand(30, 3, 8, 8)  # a common, nearly gray colour
+    vivid = torch.tensor([0.1, 0.2, 0.9]).view(1, 3, 1, 1).expand(2, 3, 8, 8)  # a rare saturated blue
+    model.fit_prior((torch.cat([dull, vivid]) * 255).to(torch.uint8))
+    w = model.inverse_prior_weights(rgb_to_lab(torch.cat([dull[:1], vivid[:1]]))[:, 1:])
+    assert w.shape == (2, 8, 8) and w[1].min() > 5 * w[0].max()
+    metrics = model.metrics["test"]
+    truth = torch.cat([dull[:4], vivid[:1]])
+    gray = lab_to_rgb(rgb_to_lab(truth) * torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1))
+    metrics.update(gray, truth, {"gray": gray, "prior": gray}, model.inverse_prior_weights)
+    m = metrics.compute()
+    # gray is right about the common dull pixels and wrong about the rare vivid ones: rebalancing exposes it
+    assert m["auc_rebal_gray"] < m["auc_gray"] - 0.2
 
 
 def test_bad_inputs_give_user_errors(tmp_path):

@@ -24,7 +24,8 @@ def lab_run(tmp_path_factory, data_dir):
 
 def test_train_lab_bins_writes_trunk_panels_and_metrics(lab_run):
     metrics = json.loads((lab_run / "metrics.json").read_text())
-    for key in ("test/auc", "test/auc_gray", "test/auc_prior", "test/psnr", "test/psnr_gray", "test/psnr_prior", "test/loss"):
+    for key in ("test/auc", "test/auc_gray", "test/auc_prior", "test/auc_rebal", "test/auc_rebal_gray", "test/psnr",
+                "test/psnr_gray", "test/psnr_prior", "test/loss"):
         assert np.isfinite(metrics[key]), key
     backbone, meta = load_trunk(lab_run / "trunk.pt")
     assert meta["method"] == "colorization" and meta["in_channels"] == 1 and meta["color_space"] == "L"

@@ -38,8 +38,8 @@ class Colorizer(CnnlabModule):
 
     ``training_step`` takes the data module's RGB batch in [0, 1] (``data.color_space=rgb``) and
     converts it on device into the input (``input_space``) and the colour targets.
-    Logs ``{train,val,test}/loss`` and, for val/test, ``auc``/``psnr`` of the prediction and of
-    the trivial baselines (``auc_gray``, ``auc_prior``, ``psnr_gray``, ``psnr_prior``).
+    Logs ``{train,val,test}/loss`` and, for val/test, ``auc``/``auc_rebal``/``psnr`` of the prediction
+    and of the trivial baselines (``auc_gray``, ``auc_rebal_gray``, ``psnr_prior``, ...).
     """
 
     method = "colorization"
@@ -252,6 +252,12 @@ class Colorizer(CnnlabModule):
         light = lightness_from_input(x, self.input_space)
         return {"gray": compose_lab(light, torch.zeros_like(self.prior_mean_ab)), "prior": compose_lab(light, self.prior_mean_ab)}
 
+    def inverse_prior_weights(self, ab: torch.Tensor) -> torch.Tensor:
+        """True ab ``(B, 2, H, W)`` -> ``(B, H, W)``: 1 / prior of each pixel's nearest bin (for the rebalanced AuC)."""
+        flat = ab.permute(0, 2, 3, 1).reshape(-1, 2)
+        p = self.ab_prior[B.nearest_bin(flat, self.ab_centers)].clamp_min(1e-6)
+        return (1.0 / p).reshape(ab.shape[0], *ab.shape[-2:])
+
     def _eval_step(self, batch, batch_idx: int, stage: str) -> None:
         rgb = batch[0] if isinstance(batch, (tuple, list)) else batch
         x = self.model_input(rgb)
@@ -274,7 +280,8 @@ class Colorizer(CnnlabModule):
         pred = torch.cat(preds)
         self.log(f"{stage}/loss", loss_sum / x.shape[0], prog_bar=stage == "val", on_epoch=True, batch_size=x.shape[0])
         x_grid = self._at_grid(x, pixels, gh, gw)
-        self.metrics[stage].update(pred, self._at_grid(rgb, pixels, gh, gw), self.baselines(x_grid))
+        self.metrics[stage].update(pred, self._at_grid(rgb, pixels, gh, gw), self.baselines(x_grid),
+                                   self.inverse_prior_weights if bool(self.prior_ready) else None)
         if batch_idx == 0:
             n = self.hparams.panel_images
             full = pred[:n] if stride == 1 else self.colorize(x[:n])
