@@ -39,6 +39,17 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, data_dir):
     assert len(runs) == 2 and all(r.name.endswith(wandb_id) for r in runs), "the resumed run continues the same W&B run id"
 
 
+def test_last_checkpoint_is_the_last_epoch_when_the_best_is_earlier(tmp_path, data_dir):
+    run_dir = tmp_path / "stale"
+    # monitoring the epoch number downwards makes epoch 0 the best for good
+    run_cli("cnnlab.train", *TINY, "trainer.max_epochs=3", "monitor=epoch", "monitor_mode=min", "test=false", "logger=none",
+            f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}")
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names == ["best_epoch000.ckpt", "last.ckpt"], names
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 2 and last["global_step"] > 0
+
+
 def test_resume_of_a_non_run_dir_is_one_line(tmp_path):
     proc = run_cli("cnnlab.train", f"resume={tmp_path}", check=False)
     assert proc.returncode == 2
