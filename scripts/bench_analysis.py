@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from cnnlab.callbacks import write_json
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -108,8 +110,7 @@ def main() -> None:
     res["tsne_knn_label_agreement"] = round(emb.neighbour_purity(coords, feats["labels"].numpy(), k=10), 3)
     print(json.dumps(res, indent=2))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=2))
+        write_json(args.out, res)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,10 @@ import multiprocessing as mp
 import resource
 import statistics
 import time
-from pathlib import Path
 
 import torch
+
+from cnnlab.callbacks import write_json
 
 CASES = {
     "vgg_cifar@32": ({"_target_": "cnnlab.backbones.VGGCifar", "in_channels": 1, "width": 32}, 32, 32),
@@ -216,8 +217,7 @@ def main() -> None:
         res = lightning_vs_plain(max(a.steps, 10), a.repeats, a.lightning_hidden)
     res["torch_threads"] = torch.get_num_threads()
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(res, indent=2))
+        write_json(a.out, res)
 
 
 if __name__ == "__main__":

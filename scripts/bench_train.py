@@ -27,7 +27,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from cnnlab.callbacks import StepTimer
+from cnnlab.callbacks import StepTimer, write_json
 from cnnlab.data import ImageDataModule
 from cnnlab.models import Classifier
 
@@ -128,9 +128,7 @@ def main() -> None:
     }
     print(json.dumps({k: v for k, v in result.items() if k not in ("args",)}, indent=2))
     if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=2)
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":

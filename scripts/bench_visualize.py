@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from cnnlab.callbacks import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CKPT = ROOT / "outputs/reference/supervised_cifar/checkpoints/last.ckpt"
 warnings.filterwarnings("ignore")
@@ -233,8 +235,7 @@ def main() -> None:
     result["date"] = time.strftime("%Y-%m-%d")
     print(json.dumps(result, indent=2))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":
