@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.callbacks import write_json
+from cnnlab.io.files import write_json
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

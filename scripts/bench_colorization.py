@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from cnnlab.callbacks import write_json
+from cnnlab.io.files import write_json
 
 CASES = {
     "vgg_cifar@32": ({"_target_": "cnnlab.backbones.VGGCifar", "in_channels": 1, "width": 32}, 32, 32),

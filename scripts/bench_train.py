@@ -27,7 +27,8 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from cnnlab.callbacks import StepTimer, write_json
+from cnnlab.callbacks import StepTimer
+from cnnlab.io.files import write_json
 from cnnlab.data import ImageDataModule
 from cnnlab.models import Classifier
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.callbacks import write_json
+from cnnlab.io.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CKPT = ROOT / "outputs/reference/supervised_cifar/checkpoints/last.ckpt"

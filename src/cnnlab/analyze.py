@@ -48,7 +48,7 @@ def run(cfg: DictConfig) -> dict:
     from cnnlab.analysis.report import Report
     from cnnlab.analysis.runners import ORDER, RUNNERS
     from cnnlab.analysis.subject import load_subject
-    from cnnlab.callbacks import write_json
+    from cnnlab.io.files import write_json
     from cnnlab.tracking import ensure_wandb_started, finish_wandb
 
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:

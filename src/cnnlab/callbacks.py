@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -98,10 +97,3 @@ class StepTimer(pl.Callback):
     @property
     def seconds(self) -> float:
         return (self.end - self.start) if self.start is not None else float("nan")
-
-
-@rank_zero_only
-def write_json(path: str | Path, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True))

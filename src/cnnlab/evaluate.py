@@ -16,7 +16,10 @@ from cnnlab.errors import UserError, exit_on_user_error
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     check_complete(cfg)
-    from cnnlab.callbacks import scalar_metrics, write_json
+    from cnnlab.callbacks import scalar_metrics
+    from pytorch_lightning.utilities import rank_zero_only
+
+    from cnnlab.io.files import write_json
     from cnnlab.models import load_module
 
     if cfg.split not in ("test", "val"):
@@ -35,7 +38,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     run = trainer.test if cfg.split == "test" else trainer.validate
     run(module, datamodule=datamodule)
     metrics = scalar_metrics(trainer)
-    write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+    rank_zero_only(write_json)(Path(cfg.paths.output_dir) / "metrics.json", metrics)
     return metrics
 
 

@@ -72,7 +72,10 @@ def run(cfg: DictConfig) -> float | None:
     _refuse_multirun_ddp(cfg)
     import pytorch_lightning as pl
 
-    from cnnlab.callbacks import scalar_metrics, write_json
+    from cnnlab.callbacks import scalar_metrics
+    from pytorch_lightning.utilities import rank_zero_only
+
+    from cnnlab.io.files import write_json
     from cnnlab.tracking import ensure_wandb_started, finish_wandb
 
     out_dir = Path(cfg.paths.output_dir)
@@ -126,7 +129,7 @@ def run(cfg: DictConfig) -> float | None:
         trainer.test(model, datamodule=datamodule, ckpt_path=best or (None if cfg.get("train", True) else ckpt_path), weights_only=False)
         test_metrics = scalar_metrics(trainer)
     metrics = {**train_metrics, **test_metrics}
-    write_json(out_dir / "metrics.json", metrics)
+    rank_zero_only(write_json)(out_dir / "metrics.json", metrics)
     finish_wandb()
 
     value = metrics.get(cfg.get("optimized_metric") or "", None)

@@ -240,7 +240,7 @@ def run_color_units(ctx: AnalysisContext, tap: str | None = None, top_cells: int
     per_unit = {"hue_consistency": stats.hue_consistency, "chroma_ratio": stats.chroma_ratio, "chroma_corr": stats.chroma_corr,
                 "mean_hue_deg": stats.mean_hue_deg, "class_selectivity": stats.class_selectivity,
                 "preferred_class": stats.preferred_class, "category": cats}
-    from cnnlab.callbacks import write_json
+    from cnnlab.io.files import write_json
 
     write_json(ctx.out_dir / f"color_units_{tap}.json", {k: np.asarray(v).tolist() for k, v in per_unit.items()})
     medians = {f"median_{k}": round(float(np.median(per_unit[k])), 3) for k in ("hue_consistency", "chroma_corr", "class_selectivity")}

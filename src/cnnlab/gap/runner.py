@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.backbones import load_trunk, save_trunk
-from cnnlab.callbacks import write_json
+from cnnlab.io.files import write_json
 from cnnlab.errors import UserError
 from cnnlab.features import state_fingerprint
 from cnnlab.gap import arms as A

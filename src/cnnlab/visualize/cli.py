@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.callbacks import write_json
+from cnnlab.io.files import write_json
 from cnnlab.config import CONF_DIR, check_complete, hydra_task, print_config_tree
 from cnnlab.errors import UserError, exit_on_user_error
 from cnnlab.tracking import ensure_wandb_started, finish_wandb

@@ -1,0 +1,9 @@
+"""Reading and writing files: one home each for atomic writes, JSON, images, cnnlab checkpoints and progress.
+
+Submodules, imported directly (``from cnnlab.io.files import write_json``):
+
+- ``files``: atomic writes (temp file in the same directory, fsync, rename) and JSON.
+- ``images``: reading user images (any PIL mode, EXIF orientation), ``IMAGE_SUFFIXES``, PNG writing.
+- ``checkpoints``: ``read_cnnlab_file``, the one ``torch.load`` for cnnlab's own files.
+- ``progress``: the one optional progress-bar wrapper.
+"""
