@@ -126,7 +126,7 @@ def format_interval(stats: dict, scale: float = 100.0, digits: int = 1, unit: st
         text += f" [{fmt.format(scale * stats['low'])}, {fmt.format(scale * stats['high'])}]"
     text += f", n = {stats['n']}"
     if stats.get("low") is None:
-        reason = _short(stats["note"]) if stats.get("note") else "no interval"
+        reason = stats["note"] if str(stats.get("note", "")).startswith("no interval") else "no interval"
         text += f" ({reason})"
     return text
 

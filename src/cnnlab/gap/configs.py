@@ -11,7 +11,9 @@ The composed config is written to ``<arm dir>/config.yaml`` and run in-process b
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
+import json
 import logging
 import math
 from pathlib import Path
@@ -84,10 +86,15 @@ class ArmConfigs:
             self.data.pop(k, None)
         self.backbone = OmegaConf.to_container(cfg.backbone, resolve=False)  # in_channels follows the arm's data
         self.recipe, self.recipe_skipped = recipe_node(container(cfg.finetune.recipe))
+        self._composed: dict[tuple, DictConfig] = {}
 
     def _base(self, groups: dict, name: str, seed: int, out_dir: Path, with_backbone: bool) -> DictConfig:
         c = self.cfg
-        arm = compose_train({"data": self.choices.get("data", "cifar10"), **container(c.arm.groups), **groups})
+        choice = {"data": self.choices.get("data", "cifar10"), **container(c.arm.groups), **groups}
+        key = tuple(sorted(choice.items()))
+        if key not in self._composed:  # composing takes a fraction of a second; a run has many arms of a few kinds
+            self._composed[key] = compose_train(choice)
+        arm = copy.deepcopy(self._composed[key])
         nodes = [{"data": {**self.data, "shuffle_seed": seed, "label_seed": seed, "label_fraction": 1.0}},
                  container(c.arm.cfg),
                  {"seed": seed, "task_name": name, "tags": ["gap", str(c.budget_name)],
@@ -123,14 +130,17 @@ class ArmConfigs:
 
 
 def location_free(arm_cfg: DictConfig) -> dict:
-    """The arm config without where it runs (the part its key hashes)."""
+    """The arm config without where it runs (the part its key hashes): a moved or copied run dir keeps its keys."""
     d = OmegaConf.to_container(arm_cfg, resolve=True)
+    where = {str(d["paths"]["output_dir"]): "<arm dir>", str(d["paths"]["data_dir"]): "<data dir>"}
     for k in _LOCATION_KEYS:
         d.pop(k, None)
-    for node, key in (("backbone", "path"), ("data", "data_dir")):
-        if isinstance(d.get(node), dict):
-            d[node].pop(key, None)
-    return d
+    if isinstance(d.get("backbone"), dict):
+        d["backbone"].pop("path", None)  # the trunk's weight fingerprint stands for it
+    text = json.dumps(d, sort_keys=True, default=str)
+    for path, name in where.items():
+        text = text.replace(path, name)
+    return json.loads(text)
 
 
 def write_config(arm_cfg: DictConfig, out_dir: Path) -> Path:

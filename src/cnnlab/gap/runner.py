@@ -107,6 +107,8 @@ class Runner:
         backbone = hydra.utils.instantiate(cfg.backbone)
         self.arch, self.arch_kwargs = backbone.arch, dict(backbone.arch_kwargs)
         self.configs = ArmConfigs(cfg, choices)
+        #: what the in-process arms' results depend on in the data config (not where the data lives)
+        self.data_key = {k: v for k, v in self.configs.data.items() if k != "data_dir"}
         self.timings: dict[str, float] = {}
         self._fp: dict[str, str] = {}
         self._dms: dict[tuple, object] = {}
@@ -167,10 +169,10 @@ class Runner:
             what["trunk"] = self.fingerprint(trunk)
         if arm.kind == "trunk" and arm.init == "random":
             what.update(backbone=OmegaConf.to_container(c.backbone, resolve=True), seed=arm.seed,
-                        calibrate=c.random_init.calibrate_batches, data=self.configs.data)
+                        calibrate=c.random_init.calibrate_batches, data=self.data_key)
         elif arm.kind == "probe":
             what.update(probe={k: v for k, v in OmegaConf.to_container(c.probe, resolve=True).items() if k not in ("keep_cache", "device")},
-                        data=self.configs.data, subset=arm.subset, seed=arm.seed)
+                        data=self.data_key, subset=arm.subset, seed=arm.seed)
         elif arm.kind == "finetune_test":
             keys = [(A.read_marker(self.by_name[n], self.root) or {}).get("key") for n in arm.needs]
             if None in keys:
