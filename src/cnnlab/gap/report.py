@@ -179,12 +179,14 @@ def markdown_tables(res: dict) -> str:
 def setup_title(res: dict) -> str:
     """The setup in words, for the plot and the table: data, network, inits, runs, budget."""
     bb = res.get("backbone", {})
-    net = f"{bb.get('arch', '?')}" + (f" width {bb['width']}" if "width" in bb else "") + (f" ({bb['plan']})" if "plan" in bb else "")
+    plan = str(bb.get("plan", ""))
+    name = f"{plan.rstrip('0123456789').upper()}-{plan[len(plan.rstrip('0123456789')):]}" if plan[-1:].isdigit() else bb.get("arch", "?")
+    net = name + (f" width {bb['width']}" if "width" in bb else "")
     proto = res.get("protocol", {})
     seeds, subsets = len(proto.get("seeds", [])), len(proto.get("label_subsets", []))
     data = res.get("data", {})
-    name = {"cifar10": "CIFAR-10", "stl10": "STL-10"}.get(data.get("name"), data.get("name", "?"))
-    return (f"Pretraining gap on {name}, {net} on lightness input: random vs colorization vs supervised; "
+    dataset = {"cifar10": "CIFAR-10", "stl10": "STL-10", "synthetic": "synthetic shapes"}.get(data.get("name"), data.get("name", "?"))
+    return (f"Pretraining gap on {dataset}, {net} on lightness input: random vs colorization vs supervised; "
             f"{seeds} pretraining seed(s) × {subsets} label subset(s); budget {res.get('budget', '?')}")
 
 
@@ -209,7 +211,7 @@ def _accuracy_panel(ax, series: dict, gaps: list, ylabel: str, title: str):
                     ha="center", fontsize=6, color="tab:orange", rotation=20)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    ax.set_ylim(0, max(10.0, top * 1.2))
+    ax.set_ylim(0, min(105.0, max(10.0, top * 1.2)))  # an interval past 100% (n = 2) is clipped, not the axis stretched
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     return ax

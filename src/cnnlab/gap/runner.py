@@ -17,7 +17,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.backbones import read_trunk, save_trunk
+from cnnlab.backbones import load_trunk, save_trunk
 from cnnlab.errors import UserError
 from cnnlab.features import state_fingerprint
 from cnnlab.gap import arms as A
@@ -67,17 +67,23 @@ def _device(name: str) -> str:
 
 @contextlib.contextmanager
 def _arm_output(log_path: Path):
-    """An in-process arm's console output (config tree, Lightning's messages, warnings) goes to its arm.log."""
-    quiet = [logging.getLogger(n) for n in ("lightning.pytorch", "pytorch_lightning", "lightning.fabric")]
-    levels = [lg.level for lg in quiet]
+    """An in-process arm's console output goes to its arm.log: prints (the config tree), warnings, and log records
+    (the console keeps only warnings and errors while the arm runs)."""
+    root = logging.getLogger()
+    consoles = [h for h in root.handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    levels = [h.level for h in consoles]
     with open(log_path, "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-        for lg in quiet:
-            lg.setLevel(logging.WARNING)
+        to_file = logging.StreamHandler(fh)
+        to_file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        root.addHandler(to_file)
+        for h in consoles:
+            h.setLevel(max(h.level, logging.WARNING))
         try:
             yield
         finally:
-            for lg, lv in zip(quiet, levels):
-                lg.setLevel(lv)
+            root.removeHandler(to_file)
+            for h, lv in zip(consoles, levels):
+                h.setLevel(lv)
 
 
 def best_checkpoint(run_dir: Path) -> dict:
@@ -141,8 +147,6 @@ class Runner:
             if marker and marker.get("trunk_stamp") == path.stat().st_mtime_ns and marker.get("trunk_fingerprint"):
                 self._fp[stamp] = marker["trunk_fingerprint"]
             else:
-                from cnnlab.backbones import load_trunk
-
                 backbone, meta = load_trunk(path)
                 check_trunk_matches(meta, path, arch=self.arch, arch_kwargs=self.arch_kwargs, color_space=self.cfg.data.color_space)
                 self._fp[stamp] = state_fingerprint(backbone)
@@ -257,11 +261,9 @@ class Runner:
             save_trunk(d / "trunk.pt", backbone, self.cfg.data.color_space, "random", {"seed": int(arm.seed), "bn_calibration_images": n_cal})
             return {"bn_calibration_images": n_cal, "fingerprint": state_fingerprint(backbone)}
         self._train_in_process(self.arm_config(arm), d)
-        meta = read_trunk(d / "trunk.pt")
+        backbone, meta = load_trunk(d / "trunk.pt")  # read once: checked and hashed here, dependants read the hash
         check_trunk_matches(meta, d / "trunk.pt", arch=self.arch, arch_kwargs=self.arch_kwargs, color_space=self.cfg.data.color_space)
-        from cnnlab.backbones import load_trunk
-
-        return {"fingerprint": state_fingerprint(load_trunk(d / "trunk.pt")[0])}
+        return {"fingerprint": state_fingerprint(backbone)}
 
     def _run_probe(self, arm: A.Arm, d: Path) -> dict:
         from cnnlab.gap.probing import probe_trunk
