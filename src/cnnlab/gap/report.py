@@ -23,7 +23,8 @@ ROW_ORDER = ("supervised", "random", "colorization")  # the published tables' or
 TRIO = ("colorization", "random", "supervised")
 
 
-def _unit_key(unit) -> str:
+def unit_key(unit) -> str:
+    """``(0, 1)`` -> ``seed0_sub1`` (a paired run's name in the results)."""
     seed, subset = unit
     return f"seed{seed}" + ("" if subset is None else f"_sub{subset}")
 
@@ -70,7 +71,7 @@ def summarize(collected: dict, inits: Sequence[str], fractions: Sequence[float],
     out: dict = {"inits": inits, "taps": list(taps), "label_fractions": [float(f) for f in fractions]}
     units_of = {i: sorted(probe.get(i, {}), key=lambda u: (u[0], -1 if u[1] is None else u[1])) for i in inits}
     shared = _shared_units(probe, inits)
-    pr: dict = {"units": [_unit_key(u) for u in shared]}
+    pr: dict = {"units": [unit_key(u) for u in shared]}
     for family in ("linear", "knn"):
         pr[family] = _per_tap(probe, inits, taps, family, units_of)
     # the "best" tap of each init, chosen on its mean validation accuracy over paired runs (linear probes)
@@ -93,7 +94,7 @@ def summarize(collected: dict, inits: Sequence[str], fractions: Sequence[float],
     for f in fractions:
         runs = {i: finetune.get(i, {}).get(float(f), {}) for i in inits}
         units = _shared_units(runs, inits)
-        entry = {"units": [_unit_key(u) for u in units]}
+        entry = {"units": [unit_key(u) for u in units]}
         for i in inits:
             rs = list(runs[i].values())
             entry[i] = {"test": mean_ci(r["test"] for r in rs), "val": mean_ci(r["val"] for r in rs),

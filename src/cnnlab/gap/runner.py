@@ -22,7 +22,7 @@ from cnnlab.errors import UserError
 from cnnlab.features import state_fingerprint
 from cnnlab.gap import arms as A
 from cnnlab.gap.configs import ArmConfigs, location_free, write_config
-from cnnlab.gap.report import log_to_wandb, markdown_tables, setup_title, summarize, write_report
+from cnnlab.gap.report import log_to_wandb, markdown_tables, setup_title, summarize, unit_key, write_report
 from cnnlab.gap.select import best_learning_rate
 from cnnlab.io.files import write_json
 from cnnlab.probes import calibrate_batchnorm, check_trunk_matches
@@ -116,6 +116,7 @@ class Runner:
         #: what the in-process arms' results depend on in the data config (not where the data lives)
         self.data_key = {k: v for k, v in self.configs.data.items() if k != "data_dir"}
         self.timings: dict[str, float] = {}
+        self.by_name: dict[str, A.Arm] = {}
         self._fp: dict[str, str] = {}
         self._dms: dict[tuple, object] = {}
 
@@ -313,7 +314,13 @@ class Runner:
 
     def report(self, plan: Plan, console) -> dict:
         c = self.cfg
-        res = summarize(self.collect(plan.arms), list(c.inits), list(c.label_fractions), list(c.probe.taps) if c.probe.taps else [])
+        collected = self.collect(plan.arms)
+        res = summarize(collected, list(c.inits), list(c.label_fractions), list(c.probe.taps) if c.probe.taps else [])
+        # every paired run's own numbers: each choice with the validation grid it was made from, and its test score
+        res["runs"] = {"probe": {i: {unit_key(u): {k: r[k] for k in ("linear", "knn", "n_train", "n_val", "n_test") if k in r}
+                                     for u, r in runs.items()} for i, runs in collected["probe"].items()},
+                       "finetune": {str(f): {i: {unit_key(u): ch for u, ch in by_f.get(f, {}).items()} for i, by_f in collected["finetune"].items()}
+                                    for f in (float(x) for x in c.label_fractions)}}
         res["budget"] = str(c.budget_name)
         res["grids"] = {"finetune_lr": [float(x) for x in c.finetune.lrs], "probe_weight_decay": [float(x) for x in c.probe.weight_decays],
                         "knn": {"k": int(c.probe.knn.k), "temperature": float(c.probe.knn.temperature)}}
