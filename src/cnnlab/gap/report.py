@@ -52,7 +52,10 @@ def _per_tap(probe: dict, inits, taps, family: str, units_of: dict) -> dict:
             test = [runs[u][family][t]["test"] for u in units_of[i] if t in runs[u][family]]
             entry = {"test": mean_ci(test), "val": mean_ci(val)}
             if family == "linear":
-                entry["weight_decay_chosen"] = [runs[u][family][t]["weight_decay"] for u in units_of[i] if t in runs[u][family]]
+                fits = [runs[u][family][t] for u in units_of[i] if t in runs[u][family]]
+                entry["weight_decay_chosen"] = [f["weight_decay"] for f in fits]
+                # a choice at the end of the grid may be short of the optimum (the L-BFGS probe flags it)
+                entry["at_grid_edge"] = sum(bool(f.get("at_grid_edge")) for f in fits)
             out[i][t] = entry
     return out
 
@@ -147,7 +150,10 @@ def markdown_tables(res: dict) -> str:
         lines += _gap_rows([pr["linear_gap"].get(t) for t in taps] + [pr["linear_gap"].get("best")])
     lines += ["", "Weight decay chosen on val (per paired run):", "", "| init | " + " | ".join(taps) + " |", "|---" * (len(taps) + 1) + "|"]
     for i in rows:
-        lines.append(f"| {i} | " + " | ".join(_counts(pr["linear"][i][t]["weight_decay_chosen"]) for t in taps) + " |")
+        cells = [_counts(pr["linear"][i][t]["weight_decay_chosen"])
+                 + (f" (at the grid's edge ×{pr['linear'][i][t]['at_grid_edge']})" if pr["linear"][i][t].get("at_grid_edge") else "")
+                 for t in taps]
+        lines.append(f"| {i} | " + " | ".join(cells) + " |")
     k = res.get("grids", {}).get("knn", {})
     lines += ["", f"### kNN per tap (cosine, weighted, k = {k.get('k', '?')}, T = {k.get('temperature', '?')}; nothing tuned)", "",
               "| init | " + " | ".join(taps) + " |", "|---" * (len(taps) + 1) + "|"]
