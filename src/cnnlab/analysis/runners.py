@@ -378,7 +378,7 @@ def _layer_label(ctx: AnalysisContext, model, name: str) -> str:
 
 
 def run_sanity(ctx: AnalysisContext, images: int = 32, methods=faith.METHODS, target: str = "pred", seed: int = 0,
-               max_layers: int | None = None, batch: int = 32, grad_cam_tap: str | None = None, ig_steps: int = 32,
+               draws: int = 1, max_layers: int | None = None, batch: int = 32, grad_cam_tap: str | None = None, ig_steps: int = 32,
                ig_baseline: float = 0.0, occlusion_patch: int = 8, occlusion_stride: int = 4) -> dict:
     from rich.progress import track
 
@@ -393,20 +393,25 @@ def run_sanity(ctx: AnalysisContext, images: int = 32, methods=faith.METHODS, ta
         att = torch.cat([ex.attribution(net, x[s:s + batch], tgt[s:s + batch]).cpu() for s in range(0, len(x), batch)])
         return faith.reduce_channels(att, "sum"), faith.reduce_channels(att, "abs")
 
+    if draws < 1:
+        raise UserError(f"draws must be at least 1, got {draws}")
     original = {m: maps(model, ex) for m, ex in explainers.items()}
-    scores = {k: {m: [1.0] for m in explainers} for k in ("spearman", "spearman_abs", "ssim")}
-    shown = {m: [original[m][1][0]] for m in explainers}  # abs maps of the first image at every depth
-    steps = san.cascading_randomization(model, layers, seed)
-    for name, rand in track(steps, description="cascading randomization", total=len(layers), transient=True):
-        for m, ex in explainers.items():
-            signed, absolute = maps(rand, ex)
-            for k, v in san.map_similarity(*original[m], signed, absolute).items():
-                scores[k][m].append(float(v.mean()))
-            shown[m].append(absolute[0])
+    acc = {k: {m: torch.zeros(len(layers)) for m in explainers} for k in ("spearman", "spearman_abs", "ssim")}
+    shown = {m: [original[m][1][0]] for m in explainers}  # abs maps of the first image at every depth (first draw)
+    for r in range(draws):  # independent re-initializations: one draw of a layer's weights can be a lucky one
+        steps = san.cascading_randomization(model, layers, seed + 1000 * r)
+        for j, (_, rand) in enumerate(track(steps, description=f"cascading randomization {r + 1}/{draws}", total=len(layers), transient=True)):
+            for m, ex in explainers.items():
+                signed, absolute = maps(rand, ex)
+                for k, v in san.map_similarity(*original[m], signed, absolute).items():
+                    acc[k][m][j] += float(v.mean()) / draws
+                if r == 0:
+                    shown[m].append(absolute[0])
+    scores = {k: {m: [1.0, *(round(float(v), 6) for v in acc[k][m])] for m in explainers} for k in acc}
     depth_names = ["(trained)", *(_layer_label(ctx, model, n) for n in layers)]
     sec = ctx.section("sanity", "Sanity check: cascading model randomization",
                       f"{len(x)} {ctx.split} images, target class ({target}) fixed from the trained model. The layers with parameters "
-                      f"are re-initialized from the top ({layers[0]}) down, cumulatively ({len(layers)} steps; seed {seed}); each column compares "
+                      f"are re-initialized from the top ({layers[0]}) down, cumulatively ({len(layers)} steps; seed {seed}, mean of {draws} independent draw(s)); each column compares "
                       f"the maps with the trained model's by Spearman rank correlation (signed channel sum, and max |.| over channels) and SSIM "
                       f"of the |.| maps. Maps that stay similar while the network is destroyed do not explain the network.")
     plt = _plt()
@@ -435,7 +440,7 @@ def run_sanity(ctx: AnalysisContext, images: int = 32, methods=faith.METHODS, ta
     _log_metrics(ctx, {f"sanity/{m}/{k}_fully_randomized": scores[k][m][-1] for k in scores for m in explainers})
     from cnnlab.io.files import write_json
 
-    write_json(ctx.out_dir / "sanity.json", {"images": len(x), "layers": depth_names, "seed": seed, "scores": scores})
+    write_json(ctx.out_dir / "sanity.json", {"images": len(x), "layers": depth_names, "seed": seed, "draws": draws, "scores": scores})
     return {"images": len(x), "layers": depth_names, **scores}
 
 
