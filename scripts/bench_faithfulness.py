@@ -151,6 +151,9 @@ def main() -> None:
         q_layers = [k for k in q if k != "original"]
         results["sanity"][m] = {"layers": layers, "quantus_layers": q_layers, "cnnlab_spearman_abs": ours, "cnnlab_quantus_draws": same_draws,
                                 "quantus_mprt": [float(np.mean(q[k])) for k in q_layers],
+                                # scipy's Spearman of a constant map (Grad-CAM's all-zero ReLU) is NaN; cnnlab counts it as 0
+                                "quantus_mprt_nanmean": [float(np.nanmean(q[k])) for k in q_layers],
+                                "quantus_nan_images": [int(np.isnan(q[k]).sum()) for k in q_layers],
                                 "quantus_original": float(np.mean(q["original"])), "cnnlab_s": round(t_ours, 2), "quantus_s": round(t_q, 2)}
         print(m, {k: v for k, v in results["sanity"][m].items() if "layers" not in k}, flush=True)
     import json
