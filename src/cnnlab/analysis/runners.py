@@ -6,6 +6,8 @@ Each takes the :class:`~cnnlab.analysis.context.AnalysisContext` and the keyword
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -296,8 +298,6 @@ def _log_metrics(ctx: AnalysisContext, metrics: dict[str, float]) -> None:
             try:
                 lg.log_metrics(metrics)
             except Exception as err:  # noqa: BLE001 - tracking must never stop an analysis
-                import logging
-
                 logging.getLogger("cnnlab").warning("W&B metric logging failed: %s", err)
 
 
