@@ -142,3 +142,36 @@ def test_spearman_of_a_constant_map_is_zero_and_a_model_without_parameters_is_a_
     assert S.spearman(torch.zeros(2, 4, 4), torch.rand(2, 4, 4)).tolist() == [0.0, 0.0]
     with pytest.raises(UserError, match="needs a model with parameters"):
         S.cascade_layers(nn.Sequential(nn.Flatten(), nn.ReLU()), torch.rand(1, 3, 4, 4))
+
+
+# ------------------------------------------------------------------------------------------ report sections
+def test_runners_write_curves_tables_and_json_for_every_baseline_option(data_dir, tmp_path):
+    import json
+
+    from cnnlab.analysis.context import AnalysisContext
+    from cnnlab.analysis.runners import run_faithfulness, run_sanity
+    from cnnlab.analysis.subject import Subject
+    from cnnlab.backbones import VGGCifar
+    from cnnlab.data import ImageDataModule
+
+    torch.manual_seed(0)
+    subject = Subject(VGGCifar(width=4), color_space="rgb", source="random", head=nn.Linear(32, 10), method="test")
+    dm = ImageDataModule(name="synthetic", data_dir=str(data_dir), augment=[], progress=False, synthetic={"n_train": 20, "n_test": 20})
+    ctx = AnalysisContext(subject, dm, tmp_path, limit=20)
+    before = copy.deepcopy(subject.backbone.state_dict())
+    out = run_faithfulness(ctx, images=3, methods=["saliency", "grad_cam"], steps=4, deletion_fill="mean", insertion_start="zero")
+    assert set(out["auc"]) == {"saliency", "grad_cam", "random"} and out["images"] == 3
+    for fill, start in (("zero", "blur"), ("blur", "gray")):
+        run_faithfulness(ctx, images=2, methods=["occlusion"], steps=2, deletion_fill=fill, insertion_start=start, occlusion_patch=16,
+                         occlusion_stride=16)
+    san = run_sanity(ctx, images=2, methods=["guided_backprop"], max_layers=2, draws=2)
+    assert san["layers"] == ["(trained)", "head Linear", "conv4_2.1 BatchNorm2d"]
+    assert san["spearman_abs"]["guided_backprop"][0] == 1.0 and len(san["ssim"]["guided_backprop"]) == 3
+    assert all(torch.equal(before[k], v) for k, v in subject.backbone.state_dict().items())
+    keys = [s.key for s in ctx.report.sections]
+    assert keys == ["faithfulness"] * 3 + ["sanity"] and all(s.tables and s.figures for s in ctx.report.sections)
+    assert json.loads((tmp_path / "sanity.json").read_text())["draws"] == 2
+    with pytest.raises(UserError, match="insertion_start must be one of"):
+        run_faithfulness(ctx, images=1, insertion_start="noise")
+    with pytest.raises(UserError, match="draws must be at least 1"):
+        run_sanity(ctx, images=1, draws=0)

@@ -370,10 +370,14 @@ def run_faithfulness(ctx: AnalysisContext, images: int = 256, methods=faith.METH
 def _layer_label(ctx: AnalysisContext, model, name: str) -> str:
     """``0.stages.conv4_2.1`` -> ``conv4_2.1 BatchNorm2d`` (the stage name, and what was randomized)."""
     kind = type(model.get_submodule(name)).__name__
-    for part, label in ((ctx.subject.backbone.stages, ""), (getattr(ctx.subject, "head", None), "head.")):
-        prefix = faith.module_name(model, part) + "." if part is not None else None
-        if prefix and name.startswith(prefix):
-            return f"{label}{name[len(prefix):]} {kind}"
+    for part, label in ((ctx.subject.backbone.stages, ""), (getattr(ctx.subject, "head", None), "head")):
+        if part is None:
+            continue
+        prefix = faith.module_name(model, part)
+        if name == prefix:
+            return f"{label} {kind}"
+        if name.startswith(prefix + "."):
+            return f"{label}{'.' if label else ''}{name[len(prefix) + 1:]} {kind}"
     return f"{name} {kind}"
 
 
