@@ -117,7 +117,7 @@ def test_hue_confidence_decode_moves_uncertain_hues_towards_gray():
     hue_logits[0, 5, 0, 2] = hue_logits[0, 21, 0, 2] = 20.0  # pixel 2: two opposite hues
     hue, resultant = B.hue_mean_resultant(torch.softmax(hue_logits, 1).movedim(1, -1))
     assert torch.allclose(resultant[0, 0], torch.tensor([1.0, 0.0, 0.0]), atol=1e-4)
-    ab_of = lambda rgb: rgb_to_lab(rgb)[0, 1:, 0].norm(dim=0)  # noqa: E731  chroma in ab units per pixel
+    ab_of = lambda lab: lab[0, 1:, 0].norm(dim=0)  # noqa: E731  chroma in ab units per pixel
     scaled = ab_of(decode_hue_chroma(hue_logits, chroma_logits, x, "L"))
     paper = ab_of(decode_hue_chroma(hue_logits, chroma_logits, x, "L", hue_confidence=False))
     assert abs(scaled[0] - paper[0]) < 1e-3 and paper[0] > 20  # a certain hue keeps the median chroma
@@ -230,7 +230,7 @@ def test_bad_inputs_give_user_errors(tmp_path):
         Colorizer({**VGG, "in_channels": 3})
     with pytest.raises(UserError, match="model.targets"):
         Colorizer(VGG, targets="rgb")
-    with pytest.raises(UserError, match="color_space=rgb"):
+    with pytest.raises(UserError, match="color_space=lab"):
         Colorizer(VGG, hidden=8).sparse_loss(torch.rand(2, 1, 16, 16))
     gray = (torch.rand(8, 1, 8, 8) * 255).to(torch.uint8).expand(8, 3, 8, 8)
     with pytest.raises(UserError, match="gray"):

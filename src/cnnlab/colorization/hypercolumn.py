@@ -36,6 +36,22 @@ def grid_pixels(height: int, width: int, stride: int = 1, device=None) -> torch.
     return torch.stack([yy.reshape(-1), xx.reshape(-1)], -1)
 
 
+def grid_bands(height: int, width: int, stride: int, max_pixels: int, device=None) -> list[torch.Tensor]:
+    """:func:`grid_pixels` cut into bands of whole grid rows of at most ``max_pixels`` pixels (at least one row).
+
+    Returns ``[(P_i, 2)]`` in row-major order: running a dense head band by band bounds its memory by
+    ``max_pixels`` whatever the image size, and the bands reshape to ``(rows_i, grid width)`` maps.
+    """
+    xs = len(range(stride // 2, width, stride))
+    rows = max(1, max_pixels // max(1, xs))
+    return list(grid_pixels(height, width, stride, device).split(rows * xs))
+
+
+def grid_map(values: torch.Tensor, grid_width: int) -> torch.Tensor:
+    """Per-pixel values ``(B, P, C)`` of whole grid rows -> maps ``(B, C, P / grid_width, grid_width)``."""
+    return values.transpose(1, 2).reshape(values.shape[0], values.shape[2], -1, grid_width)
+
+
 def pixel_centers(pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Pixel indices ``(..., 2)`` ``(y, x)`` -> ``grid_sample`` coordinates ``(..., 2)`` ``(x, y)`` in [-1, 1]."""
     y = (2 * pixels[..., 0].float() + 1) / height - 1
