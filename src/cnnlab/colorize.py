@@ -21,17 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from cnnlab.color import lab_to_rgb, rgb_to_lab
+from cnnlab.colorization.hypercolumn import grid_bands, grid_map, pixel_centers, sample_hypercolumns
 from cnnlab.errors import UserError, exit_on_user_error
 from cnnlab.io.images import IMAGE_SUFFIXES, open_image, png_text, resize_shorter, to_tensor, write_png
 
 #: PNG text key naming the input an output was made from (how reruns recognise their own results)
 SOURCE_KEY = "cnnlab-colorize-source"
-#: rows of the full-resolution image converted at a time (colour conversions run in bands of rows)
-BAND_PIXELS = 1 << 20
+#: pixels of the full-resolution image converted at a time (colour conversions run in bands of rows)
+BAND_PIXELS = 1 << 18
 #: the working size when a checkpoint does not say what it was trained at
 FALLBACK_SIZE = 224
 
@@ -83,33 +83,21 @@ def plan_outputs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, bool]]:
     return plan
 
 
-def _bands(height: int, width: int):
-    rows = max(1, BAND_PIXELS // width)
-    return [slice(r, min(height, r + rows)) for r in range(0, height, rows)]
+def recombine(rgb8: np.ndarray, ab: torch.Tensor | None) -> np.ndarray:
+    """The lightness of ``rgb8 (H, W, 3)`` uint8 + ab ``(1, 2, h, w)`` at any size (None: gray) -> ``(H, W, 3)`` uint8.
 
-
-def lightness(rgb8: np.ndarray) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 -> Lab L ``(1, 1, H, W)`` in [0, 100], converted in bands of rows."""
-    h, w = rgb8.shape[:2]
-    out = torch.empty(1, 1, h, w)
-    for rows in _bands(h, w):
-        band = torch.from_numpy(rgb8[rows].copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-        out[..., rows, :] = rgb_to_lab(band)[:, :1]
-    return out
-
-
-def recombine(light: torch.Tensor, ab: torch.Tensor | None) -> np.ndarray:
-    """Full-resolution L ``(1, 1, H, W)`` + ab ``(1, 2, h, w)`` at any size (None: gray) -> ``(H, W, 3)`` uint8.
-
-    The ab is upsampled bilinearly to ``(H, W)``, one band of rows at a time.
+    One band of rows at a time: the ab is sampled bilinearly at the band's pixel centres (what upsampling
+    to ``(H, W)`` gives), so memory beyond the input and output images is set by :data:`BAND_PIXELS`.
     """
-    h, w = light.shape[-2:]
+    h, w = rgb8.shape[:2]
     out = np.empty((h, w, 3), dtype=np.uint8)
-    if ab is not None and ab.shape[-2:] != (h, w):
-        ab = F.interpolate(ab, size=(h, w), mode="bilinear", align_corners=False)
-    for rows in _bands(h, w):
-        band_ab = torch.zeros(1, 2, rows.stop - rows.start, w) if ab is None else ab[..., rows, :]
-        rgb = lab_to_rgb(torch.cat([light[..., rows, :], band_ab], 1))
+    for pix in grid_bands(h, w, 1, BAND_PIXELS):
+        rows = slice(int(pix[0, 0]), int(pix[-1, 0]) + 1)
+        band = torch.from_numpy(rgb8[rows].copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+        light = rgb_to_lab(band)[:, :1]
+        band_ab = (torch.zeros(1, 2, *light.shape[-2:]) if ab is None else
+                   grid_map(sample_hypercolumns([ab], pixel_centers(pix, h, w).unsqueeze(0)), w))
+        rgb = lab_to_rgb(torch.cat([light, band_ab], 1))
         out[rows] = rgb[0].mul_(255).round_().to(torch.uint8).permute(1, 2, 0).numpy()
     return out
 
@@ -124,16 +112,16 @@ def colorize_image(model, im: Image.Image, size: int | None = None, full_resolut
     """
     from cnnlab.colorization.batch import ColourBatch
 
-    rgb8 = np.asarray(im)
-    light = lightness(rgb8)
     work = None if full_resolution else (size or model.data_info.get("image_size") or FALLBACK_SIZE)
     small = resize_shorter(im, work) if work and work < min(im.size) else im
     x = ColourBatch(to_tensor(small), "rgb", model.input_space).x
     ab = model.predict_lab(x, temperature)[:, 1:]
-    result = recombine(light, ab)
+    del x, small
+    rgb8 = np.asarray(im)
+    result = recombine(rgb8, ab)
     if not panel:
         return result
-    parts = [recombine(light, None), result]
+    parts = [recombine(rgb8, None), result]
     if int((rgb8.max(2).astype(np.int16) - rgb8.min(2)).max()) > 2:  # the original had colour: show it as truth
         parts.append(rgb8)
     return np.concatenate(parts, axis=1)
