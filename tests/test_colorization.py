@@ -246,3 +246,29 @@ def test_prior_is_cached(tmp_path):
     assert len(files) == 1 and first["gray_fraction"] == 0.25
     again = cached_ab_stats(images, centers, "t", tmp_path)
     assert torch.equal(first["counts"], again["counts"])
+
+
+def test_recombine_keeps_full_resolution_lightness_and_upsamples_colour():
+    """cnnlab-colorize's last step: a low-resolution ab over the photo's own lightness, band by band."""
+    import numpy as np
+
+    import cnnlab.colorize as C
+
+    g = torch.Generator().manual_seed(6)
+    rgb = (torch.rand(1, 3, 37, 53, generator=g) * 0.5 + 0.25)
+    rgb8 = (rgb[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    truth = rgb_to_lab(torch.from_numpy(rgb8).permute(2, 0, 1).unsqueeze(0).float() / 255)
+    ramp = torch.linspace(-1, 1, 7).view(1, 1, 1, 7).expand(1, 1, 5, 7)
+    ab = torch.cat([8 * ramp, -6 * ramp.transpose(-1, -2).reshape(1, 1, 5, 7)], 1)  # small ab: in gamut here
+    old, C.BAND_PIXELS = C.BAND_PIXELS, 100  # many bands of two rows
+    try:
+        out = C.recombine(rgb8, ab)
+        gray = C.recombine(rgb8, None)
+    finally:
+        C.BAND_PIXELS = old
+    lab = rgb_to_lab(torch.from_numpy(out).permute(2, 0, 1).unsqueeze(0).float() / 255)
+    assert out.shape == rgb8.shape
+    assert (lab[:, 0] - truth[:, 0]).abs().max() < 1.0  # every pixel keeps its lightness (to 8-bit rounding)
+    upsampled = torch.nn.functional.interpolate(ab, size=(37, 53), mode="bilinear", align_corners=False)
+    assert (lab[:, 1:] - upsampled).abs().max() < 1.5  # and the colour upsampled to full resolution
+    assert (rgb_to_lab(torch.from_numpy(gray).permute(2, 0, 1).unsqueeze(0).float() / 255)[:, 1:]).abs().max() < 1.5
