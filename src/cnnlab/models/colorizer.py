@@ -168,20 +168,20 @@ class Colorizer(StagedModule):
         """Input ``(B, 1, H, W)`` -> logits ``(B, O, H, W)`` at every pixel (1x1 convs over upsampled taps)."""
         return self.head.dense(dense_hypercolumns(self.tap_maps(x), x.shape[-2:]))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Input ``(B, 1, H, W)`` in [0, 1] -> colorized RGB ``(B, 3, H, W)`` in [0, 1]."""
-        return lab_to_rgb(self.decode(self.dense_logits(x), x))
-
-    @torch.no_grad()
     def predict_lab(self, x: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         """Input ``(B, 1, H, W)`` -> predicted Lab ``(B, 3, H, W)`` (the head on bands of :meth:`grid_logits`)."""
         w = x.shape[-1]
         return torch.cat([self.decode(grid_map(logits, w), grid_map(gather_pixels(x, pix), w), temperature)
                           for pix, logits in self.grid_logits(x)], 2)
 
-    def colorize(self, x: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
-        """:meth:`predict_lab` as RGB ``(B, 3, H, W)`` in [0, 1]."""
+    def forward(self, x: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        """Input ``(B, 1, H, W)`` in [0, 1] -> colorized RGB ``(B, 3, H, W)`` in [0, 1] (:meth:`predict_lab`)."""
         return lab_to_rgb(self.predict_lab(x, temperature))
+
+    @torch.no_grad()
+    def colorize(self, x: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        """:meth:`forward` without gradients."""
+        return self(x, temperature)
 
     def decode(self, logits: torch.Tensor, x: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         """Dense logits ``(B, O, H, W)`` + input ``(B, 1, H, W)`` -> Lab ``(B, 3, H, W)``."""
