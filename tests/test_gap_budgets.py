@@ -38,7 +38,7 @@ def test_budget_composes_and_plans_every_arm_kind(budget, tmp_path):
             c = runner.arm_config(arm)
             assert c.data.val_fraction == cfg.data.val_fraction and c.seed == arm.seed and c.test is False
             assert c.backbone.width == cfg.backbone.width and c.backbone.in_channels == 1
-            assert c.data.color_space == ("rgb" if arm.init == "colorization" else "L")
+            assert c.data.color_space == ("lab" if arm.init == "colorization" else "L")
             assert c.data.label_fraction == 1.0, "pretraining sees every training image outside the validation split"
     if budget in ("full", "gpu_check"):
         assert cfg.data.num_workers > 0 and cfg.probe.device == "auto"
