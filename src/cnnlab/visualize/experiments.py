@@ -209,6 +209,18 @@ def featviz(ctx: Context, layer: str = LOGITS, units: Sequence | None = None, im
     Besides the objective, reports each image's power-spectrum distance to natural images (RMS difference
     of the radial log10 power spectrum from that of natural images of the same size).
     """
+    images, alpha, names, out = render_units(ctx, layer, units, image, size, steps, lr, robust, spectrum)
+    rows, caption = [images], f"{image}: " + " | ".join(names)
+    if alpha is not None:
+        rows += [alpha.expand(-1, 3, -1, -1), images * alpha + (1 - alpha)]
+        caption += "; rows: image, transparency (accumulated |d loss / d image|), image on white by it"
+    ctx.save(f"featviz_{image}", torch.cat(rows), nrow=len(names), caption=caption)
+    return out
+
+
+def render_units(ctx: Context, layer: str, units: Sequence | None, image: str, size: int | None, steps: int, lr: float,
+                 robust: bool = True, spectrum: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None, list[str], dict]:
+    """The optimization behind ``featviz``: ``(images (B, 3, H, W), transparency (B, 1, H, W) or None, unit names, metrics)``."""
     from cnnlab.visualize.spectrum import natural_images, radial_log_power, resolve_source, spectrum_distance
 
     idx, obj, names = _units(ctx, layer, units)
@@ -218,19 +230,15 @@ def featviz(ctx: Context, layer: str = LOGITS, units: Sequence | None = None, im
     out_img = mod.result()
     with LayerCapture(ctx.network, sorted(obj.layers)) as cap, torch.no_grad():
         acts = cap.run(out_img)
+    # per unit, the objective of its own image (a loss: minus the activation)
     per_unit = [float(O.class_logit(i)({LOGITS: acts[LOGITS][b:b + 1]})) if layer == LOGITS else
                 float(O.channel(layer, i)({layer: acts[layer][b:b + 1]})) for b, i in enumerate(idx)]
     reference = radial_log_power(natural_images(resolve_source(spectrum, (s, s)), (s, s), ctx.data_dir, limit=1000)).mean(0)
     dist = spectrum_distance(out_img, reference)
-    rows = [out_img]
-    caption = f"{image}: " + " | ".join(names)
-    if hasattr(img, "transparency_map"):
-        alpha = img.transparency_map()
-        rows += [alpha.expand(-1, 3, -1, -1), out_img * alpha + (1 - alpha)]
-        caption += "; rows: image, transparency (accumulated |d loss / d image|), image on white by it"
-    ctx.save(f"featviz_{image}", torch.cat(rows), nrow=len(idx), caption=caption)
-    return {"objective_start": mod.history[0], "objective_end": mod.history[-1], "objective": sum(per_unit) / len(per_unit),
-            "spectrum_distance": float(dist.mean()), **{f"objective/{n}": v for n, v in zip(names, per_unit)}}
+    alpha = img.transparency_map() if hasattr(img, "transparency_map") else None
+    metrics = {"objective_start": mod.history[0], "objective_end": mod.history[-1], "objective": sum(per_unit) / len(per_unit),
+               "spectrum_distance": float(dist.mean()), **{f"objective/{n}": v for n, v in zip(names, per_unit)}}
+    return out_img, alpha, names, metrics
 
 
 # --------------------------------------------------------------------------------- inversion
