@@ -106,7 +106,7 @@ def compare(args) -> dict:
         net = new_net or net
         row = {"network": name, "layer": layer, "units": units, "size": size}
         tiles = []
-        for param in PARAMS:
+        for param in args.params:
             with tempfile.TemporaryDirectory() as tmp:
                 ctx = Context(network=net, out_dir=Path(tmp), data_dir=args.data_dir, progress=False, seed=0)
                 t = time.perf_counter()
@@ -198,6 +198,7 @@ def main() -> None:
     p.add_argument("--channels", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--networks", nargs="+", default=["reference", "resnet18"], choices=["reference", "resnet18"], help="compare: which")
+    p.add_argument("--params", nargs="+", default=list(PARAMS), choices=PARAMS, help="compare: which parameterizations")
     p.add_argument("--gallery", default="", help="compare: folder for the gallery PNGs (e.g. docs/img)")
     p.add_argument("--out", default="")
     args = p.parse_args()

@@ -55,6 +55,7 @@ def test_adversarial_run_writes_images_metrics_and_wandb(cifar_ckpt, data_dir, t
     assert "| PGD-3, 2 restart(s) | 8 |" in (run_dir / "robustness.md").read_text()
     assert list((run_dir / "wandb").glob("offline-run-*")), "no offline W&B run was written"
     assert list((run_dir / "wandb").glob("offline-run-*/files/media/images/viz/adversarial_*.png")), "grid not sent to W&B"
+    assert list((run_dir / "wandb").glob("offline-run-*/files/media/images/viz/robustness_curve_*.png")), "curve not sent to W&B"
 
 
 def test_bad_input_exits_2_with_one_line(cifar_ckpt, data_dir, tmp_path):
