@@ -194,3 +194,17 @@ def test_cli_linear_probe_config(tmp_path, data_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert "test/acc/conv4_2" in metrics and "test/acc" in metrics
     assert not (run_dir / "trunk.pt").exists(), "a probe run has no trunk of its own to export"
+
+
+def test_real_cifar_probe_of_a_calibrated_random_trunk(tmp_path, cifar_dm_kwargs):
+    dm = ImageDataModule(**cifar_dm_kwargs, color_space="L", train_limit=500, val_fraction=0.004, eval_batch_size=250)
+    dm.setup()
+    torch.manual_seed(0)
+    net = VGGCifar(in_channels=1, width=8)
+    calibrate_batchnorm(net, dm.loader("train", 250), lambda u: dm.preprocess(u), max_batches=2)
+    path = save_trunk(tmp_path / "trunk.pt", net, "L", "random")
+    res = probe_trunk_cached(path, dm, taps=["conv3_2"], target_dims=2048, cache_dir=tmp_path / "cache",
+                             weight_decays=(0.1, 1.0), max_iter=100, evaluate_test=False)
+    assert res["n_train"] == 500 and res["n_val"] == 200 and res["n_test"] == 0
+    lin, knn = res["linear"]["conv3_2"], res["knn"]["conv3_2"]
+    assert lin["converged"] and lin["val"] > 0.15 and knn["val"] > 0.15  # chance is 0.1; ~0.25-0.3 expected
