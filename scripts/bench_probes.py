@@ -14,6 +14,11 @@ features extracted once into a FeatureStore, then per tap, on the same features:
 Reported: validation top-1 (the test split is not read), fit seconds, L-BFGS iterations and convergence.
 
     python scripts/bench_probes.py --n-train 3000 --n-val 1000 --taps conv2_2 conv3_2 conv4_2
+
+``--end-to-end`` instead times ``probe_trunk_cached`` on the random trunk as cnnlab-gap calls it (features of the
+train, val and the whole test split stored on disk, linear + kNN per tap, test read once) and prints its timing:
+
+    python scripts/bench_probes.py --end-to-end --n-train 5000 --n-val 1000 --taps conv1_2 conv2_2 conv3_2 conv4_2
 """
 
 from __future__ import annotations
@@ -28,11 +33,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnlab.backbones import VGGCifar
+from cnnlab.backbones import VGGCifar, save_trunk
 from cnnlab.data import ImageDataModule
 from cnnlab.features import FeatureStore, iter_features
 from cnnlab.io.files import write_json
-from cnnlab.probes import calibrate_batchnorm, fit_linear_probe, freeze, knn_accuracy
+from cnnlab.probes import calibrate_batchnorm, fit_linear_probe, freeze, knn_accuracy, probe_trunk_cached
 from cnnlab.probes.sgd import train_probe_heads
 
 
@@ -68,6 +73,8 @@ def main() -> None:
     ap.add_argument("--sgd-steps", type=int, default=190)
     ap.add_argument("--data-dir", default="data")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
+    ap.add_argument("--end-to-end", action="store_true", help="time probe_trunk_cached on the random trunk instead")
+    ap.add_argument("--weight-decays", type=float, nargs="+", default=None, help="the L-BFGS grid (default: the probe's)")
     args = ap.parse_args()
     archive = os.path.join(os.environ.get("CNNLAB_DATA", "/work/shared/data"), "cifar10-jpg.tar.gz")
     dm = ImageDataModule(name="cifar10", source=archive, data_dir=args.data_dir, color_space="L", train_limit=args.n_train,
@@ -77,6 +84,8 @@ def main() -> None:
     torch.manual_seed(0)
     random = VGGCifar(1, width=args.width)
     calibrate_batchnorm(random, dm.loader("train", 256), pre, max_batches=20)
+    if args.end_to_end:
+        return end_to_end(args, dm, random)
     t0 = time.perf_counter()
     trained = VGGCifar(1, width=args.width)
     trained.load_state_dict(random.state_dict())
@@ -104,9 +113,10 @@ def main() -> None:
                                     args.taps, num_classes=10, epochs=epochs)["test"]
             t_sgd = (time.perf_counter() - t0) / len(args.taps)  # all heads train in one loop: per-tap share
             rows = {}
+            grid = {"weight_decays": tuple(args.weight_decays)} if args.weight_decays else {}
             for t in args.taps:
                 t0 = time.perf_counter()
-                fit = fit_linear_probe(tr[t], tr["labels"], va[t], va["labels"], 10)
+                fit = fit_linear_probe(tr[t], tr["labels"], va[t], va["labels"], 10, **grid)
                 t_lbfgs = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 knn = knn_accuracy(tr[t], tr["labels"], va[t], va["labels"], 10)
@@ -124,6 +134,26 @@ def main() -> None:
     print(f"load after: {os.getloadavg()[0]:.1f}")
     if args.out:
         write_json(args.out, results)
+
+
+def end_to_end(args, dm: ImageDataModule, random: VGGCifar) -> None:
+    grid = {"weight_decays": tuple(args.weight_decays)} if args.weight_decays else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        trunk = save_trunk(os.path.join(tmp, "trunk.pt"), random, "L", "random")
+        t0 = time.perf_counter()
+        res = probe_trunk_cached(trunk, dm, taps=args.taps, target_dims=args.target_dims, cache_dir=os.path.join(tmp, "features"), **grid)
+        total = time.perf_counter() - t0
+    print(f"probe_trunk_cached: {res['n_train']} train / {res['n_val']} val / {res['n_test']} test images, taps {res['taps']}, "
+          f"dims {res['dims']}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}")
+    print(f"total {total:.1f} s; " + ", ".join(f"{k} {v:.1f} s" for k, v in res["timing"].items()))
+    for t in res["taps"]:
+        lin, knn = res["linear"][t], res["knn"][t]
+        evals = sum(f["evaluations"] for f in lin["fits"].values())
+        print(f"  {t}: linear val {lin['val']:.3f} test {lin['test']:.3f} (wd {lin['weight_decay']:g}, {evals} evaluations, "
+              f"{'converged' if lin['converged'] else 'NOT converged'}), kNN val {knn['val']:.3f} test {knn['test']:.3f}")
+    print(f"load after: {os.getloadavg()[0]:.1f}")
+    if args.out:
+        write_json(args.out, {"total_s": total, "load": os.getloadavg(), **res})
 
 
 if __name__ == "__main__":
