@@ -155,6 +155,18 @@ def test_bad_inputs_are_one_line_errors(classifier_ckpt, data_dir, tmp_path, mon
         run(compose_cfg(*base[1:], f"ckpt={not_a_ckpt}", "analysis=filters"))
 
 
+def test_each_file_is_read_once(classifier_ckpt, colorization_trunk, monkeypatch):
+    from cnnlab.subject import load_subject
+
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
+    clf = load_subject(path=classifier_ckpt)
+    trunk = load_subject(path=colorization_trunk)
+    assert reads == [classifier_ckpt, colorization_trunk]
+    assert clf.has_logits and clf.classes and not trunk.has_logits and trunk.color_space == "L"
+
+
 def test_empty_dataset_is_a_one_line_error(classifier_ckpt, data_dir, tmp_path):
     from cnnlab.analysis.context import AnalysisContext
     from cnnlab.analysis.runners import run_embedding, run_patches

@@ -110,3 +110,35 @@ def test_analyze_runs_on_a_torchvision_network(data_dir, tmp_path):
     assert summary["filters"]["layer"] == "conv1" and summary["patches"]["tap"] in ("layer1", "maxpool")
     report = json.loads((tmp_path / "analysis.json").read_text())
     assert all(p.endswith(".png") for p in report["figures"]) and len(report["figures"]) >= 4
+
+
+def test_visualize_lists_layers_and_names_imagenet_classes(tmp_path, capsys):
+    """``cnnlab-visualize network.arch=... list_layers=true`` prints the layers; class names work in a visualization."""
+    from hydra import compose, initialize_config_dir
+
+    from cnnlab.config import CONF_DIR
+    from cnnlab.visualize.cli import run
+    from cnnlab.visualize.experiments import Context, class_model
+
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose("visualize", overrides=["logger=none", "network.arch=mobilenet_v3_small", "network.image_size=32",
+                                              "list_layers=true", f"paths.output_dir={tmp_path}"])
+    assert run(cfg) == {}
+    out = capsys.readouterr().out
+    assert "features.12" in out and "logits" in out and "Hardswish" in out
+    torch.manual_seed(0)
+    ctx = Context(network=from_torchvision("mobilenet_v3_small", None, image_size=32), out_dir=tmp_path, progress=False)
+    m = class_model(ctx, classes=["goldfish", 0], steps=2, size=32)
+    assert {"prob/goldfish", "prob/tench"} <= set(m) and (tmp_path / "images" / "class_model.png").is_file()
+
+
+def test_captured_activation_is_the_layer_output_even_when_the_block_adds_to_it_in_place():
+    """ResNet's BasicBlock does ``out = bn2(out); out += identity``: the capture keeps bn2's own output."""
+    torch.manual_seed(0)
+    sub = from_torchvision("resnet18", None, image_size=32)
+    x = torch.rand(1, 3, 32, 32)
+    with LayerCapture(sub, ["layer1.0.bn2"]) as cap:  # stops right after bn2
+        alone = cap.run(x)["layer1.0.bn2"]
+    with LayerCapture(sub, ["layer1.0.bn2", "logits"]) as cap:  # runs the whole network
+        together = cap.run(x)["layer1.0.bn2"]
+    torch.testing.assert_close(alone, together)

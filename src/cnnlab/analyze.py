@@ -62,10 +62,6 @@ def run(cfg: DictConfig) -> dict:
     if ckpt and network.get("arch"):
         raise UserError(f"both ckpt={ckpt} and network.arch={network['arch']} given: pass one network")
     check_complete(cfg)
-    subject = load_subject(path=ckpt, **network)
-    if cfg.get("list_layers"):
-        print(subject.describe_layers())
-        return {}
     analyses = OmegaConf.to_container(cfg.get("analyses") or {}, resolve=True)
     unknown = [a for a in analyses if a not in RUNNERS]
     if unknown:
@@ -74,6 +70,10 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"no analysis selected: pass analysis=[{','.join(ORDER)}] or analysis=all")
     if cfg.device != "cpu" and not torch.cuda.is_available():
         raise UserError(f"device={cfg.device} but CUDA is not available: pass device=cpu")
+    subject = load_subject(path=ckpt, **network)
+    if cfg.get("list_layers"):
+        print(subject.describe_layers())
+        return {}
     torch.manual_seed(int(cfg.seed or 0))
     out_dir = Path(cfg.paths.output_dir)
     dm = build_datamodule(cfg, subject)

@@ -25,7 +25,8 @@ class LayerCapture:
     A context manager: hooks exist only between ``__enter__`` and ``__exit__`` (``close``), which
     runs even if the body raises. When the output (``logits``) is not needed, the forward pass
     stops once every requested layer has fired (DeepDream, inversion, style and feature analyses never
-    pay for the head). A layer that runs more than once per forward pass keeps its last output.
+    pay for the head). A layer that runs more than once per forward pass keeps its last output (ResNet blocks
+    call one ``relu`` module twice: pick ``layer1.0`` or ``layer1.0.bn2`` rather than ``layer1.0.relu``).
     """
 
     def __init__(self, subject: "Subject", layers: Sequence[str], stop_early: bool = True):
@@ -40,7 +41,8 @@ class LayerCapture:
 
     def _hook(self, name: str):
         def hook(_module, _inputs, output):
-            self.acts[name] = output
+            # a copy: torchvision blocks add in place to some outputs (ResNet's ``out += identity`` after bn2)
+            self.acts[name] = output.clone() if isinstance(output, torch.Tensor) else output
             if self.stop_early and len(self.acts) == len(self.hooked):
                 raise _StopForward
 

@@ -17,10 +17,8 @@ from cnnlab.errors import UserError
 
 TRUNK, CHECKPOINT = "trunk", "checkpoint"
 #: what each kind is called in messages, and where a user finds one
-_DESCRIPTION = {
-    TRUNK: "a cnnlab trunk file (<run dir>/trunk.pt)",
-    CHECKPOINT: "a cnnlab Lightning checkpoint (<run dir>/checkpoints/last.ckpt)",
-}
+_NAME = {TRUNK: "a cnnlab trunk file", CHECKPOINT: "a cnnlab Lightning checkpoint"}
+_WHERE = {TRUNK: "<run dir>/trunk.pt", CHECKPOINT: "<run dir>/checkpoints/last.ckpt"}
 
 
 def file_kind(data: Any) -> str | None:
@@ -42,7 +40,7 @@ def read_cnnlab_file(path: str | Path, expect: str | Iterable[str] = (TRUNK, CHE
     checkpoint is acceptable) is read with the full unpickler.
     """
     expect = (expect,) if isinstance(expect, str) else tuple(expect)
-    wanted = " or ".join(_DESCRIPTION[k] for k in expect)
+    wanted = " or ".join(f"{_NAME[k]} ({_WHERE[k]})" for k in expect)
     path = Path(str(path)).expanduser()
     if path.is_dir():
         raise UserError(f"{path} is a directory: pass {wanted} inside it")
@@ -60,8 +58,10 @@ def read_cnnlab_file(path: str | Path, expect: str | Iterable[str] = (TRUNK, CHE
         raise UserError(f"cannot read {path} ({type(err).__name__}): it is not a torch file; pass {wanted}") from err
     kind = file_kind(data)
     if kind not in expect:
-        what = f"holds {_DESCRIPTION[kind].split(' (')[0]}" if kind else (
-            "is a plain Lightning checkpoint, not a cnnlab one" if isinstance(data, dict) and "pytorch-lightning_version" in data
-            else "is neither a cnnlab Lightning checkpoint nor a trunk file")
-        raise UserError(f"{path} {what}: pass {wanted}")
+        if kind is None and len(expect) == 2:
+            raise UserError(f"{path} is neither a cnnlab Lightning checkpoint nor a trunk file: pass {wanted}")
+        what = {TRUNK: "a trunk file", CHECKPOINT: "a Lightning checkpoint"}.get(kind) or (
+            "a plain Lightning checkpoint, not a cnnlab one" if isinstance(data, dict) and "pytorch-lightning_version" in data
+            else "another kind of torch file")
+        raise UserError(f"{path} is not {' or '.join(_NAME[k] for k in expect)} ({what}): pass {wanted}")
     return kind, data
