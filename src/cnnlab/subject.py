@@ -39,14 +39,15 @@ class Subject(nn.Module):
     ``layers``: name -> submodule of ``model`` whose output a forward hook reads. ``has_logits``: whether
     the output is class scores (a classifier) or pooled features (a trunk). ``taps``: the layers worth
     analysing in order (a cnnlab backbone's default taps; for other models the main blocks, found by a
-    dry run). ``backbone``: the cnnlab backbone when there is one (analytic receptive fields).
+    dry run). ``backbone``: the cnnlab backbone when there is one (analytic receptive fields); ``head``: the
+    module that gives the class scores, when there is one (labels of the sanity check's layers).
     """
 
     def __init__(self, model: nn.Module, layers: dict[str, nn.Module] | None = None, color_space: str = "rgb",
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  classes: Sequence[str] | None = None, image_size: int = 32, has_logits: bool = True, name: str = "network",
                  taps: Sequence[str] | None = None, backbone: Backbone | None = None, method: str = "unknown",
-                 source: str = "", arch: str | None = None):
+                 source: str = "", arch: str | None = None, head: nn.Module | None = None):
         super().__init__()
         # hooks (guided backprop, deconvnet, captured activations) need every ReLU out of place
         self.model = no_inplace_relu(model)
@@ -63,6 +64,7 @@ class Subject(nn.Module):
             self.mean = self.std = None
         # plain containers: the modules are already registered inside ``model`` (no duplicate state)
         object.__setattr__(self, "backbone", backbone)
+        object.__setattr__(self, "head", head)
         object.__setattr__(self, "_layers", dict(layers if layers is not None else _module_names(model)))
         self._taps = list(taps) if taps is not None else None
         self.freeze()
@@ -211,16 +213,18 @@ def from_classifier(module, source: str = "") -> Subject:
     info = getattr(module, "data_info", {}) or {}
     return Subject(module, _taps(backbone), color_space=info.get("color_space") or _color_space(backbone),
                    classes=info.get("classes"), image_size=info.get("image_size") or 32, taps=backbone.default_taps,
-                   backbone=backbone, method=getattr(module, "method", "supervised"), source=source,
+                   backbone=backbone, head=module.head, method=getattr(module, "method", "supervised"), source=source,
                    name=f"classifier {Path(source).name}" if source else f"classifier({backbone.arch})")
 
 
 def from_backbone(backbone: Backbone, color_space: str | None = None, method: str = "unknown", source: str = "",
-                  image_size: int | None = None, classes: Sequence[str] | None = None) -> Subject:
-    """A cnnlab ``Backbone`` (e.g. a colorization trunk): no class scores, layers are its taps."""
-    return Subject(backbone, _taps(backbone), color_space=color_space or _color_space(backbone), has_logits=False,
-                   image_size=image_size or 32, classes=classes, taps=backbone.default_taps, backbone=backbone,
-                   method=method, source=source, name=f"{method} trunk {backbone.arch}")
+                  image_size: int | None = None, classes: Sequence[str] | None = None, head: nn.Module | None = None) -> Subject:
+    """A cnnlab ``Backbone`` (e.g. a colorization trunk): layers are its taps; class scores only with a ``head``
+    (a module on the pooled features, e.g. ``nn.Linear(backbone.out_dim, K)``)."""
+    model = backbone if head is None else nn.Sequential(backbone, head)
+    return Subject(model, _taps(backbone), color_space=color_space or _color_space(backbone), has_logits=head is not None,
+                   image_size=image_size or 32, classes=classes, taps=backbone.default_taps, backbone=backbone, head=head,
+                   method=method, source=source, name=f"{method} {'network' if head is not None else 'trunk'} {backbone.arch}")
 
 
 def from_torchvision(arch: str, weights: str | None = None, num_classes: int = 1000, image_size: int = 224) -> Subject:
@@ -233,8 +237,10 @@ def from_torchvision(arch: str, weights: str | None = None, num_classes: int = 1
         layers.update(vgg_aliases(model.features))
     classes = imagenet_classes(arch, weights) if num_classes == 1000 else None
     label = f"{arch}({'random weights' if not weights else Path(str(weights)).name})"
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return Subject(model, layers, mean=IMAGENET_MEAN, std=IMAGENET_STD, classes=classes, image_size=image_size,
-                   name=label, method="torchvision" if weights else "random", source=label, arch=arch)
+                   name=label, method="torchvision" if weights else "random", source=label, arch=arch,
+                   head=linears[-1] if linears else None)
 
 
 def _taps(backbone: Backbone) -> dict[str, nn.Module]:

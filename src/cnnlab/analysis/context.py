@@ -88,6 +88,10 @@ class AnalysisContext:
         """uint8 ``(B, 3, H, W)`` -> RGB in [0, 1] on the device (the subject converts to what its model takes)."""
         return images.to(self.device).float() / 255
 
+    def gray_fill(self) -> torch.Tensor:
+        """Mid-gray RGB ``(3,)`` (0.5): the occluder and baseline colour, in the same space as :meth:`preprocess`."""
+        return torch.full((3,), 0.5)
+
     def tap_or_default(self, tap: str | None, where: str = "middle") -> str:
         if tap is None:
             taps = self.subject.default_taps or self.subject.tap_names
