@@ -5,10 +5,11 @@ the console script starts fast). The network they inspect is a :class:`cnnlab.su
 (shared with ``cnnlab-analyze``), its layers read through :mod:`cnnlab.hooks`; saliency maps are
 :func:`cnnlab.analysis.attribution.saliency_map` (Captum).
 
-- ``param``: pixel and Fourier (decorrelated colour) image parameterizations
+- ``param``: pixel, Fourier (decorrelated colour) and MACO (fixed natural magnitude, phase only) images
+- ``spectrum``: natural-image Fourier magnitudes (cached) and the spectrum distance to natural images
 - ``objectives`` / ``regularizers`` / ``transforms``: what to optimize and how to keep it natural
 - ``module``: ``ImageOptimization``, the LightningModule whose only parameter is the image
-- ``attacks``: pure functions (FGSM/PGD/minimal distortion/fooling)
+- ``attacks``: pure functions (FGSM/PGD with restarts/robustness curves/minimal perturbations/fooling)
 - ``experiments``: the configured experiments run by ``cli``
 """
 
