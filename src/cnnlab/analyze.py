@@ -14,21 +14,19 @@ import logging
 import time
 from pathlib import Path
 
-import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.config import CONF_DIR, check_complete, hydra_task
-from cnnlab.errors import UserError, exit_on_user_error
+from cnnlab.cli import hydra_main, instantiate, instantiate_group, resolve_device
+from cnnlab.errors import UserError
 
 log = logging.getLogger("cnnlab")
 
 
-def _instantiate_group(group: DictConfig | None) -> list:
-    """Every ``_target_`` config of a group (the logger group) built."""
-    if not group:
-        return []
-    return [hydra.utils.instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+def check(cfg: DictConfig) -> None:
+    """What ``cnnlab-analyze`` can refuse before any work."""
+    if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
+        raise UserError("no checkpoint given: pass ckpt=<run dir>/checkpoints/last.ckpt or ckpt=<run dir>/trunk.pt")
+    resolve_device(cfg.device)
 
 
 def build_datamodule(cfg: DictConfig, subject):
@@ -39,7 +37,7 @@ def build_datamodule(cfg: DictConfig, subject):
         if subject.image_size:
             data_cfg["image_size"] = int(subject.image_size)
     data_cfg["augment"] = []
-    return hydra.utils.instantiate(data_cfg)
+    return instantiate(data_cfg)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -51,28 +49,26 @@ def run(cfg: DictConfig) -> dict:
     from cnnlab.io.files import write_json
     from cnnlab.tracking import ensure_wandb_started, finish_wandb
 
-    if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
-        raise UserError("no checkpoint given: pass ckpt=<run dir>/checkpoints/last.ckpt or ckpt=<run dir>/trunk.pt")
-    check_complete(cfg)
+    import torch
+
     analyses = OmegaConf.to_container(cfg.get("analyses") or {}, resolve=True)
     unknown = [a for a in analyses if a not in RUNNERS]
     if unknown:
         raise UserError(f"unknown analysis {unknown}: choose from {ORDER} (analysis=[...])")
     if not analyses:
         raise UserError(f"no analysis selected: pass analysis=[{','.join(ORDER)}] or analysis=all")
-    if cfg.device != "cpu" and not torch.cuda.is_available():
-        raise UserError(f"device={cfg.device} but CUDA is not available: pass device=cpu")
+    device = resolve_device(cfg.device)
     torch.manual_seed(int(cfg.seed or 0))
     out_dir = Path(cfg.paths.output_dir)
     subject = load_subject(cfg.ckpt)
     dm = build_datamodule(cfg, subject)
-    loggers = ensure_wandb_started(_instantiate_group(cfg.get("logger")))
+    loggers = ensure_wandb_started(instantiate_group(cfg.get("logger")))
     report = Report(f"cnnlab analyses: {Path(str(cfg.ckpt)).name}",
                     meta={"checkpoint": cfg.ckpt, "kind": f"{subject.method} ({'classifier' if subject.has_head else 'trunk only'})",
                           "backbone": subject.backbone.arch, "input": subject.color_space, "data": f"{dm.hparams.name} / {cfg.split}",
                           "analyses": ", ".join(a for a in ORDER if a in analyses)})
     ctx = AnalysisContext(subject, dm, out_dir, split=cfg.split, limit=cfg.get("limit"), batch_size=int(cfg.batch_size),
-                          device=cfg.device, feature_cache_dir=cfg.get("feature_cache_dir"), loggers=loggers,
+                          device=device, feature_cache_dir=cfg.get("feature_cache_dir"), loggers=loggers,
                           seed=int(cfg.seed or 0), report=report)
     summary = {}
     for name in ORDER:
@@ -91,15 +87,9 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="analyze")
-@hydra_task
-def _hydra_entry(cfg: DictConfig) -> None:
+@hydra_main("analyze", check=check)
+def main(cfg: DictConfig) -> None:
     run(cfg)
-
-
-@exit_on_user_error
-def main() -> None:
-    _hydra_entry()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from cnnlab.errors import UserError, exit_on_user_error
+from cnnlab.cli import exit_on_user_error
+from cnnlab.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import shlex
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -112,24 +110,3 @@ def in_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def hydra_task(fn):
-    """Wrap a Hydra task function: a :class:`UserError` becomes one ``error:`` line and exit code 2.
-
-    Inside a multirun the error is re-raised instead, so the sweeper records that job as failed
-    and goes on with the next one.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(cfg):
-        try:
-            return fn(cfg)
-        except UserError as err:
-            log.error("error: %s", err)
-            if in_multirun():
-                raise
-            print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
-
-    return wrapper
