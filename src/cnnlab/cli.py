@@ -114,12 +114,12 @@ def resolve_device(name: str) -> str:
 
 # --------------------------------------------------------------------------------------------- checks
 def check_config(cfg: DictConfig, check: Callable[[DictConfig], None] | None = None) -> None:
-    """Everything that can be checked without doing work: the command's own check, value types and ranges,
-    resolvers and mandatory values (``???``)."""
-    if check is not None:
-        check(cfg)
+    """Everything that can be checked without doing work: value types and ranges, the command's own check,
+    resolvers and mandatory values (``???``); cheapest first."""
     try:
         check_values(cfg)
+        if check is not None:
+            check(cfg)
         check_complete(cfg)
     except UserError:
         raise
@@ -225,10 +225,10 @@ def precheck(config_name: str, argv: Sequence[str], check: Callable[[DictConfig]
         run_dir = Path(str(cfg.hydra.run.dir)).expanduser().resolve()
         with _open(cfg.hydra.runtime):
             cfg.hydra.runtime.output_dir = str(run_dir)
+        check_run_dir(run_dir)
         with _open(cfg):
             del cfg["hydra"]  # what the task sees
         check_config(cfg, check)
-        check_run_dir(run_dir)
     finally:
         HydraConfig.instance().cfg = None
         GlobalHydra.instance().clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -84,10 +85,16 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+#: config groups whose state a resumed run takes from its checkpoint, not from the command line
+_RESTORED_GROUPS = ("model", "backbone")
+
+
 def resume_argv(argv: list[str]) -> list[str]:
     """Expand ``resume=<run dir>`` into the run's saved overrides plus ``hydra.run.dir=<run dir>``.
 
-    Overrides given next to ``resume=`` win over the saved ones with the same key.
+    Overrides given next to ``resume=`` win over the saved ones with the same key, and are listed on stderr.
+    Those of the model (``model.*``, ``backbone.*``) are refused: the model, its optimizer and scheduler
+    state come back from the checkpoint, so a new value would be ignored (an lr) or clash (a width).
     """
     resume = [a for a in argv if a.startswith("resume=")]
     if not resume:
@@ -100,8 +107,19 @@ def resume_argv(argv: list[str]) -> list[str]:
             "pass the run directory of an earlier cnnlab-train run"
         )
     extra = [a for a in argv if not a.startswith("resume=")]
+    restored = [a for a in extra if _key(a).split(".")[0] in _RESTORED_GROUPS or _key(a) in _RESTORED_GROUPS]
+    if restored:
+        raise UserError(
+            f"cannot change {' '.join(restored)} when resuming: the model, optimizer and scheduler are restored from "
+            f"{run_dir}/checkpoints/last.ckpt, so the change would not take effect; drop it, or start a new run"
+        )
     extra_keys = {_key(a) for a in extra}
-    old = [o for o in yaml.safe_load(saved.read_text()) or [] if _key(o) not in extra_keys and _key(o) != "resume"]
+    saved_overrides = yaml.safe_load(saved.read_text()) or []
+    old = [o for o in saved_overrides if _key(o) not in extra_keys and _key(o) != "resume"]
+    if extra:
+        was = {_key(o): o for o in saved_overrides}
+        changes = ", ".join(f"{a} (was {was[_key(a)]})" if _key(a) in was else a for a in extra)
+        print(f"resuming {run_dir} with {changes}", file=sys.stderr)
     return old + extra + [f"resume={run_dir.resolve()}", f"hydra.run.dir={shlex.quote(str(run_dir.resolve()))}"]
 
 
