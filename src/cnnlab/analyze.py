@@ -42,6 +42,8 @@ def build_datamodule(cfg: DictConfig, subject):
 
 def run(cfg: DictConfig) -> dict:
     """Run every analysis under ``cfg.analyses`` on ``cfg.ckpt``; returns ``{name: summary}``."""
+    import torch
+
     from cnnlab.analysis.context import AnalysisContext
     from cnnlab.analysis.report import Report
     from cnnlab.analysis.runners import ORDER, RUNNERS
@@ -49,8 +51,7 @@ def run(cfg: DictConfig) -> dict:
     from cnnlab.io.files import write_json
     from cnnlab.tracking import ensure_wandb_started, finish_wandb
 
-    import torch
-
+    check(cfg)
     analyses = OmegaConf.to_container(cfg.get("analyses") or {}, resolve=True)
     unknown = [a for a in analyses if a not in RUNNERS]
     if unknown:

@@ -23,6 +23,7 @@ def check(cfg: DictConfig) -> None:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    check(cfg)
     from cnnlab.callbacks import scalar_metrics
     from pytorch_lightning.utilities import rank_zero_only
 
