@@ -147,3 +147,19 @@ def test_colorize_mistake_goes_through_the_same_layer(tmp_path):
     proc = run_cli("cnnlab.colorize", str(tmp_path / "missing.jpg"), "--ckpt", "x.ckpt", check=False, env={"CNNLAB_TRACEBACK": "1"})
     assert proc.returncode == 2 and "Traceback (most recent call last)" in proc.stderr
     assert error_lines(proc) == [f"error: {tmp_path / 'missing.jpg'} does not exist: pass an image file or a folder of images"]
+
+
+def test_value_rules_read_types_and_bounds_as_stated():
+    from omegaconf import OmegaConf
+
+    from cnnlab.errors import UserError
+    from cnnlab.validation import FRACTION, POSITIVE_INT, Rule, check_values
+
+    assert POSITIVE_INT.accepts(1) and not any(POSITIVE_INT.accepts(v) for v in (0, 1.0, True, "1", None))
+    assert FRACTION.accepts(1) and FRACTION.accepts(0.5) and not FRACTION.accepts(0) and not FRACTION.accepts(1.01)
+    assert Rule(int, nullable=True).accepts(None) and FRACTION.describe() == "a number in (0, 1]"
+    cfg = OmegaConf.create({"seed": "${x}", "x": 3, "data": {"batch_size": 8}})
+    check_values(cfg)  # interpolations are read resolved; keys the config lacks are skipped
+    cfg.data.batch_size = 0
+    with pytest.raises(UserError, match=r"^data.batch_size=0 is not valid: data.batch_size must be an integer >= 1$"):
+        check_values(cfg)
