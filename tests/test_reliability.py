@@ -113,6 +113,7 @@ OTHER_MISTAKES = [
     ("cnnlab.analyze", ["ckpt={dir}/trunk.pt", "data.label_fraction=1.5"], "error: data.label_fraction=1.5 is not valid"),
     ("cnnlab.visualize", ["seed=abc"], "error: seed=abc is not valid"),
     ("cnnlab.gap", ["budget=nope"], "error: budget=nope is not an option: choose one of full, quick, smoke"),
+    ("cnnlab.gap", ["budget=smoke", "seeds=[0,abc]"], "error: seeds=[0, 'abc'] is not valid: seeds must be a list of integers >= 0"),
 ]
 
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from numbers import Real
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cnnlab.errors import UserError
 
 
 @dataclass(frozen=True)
 class Rule:
-    """A number kind (``int`` or ``float``) with optional bounds; ``low_open``/``high_open`` exclude the bound."""
+    """A number kind (``int`` or ``float``) with optional bounds; ``low_open``/``high_open`` exclude the bound;
+    ``each``: the value is a list whose every item follows the rule."""
 
     kind: type
     low: float | None = None
@@ -25,8 +26,14 @@ class Rule:
     low_open: bool = False
     high_open: bool = False
     nullable: bool = False
+    each: bool = False
 
     def accepts(self, value) -> bool:
+        if self.each:
+            return isinstance(value, (list, tuple, ListConfig)) and all(self._accepts(v) for v in value)
+        return self._accepts(value)
+
+    def _accepts(self, value) -> bool:
         if value is None:
             return self.nullable
         if isinstance(value, bool) or not isinstance(value, Real) or (self.kind is int and not isinstance(value, int)):
@@ -41,7 +48,8 @@ class Rule:
             what += f" in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
         elif self.low is not None:
             what += f" {'>' if self.low_open else '>='} {self.low:g}"
-        return what + (" or null" if self.nullable else "")
+        what += " or null" if self.nullable else ""
+        return f"a list of {what.replace('an integer', 'integers').replace('a number', 'numbers')}" if self.each else what
 
 
 POSITIVE_INT = Rule(int, low=1)
@@ -70,6 +78,7 @@ RULES: dict[str, Rule] = {
     "batch_size": POSITIVE_INT,
     "limit": Rule(int, low=1, nullable=True),
     "threads": Rule(int, low=1, nullable=True),
+    "seeds": Rule(int, low=0, each=True),  # cnnlab-gap
 }
 
 
