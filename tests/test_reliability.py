@@ -127,6 +127,15 @@ def test_other_commands_mistakes_are_one_line_before_the_run_dir(module, args, m
     assert not run_dir.exists()
 
 
+def test_a_multirun_with_an_unknown_option_is_one_line_before_the_sweep_dir(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = run_cli("cnnlab.train", "-m", *B, "seed=0,1", "backbone=nope", f"hydra.sweep.dir={sweep_dir}", check=False)
+    assert proc.returncode == 2
+    assert error_lines(proc) == ["error: backbone=nope is not an option: choose one of alexnet, resnet18, resnet18_cifar, trunk, "
+                                 "vgg16_bn, vgg_cifar (conf/backbone/)"]
+    assert not sweep_dir.exists()
+
+
 @pytest.mark.parametrize("traceback", ["", "1"])
 def test_a_user_error_raised_while_the_data_module_is_built_is_one_line(traceback, tmp_path):
     """Inside the Hydra job, through Hydra's InstantiationException; ``CNNLAB_TRACEBACK=1`` adds the traceback."""

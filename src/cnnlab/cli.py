@@ -183,8 +183,9 @@ def _config_system_error(exc: BaseException, loader) -> UserError:
 
 def precheck(config_name: str, argv: Sequence[str], check: Callable[[DictConfig], None] | None = None) -> None:
     """Compose the config of ``argv`` as Hydra will and run :func:`check_config` and :func:`check_run_dir` on it,
-    before Hydra creates the run directory. Multiruns and Hydra's informational flags are left to Hydra
-    (each multirun job is checked inside the job)."""
+    before Hydra creates the run directory. A multirun is only composed (its sweeps unexpanded: unknown options
+    and keys are found); each of its jobs checks its values inside the job. Hydra's informational flags
+    (``--help``, ``--cfg``) are left to Hydra."""
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import create_automatic_config_search_path, get_args_parser
     from hydra.core.global_hydra import GlobalHydra
@@ -197,14 +198,13 @@ def precheck(config_name: str, argv: Sequence[str], check: Callable[[DictConfig]
         args = get_args_parser().parse_args(list(argv))
     except SystemExit:
         return  # argparse already printed its usage error; Hydra will again
-    if args.multirun or any(getattr(args, f, None) for f in _NO_RUN_FLAGS):
+    if any(getattr(args, f, None) for f in _NO_RUN_FLAGS):
         return
     try:
         overrides = OverridesParser.create().parse_overrides(args.overrides)
     except Exception as exc:  # noqa: BLE001 - Hydra's override syntax errors
         raise UserError(f"cannot parse the overrides: {_one_line(exc)}") from None
-    if any(o.is_sweep_override() for o in overrides):
-        return
+    sweep = args.multirun or any(o.is_sweep_override() for o in overrides)
     search_path = create_automatic_config_search_path(None, None, args.config_path or CONF_DIR)
     if args.config_dir:
         config_dir = Path(args.config_dir).resolve()
@@ -215,11 +215,11 @@ def precheck(config_name: str, argv: Sequence[str], check: Callable[[DictConfig]
     hydra = Hydra.create_main_hydra2(task_name=config_name, config_search_path=search_path)
     try:
         try:
-            cfg = hydra.compose_config(args.config_name or config_name, list(args.overrides), run_mode=RunMode.RUN,
-                                       with_log_configuration=False)
+            cfg = hydra.compose_config(args.config_name or config_name, list(args.overrides),
+                                       run_mode=RunMode.MULTIRUN if sweep else RunMode.RUN, with_log_configuration=False)
         except Exception as exc:  # noqa: BLE001 - every composition failure is the user's config
             raise _config_system_error(exc, hydra.config_loader) from None
-        if str(cfg.hydra.get("mode")) == "MULTIRUN":
+        if sweep or str(cfg.hydra.get("mode")) == "MULTIRUN":
             return
         HydraConfig.instance().set_config(cfg)
         run_dir = Path(str(cfg.hydra.run.dir)).expanduser().resolve()
