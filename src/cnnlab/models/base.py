@@ -6,7 +6,6 @@ stops on a non-finite loss with a clear message, and says how to export its trun
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import hydra
@@ -116,7 +115,3 @@ class StagedModule(CnnlabModule):
 
     def test_step(self, batch, batch_idx):
         self._step(batch, "test")
-
-
-def nan_safe(x: float) -> float:
-    return x if math.isfinite(x) else float("nan")
