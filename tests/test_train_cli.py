@@ -39,6 +39,16 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, data_dir):
     assert len(runs) == 2 and all(r.name.endswith(wandb_id) for r in runs), "the resumed run continues the same W&B run id"
 
 
+def test_non_finite_loss_before_any_checkpoint_says_none_was_written(tmp_path, data_dir):
+    run_dir = tmp_path / "nan0"
+    proc = run_cli("cnnlab.train", *TINY, "trainer.max_epochs=2", f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}",
+                   "logger=none", "+callbacks.poison._target_=tests.helpers.PoisonWeights", "+callbacks.poison.epoch=0", check=False)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no checkpoint was written yet" in errors[0], proc.stderr[-2000:]
+    assert not list(run_dir.glob("checkpoints/*.ckpt"))
+
+
 def test_last_checkpoint_is_the_last_epoch_when_the_best_is_earlier(tmp_path, data_dir):
     run_dir = tmp_path / "stale"
     # monitoring the epoch number downwards makes epoch 0 the best for good
@@ -62,6 +72,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir
                    "logger=none", "+callbacks.poison._target_=tests.helpers.PoisonWeights", "+callbacks.poison.epoch=1", check=False)
     assert proc.returncode == 2
     assert "non-finite loss" in proc.stderr and "lower model.optimizer.lr" in proc.stderr
+    assert f"the newest good checkpoint is kept: {run_dir / 'checkpoints'}" in proc.stderr
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())

@@ -129,13 +129,12 @@ def colorize_image(model, im: Image.Image, size: int | None = None, full_resolut
 
 
 def _progress(items: list, enabled: bool):
-    if not enabled:
-        yield from items
-        return
     from rich.console import Console
-    from rich.progress import track
 
-    yield from track(items, description="colorizing", console=Console(stderr=True), transient=True)
+    from cnnlab.io.progress import progress
+
+    # on stderr: stdout lists the written files
+    yield from progress(items, "colorizing" if enabled else None, console=Console(stderr=True))
 
 
 def colorize_files(inputs: list[Path], ckpt: str | Path, out_dir: Path, size: int | None = None,

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from cnnlab.backbones import Backbone
 from cnnlab.io.files import atomic_save, write_json
+from cnnlab.io.progress import progress as show_progress
 
 
 def pool_side(channels: int, height: int, target_dims: int | None) -> int:
@@ -91,11 +92,7 @@ def iter_features(
     taps = backbone.check_taps(taps)
     was_training = backbone.training
     backbone.eval().to(device)
-    it = batches
-    if progress:
-        from rich.progress import track
-
-        it = track(batches, description=progress, total=total, transient=True)
+    it = show_progress(batches, progress, total)
     try:
         for images, y in it:
             feats = backbone.forward_taps(preprocess(images.to(device)), taps)

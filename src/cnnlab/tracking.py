@@ -133,10 +133,10 @@ def finish_wandb() -> None:
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, padding: int = 2, normalize: bool = False) -> Path:
     """Save ``(B, C, H, W)`` images in [0, 1] (C = 1 or 3) as one PNG grid."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.detach().float().cpu(), str(path), nrow=nrow, padding=padding, normalize=normalize)
-    return path
+    from cnnlab.io.files import atomic_save
+
+    grid = images.detach().float().cpu()
+    return atomic_save(path, lambda tmp: save_image(grid, tmp, format="png", nrow=nrow, padding=padding, normalize=normalize))
 
 
 def log_images(loggers: Sequence[Logger], key: str, images: Sequence[torch.Tensor | str | Path],

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from cnnlab.backbones import Backbone
 from cnnlab.color import rgb_to_lab
 from cnnlab.errors import UserError
+from cnnlab.io.progress import progress as show_progress
 
 
 @dataclass
@@ -74,11 +75,7 @@ def unit_color_class_stats(
     """
     backbone.check_taps([tap])
     backbone.eval().to(device)
-    it = batches
-    if progress:
-        from rich.progress import track
-
-        it = track(batches, description=progress, total=total, transient=True)
+    it = show_progress(batches, progress, total)
     acc: dict[str, torch.Tensor] = {}
     top_v = top_a = top_b = top_c = None
     n_cells = 0

@@ -128,32 +128,23 @@ class AnalysisContext:
 
         The PNG goes to the run dir, into the report section and to every W&B logger.
         """
-        path = self.out_dir / f"analysis_{name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(figure, torch.Tensor):
-            from cnnlab.tracking import save_grid
+        from cnnlab.tracking import log_images, save_grid
 
+        path = self.out_dir / f"analysis_{name}.png"
+        if isinstance(figure, torch.Tensor):
             imgs = figure if figure.dim() == 4 else figure[None]
             save_grid(imgs.clamp(0, 1), path, nrow=nrow, padding=1 if imgs.shape[-1] < 48 else 2)
         else:
             import matplotlib.pyplot as plt
 
-            figure.savefig(path, dpi=figure.dpi, bbox_inches="tight")
+            from cnnlab.io.files import atomic_save
+
+            atomic_save(path, lambda tmp: figure.savefig(tmp, format="png", dpi=figure.dpi, bbox_inches="tight"))
             plt.close(figure)
         section.figures.append(_figure(path, caption))
         self.figures.append(path)
-        self._log_image(name, path, caption)
+        log_images(self.loggers, f"analysis/{name}", [path], caption)
         return path
-
-    def _log_image(self, name: str, path: Path, caption: str) -> None:
-        from pytorch_lightning.loggers import WandbLogger
-
-        for lg in self.loggers:
-            if isinstance(lg, WandbLogger):
-                try:
-                    lg.log_image(key=f"analysis/{name}", images=[str(path)], caption=[caption])
-                except Exception as err:  # noqa: BLE001 - tracking must never stop an analysis
-                    log.warning("W&B image logging failed for %s: %s", name, err)
 
 
 def _figure(path: Path, caption: str):

@@ -19,6 +19,7 @@ from torch import nn
 
 from cnnlab.backbones import Backbone
 from cnnlab.errors import UserError
+from cnnlab.io.progress import progress as show_progress
 
 #: sub-modules that run beside the main path (their receptive field lies inside it)
 SIDE_PATHS = ("shortcut", "downsample")
@@ -161,11 +162,7 @@ def mine_top_patches(
     """
     backbone.check_taps([tap])
     backbone.eval().to(device)
-    it = batches
-    if progress:
-        from rich.progress import track
-
-        it = track(batches, description=progress, total=total, transient=True)
+    it = show_progress(batches, progress, total)
     top: TopK | None = None
     seen, width_map, size = 0, 0, image_size
     for images, _ in it:

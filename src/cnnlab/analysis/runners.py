@@ -10,7 +10,6 @@ import logging
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cnnlab.analysis import attribution as attr_mod
 from cnnlab.analysis import color_units as cu
@@ -22,6 +21,7 @@ from cnnlab.analysis import patches as pt
 from cnnlab.analysis import sanity as san
 from cnnlab.analysis.context import AnalysisContext
 from cnnlab.errors import UserError
+from cnnlab.io.progress import progress as show_progress
 from cnnlab.tiles import enlarge, upscale
 
 
@@ -301,8 +301,6 @@ def run_faithfulness(ctx: AnalysisContext, images: int = 256, methods=faith.METH
                      deletion_fill: str = "gray", insertion_start: str = "blur", blur_sigma: float = 3.0, reduce: str = "auto",
                      batch: int = 16, grad_cam_tap: str | None = None, ig_steps: int = 32, ig_baseline: float = 0.5,
                      occlusion_patch: int = 8, occlusion_stride: int = 4) -> dict:
-    from rich.progress import track
-
     model = ctx.subject.classifier("faithfulness").to(ctx.device)
     explainers = _explainers(ctx, model, methods, grad_cam_tap, ig_steps, ig_baseline, occlusion_patch, occlusion_stride)
     if reduce not in ("auto", "sum", "abs"):
@@ -315,7 +313,7 @@ def run_faithfulness(ctx: AnalysisContext, images: int = 256, methods=faith.METH
     gen = torch.Generator().manual_seed(ctx.seed)
     orders = [*explainers, "random"]
     parts: dict[str, list] = {m: [] for m in orders}
-    for s in track(range(0, len(pick), batch), description="deletion/insertion", total=-(-len(pick) // batch), transient=True):
+    for s in show_progress(range(0, len(pick), batch), "deletion/insertion"):
         idx = pick[s:s + batch]
         x = ctx.preprocess(ctx.images[idx])
         tgt = _targets(ctx, model, x, ctx.labels[idx], target)
@@ -380,8 +378,6 @@ def _layer_label(ctx: AnalysisContext, model, name: str) -> str:
 def run_sanity(ctx: AnalysisContext, images: int = 32, methods=faith.METHODS, target: str = "pred", seed: int = 0,
                draws: int = 1, max_layers: int | None = None, batch: int = 32, grad_cam_tap: str | None = None, ig_steps: int = 32,
                ig_baseline: float = 0.0, occlusion_patch: int = 8, occlusion_stride: int = 4) -> dict:
-    from rich.progress import track
-
     model = ctx.subject.classifier("the sanity check").to(ctx.device)
     explainers = _explainers(ctx, model, methods, grad_cam_tap, ig_steps, ig_baseline, occlusion_patch, occlusion_stride)
     pick = ctx.sample_indices(images)
@@ -400,7 +396,7 @@ def run_sanity(ctx: AnalysisContext, images: int = 32, methods=faith.METHODS, ta
     shown = {m: [original[m][1][0]] for m in explainers}  # abs maps of the first image at every depth (first draw)
     for r in range(draws):  # independent re-initializations: one draw of a layer's weights can be a lucky one
         steps = san.cascading_randomization(model, layers, seed + 1000 * r)
-        for j, (_, rand) in enumerate(track(steps, description=f"cascading randomization {r + 1}/{draws}", total=len(layers), transient=True)):
+        for j, (_, rand) in enumerate(show_progress(steps, f"cascading randomization {r + 1}/{draws}", len(layers))):
             for m, ex in explainers.items():
                 signed, absolute = maps(rand, ex)
                 for k, v in san.map_similarity(*original[m], signed, absolute).items():

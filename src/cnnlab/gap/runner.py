@@ -13,17 +13,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.backbones import load_trunk, save_trunk
+from cnnlab.cli import instantiate, resolve_device
 from cnnlab.errors import UserError
 from cnnlab.features import state_fingerprint
 from cnnlab.gap import arms as A
 from cnnlab.gap.configs import ArmConfigs, location_free, write_config
 from cnnlab.gap.report import log_to_wandb, markdown_tables, setup_title, summarize, unit_key, write_report
 from cnnlab.gap.select import best_learning_rate
+from cnnlab.io.checkpoints import read_cnnlab_file
 from cnnlab.io.files import write_json
 from cnnlab.probes import calibrate_batchnorm, check_trunk_matches
 
@@ -50,7 +51,7 @@ def validate(cfg: DictConfig) -> None:
     if not float(cfg.data.val_fraction) > 0:
         raise UserError("data.val_fraction=0: every choice of the gap is made on the validation split; give it e.g. 0.02")
     if cfg.probe.taps:
-        hydra.utils.instantiate(cfg.backbone).check_taps(list(cfg.probe.taps))  # unknown tap: one line now, not after pretraining
+        instantiate(cfg.backbone).check_taps(list(cfg.probe.taps))  # unknown tap: one line now, not after pretraining
     conf_dir = Path(cfg.paths.root_dir) / "conf"
     for init in inits:
         if init == "random":
@@ -59,10 +60,6 @@ def validate(cfg: DictConfig) -> None:
             if not (conf_dir / str(group) / f"{choice}.yaml").is_file():
                 raise UserError(f"the {init} pretraining needs {group}={choice} (conf/{group}/{choice}.yaml), which does not exist: "
                                 f"add it, or leave {init} out (inits=[...])")
-
-
-def _device(name: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
 @contextlib.contextmanager
@@ -91,7 +88,7 @@ def best_checkpoint(run_dir: Path) -> dict:
     found = sorted((run_dir / "checkpoints").glob("best_*.ckpt"))
     if not found:
         raise UserError(f"{run_dir} kept no checkpoint: its fine-tune never validated (finetune.evals, trainer settings)")
-    ckpt = torch.load(found[-1], map_location="cpu", weights_only=False)
+    _, ckpt = read_cnnlab_file(found[-1], expect="checkpoint")
     score = next((s["best_model_score"] for k, s in ckpt.get("callbacks", {}).items()
                   if k.startswith("ModelCheckpoint") and s.get("best_model_score") is not None), None)
     return {"path": str(found[-1]), "val": None if score is None else float(score), "step": int(ckpt.get("global_step", 0))}
@@ -110,7 +107,7 @@ class Plan:
 class Runner:
     def __init__(self, cfg: DictConfig, out_dir: Path, choices: dict):
         self.cfg, self.root, self.choices = cfg, Path(out_dir), choices
-        backbone = hydra.utils.instantiate(cfg.backbone)
+        backbone = instantiate(cfg.backbone)
         self.arch, self.arch_kwargs = backbone.arch, dict(backbone.arch_kwargs)
         self.configs = ArmConfigs(cfg, choices)
         #: what the in-process arms' results depend on in the data config (not where the data lives)
@@ -194,7 +191,7 @@ class Runner:
         if k not in self._dms:
             if k[0] < 1.0:
                 self._dms = {key: dm for key, dm in self._dms.items() if key[0] == 1.0}  # one subset copy in memory at a time
-            self._dms[k] = hydra.utils.instantiate(self.cfg.data, label_fraction=k[0], label_seed=k[1], progress=False)
+            self._dms[k] = instantiate(self.cfg.data, label_fraction=k[0], label_seed=k[1], progress=False)
         return self._dms[k]
 
     def n_labelled(self, fraction: float) -> int:
@@ -252,7 +249,7 @@ class Runner:
     def _run_trunk(self, arm: A.Arm, d: Path) -> dict:
         if arm.init == "random":
             torch.manual_seed(int(arm.seed))
-            backbone = hydra.utils.instantiate(self.cfg.backbone)
+            backbone = instantiate(self.cfg.backbone)
             n_cal = 0
             if self.cfg.random_init.calibrate_batches:
                 dm = self.datamodule()
@@ -274,7 +271,7 @@ class Runner:
         res = probe_trunk_cached(self.trunk_path(arm), dm, taps=list(p.taps) if p.taps else None, target_dims=p.target_dims,
                                  cache_dir=self.root / "arms" / arm.trunk_arm / "features", weight_decays=tuple(p.weight_decays),
                                  max_iter=int(p.max_iter), knn_k=int(p.knn.k), knn_temperature=float(p.knn.temperature),
-                                 device=_device(p.device), expect_arch=self.arch, expect_arch_kwargs=self.arch_kwargs,
+                                 device=resolve_device(p.device), expect_arch=self.arch, expect_arch_kwargs=self.arch_kwargs,
                                  progress=sys.stdout.isatty())
         write_json(d / "probe.json", res)
         return {"n_train": res["n_train"]}

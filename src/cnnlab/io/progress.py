@@ -7,24 +7,25 @@ from typing import Iterable, Iterator, TypeVar
 T = TypeVar("T")
 
 
-def progress(items: Iterable[T], description: str | None, total: int | None = None) -> Iterable[T]:
+def progress(items: Iterable[T], description: str | None, total: int | None = None, console=None) -> Iterable[T]:
     """``items`` with a transient rich progress bar titled ``description``; no ``description``: ``items`` untouched.
 
     With a known ``total`` (or a sized ``items``) the bar shows done/total; otherwise a spinner and a count.
+    ``console``: a rich Console to draw on (e.g. stderr, where stdout carries results).
     """
     if not description:
         return items
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
-    return _with_bar(items, description, total)
+    return _with_bar(items, description, total, console)
 
 
-def _with_bar(items: Iterable[T], description: str, total: int | None) -> Iterator[T]:
+def _with_bar(items: Iterable[T], description: str, total: int | None, console) -> Iterator[T]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     counter = MofNCompleteColumn() if total is not None else TextColumn("{task.completed}")
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), counter, TimeElapsedColumn(),
-                  transient=True) as bar:
+                  console=console, transient=True) as bar:
         task = bar.add_task(description, total=total)
         for item in items:
             yield item

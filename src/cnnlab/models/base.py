@@ -94,13 +94,24 @@ class CnnlabModule(pl.LightningModule):
                 g["lr"] = lr
 
     def check_finite(self, loss: torch.Tensor) -> torch.Tensor:
-        """Stop the run on a NaN/inf loss; the last good checkpoint is left as it was."""
+        """Stop the run on a NaN/inf loss; checkpoints already written are left as they were."""
         if not torch.isfinite(loss).all():
             raise UserError(
                 f"non-finite loss ({loss.item()}) at epoch {self.current_epoch}, step {self.global_step}: "
-                "lower model.optimizer.lr or set trainer.gradient_clip_val; the last good checkpoint is kept in checkpoints/"
+                f"lower model.optimizer.lr or set trainer.gradient_clip_val; {self._checkpoint_note()}"
             )
         return loss
+
+    def _checkpoint_note(self) -> str:
+        """What is true of this run's checkpoints, for the NaN message (none exist before the first validation)."""
+        from pathlib import Path
+
+        try:
+            dirs = {Path(cb.dirpath) for cb in self.trainer.checkpoint_callbacks if cb.dirpath}
+        except RuntimeError:  # not attached to a Trainer
+            dirs = set()
+        files = sorted((p for d in dirs if d.is_dir() for p in d.glob("*.ckpt")), key=lambda p: p.stat().st_mtime)
+        return f"the newest good checkpoint is kept: {files[-1]}" if files else "no checkpoint was written yet"
 
     # ----------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:

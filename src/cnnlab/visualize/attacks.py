@@ -127,9 +127,9 @@ def robustness_curve(model: Model, images: torch.Tensor, labels: torch.Tensor, e
         raise UserError(f"unknown attack(s) {unknown}: choose from fgsm, pgd")
     chunks = list(range(0, len(images), int(batch_size)))
     if progress:
-        from rich.progress import track
+        from cnnlab.io.progress import progress as show_progress
 
-        chunks = track(chunks, description=f"attacks at {len(eps)} eps", transient=True)
+        chunks = show_progress(chunks, f"attacks at {len(eps)} eps")
     parts: dict[str, list[torch.Tensor]] = {a: [] for a in attacks}
     for start in chunks:
         x, y = images[start:start + int(batch_size)], labels[start:start + int(batch_size)]

@@ -20,7 +20,7 @@ from cnnlab.errors import UserError
 from cnnlab.hooks import LOGITS, LayerCapture
 from cnnlab.subject import Subject
 from cnnlab.tiles import enlarge
-from cnnlab.tracking import save_grid
+from cnnlab.tracking import log_images, save_grid
 from cnnlab.visualize import attacks as A
 from cnnlab.visualize import objectives as O
 from cnnlab.visualize.images import cifar_test_images, load_image, resize
@@ -63,28 +63,21 @@ class Context:
             images = images.expand(-1, 3, -1, -1)
         images = enlarge(images, min_tile)
         path = save_grid(images, self.out_dir / "images" / f"{key}.png", nrow=nrow)
-        from pytorch_lightning.loggers import WandbLogger
         from torchvision.utils import make_grid
 
-        grid = make_grid(images, nrow=nrow)
-        for lg in self.loggers:
-            if isinstance(lg, WandbLogger):
-                lg.log_image(key=f"viz/{key}", images=[grid], caption=[caption or key], step=self.step)
+        log_images(self.loggers, f"viz/{key}", [make_grid(images, nrow=nrow)], caption or key, step=self.step)
         log.info("saved %s", path)
         return path
 
     def save_figure(self, key: str, fig, caption: str | None = None) -> Path:
         """Write a matplotlib figure to ``<run dir>/images/<key>.png`` and send it to W&B."""
         import matplotlib.pyplot as plt
-        from pytorch_lightning.loggers import WandbLogger
 
         from cnnlab.io.files import atomic_save
 
         path = atomic_save(self.out_dir / "images" / f"{key}.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
         plt.close(fig)
-        for lg in self.loggers:
-            if isinstance(lg, WandbLogger):
-                lg.log_image(key=f"viz/{key}", images=[str(path)], caption=[caption or key], step=self.step)
+        log_images(self.loggers, f"viz/{key}", [path], caption or key, step=self.step)
         log.info("saved %s", path)
         return path
 
@@ -380,9 +373,9 @@ def robustness(ctx: Context, eps: Sequence[float], count: int, steps: int, resta
     rows = A.curve_summary(curves, eps)
     chunks = range(0, len(x), int(batch_size))
     if ctx.progress:
-        from rich.progress import track
+        from cnnlab.io.progress import progress
 
-        chunks = track(chunks, description="minimal L-inf perturbation", transient=True)
+        chunks = progress(chunks, "minimal L-inf perturbation")
     radius = torch.cat([A.minimal_linf(ctx.network, x[i:i + batch_size], y[i:i + batch_size], max(eps), minimal_search, steps,
                                        restarts, g) for i in chunks])
     correct = radius > 0
