@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.backbones import Backbone
+from cnnlab.io.files import atomic_save
 
 
 def pool_side(channels: int, height: int, target_dims: int | None) -> int:
@@ -88,8 +89,5 @@ def cached_features(cache_file: str | Path, key: str, compute: Callable[[], dict
         if data.get("key") == key:
             return data["features"]
     feats = compute()
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(".tmp")
-    torch.save({"key": key, "features": feats}, tmp)
-    tmp.replace(cache_file)
+    atomic_save(cache_file, lambda tmp: torch.save({"key": key, "features": feats}, tmp))
     return feats

@@ -15,6 +15,7 @@ import torch
 from cnnlab.color import rgb_to_lab
 from cnnlab.colorization.bins import GRAY_AB_THRESHOLD, accumulate_ab_counts, image_has_colour
 from cnnlab.errors import UserError
+from cnnlab.io.files import atomic_save
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,6 @@ def cached_ab_stats(images: torch.Tensor, centers: torch.Tensor, name: str, cach
         except Exception:  # noqa: BLE001 - a broken cache file is recomputed
             log.warning("unreadable prior cache %s: recomputing", path)
     stats = compute_ab_stats(images, centers, max_images)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(stats, tmp)
-    tmp.replace(path)
+    atomic_save(path, lambda tmp: torch.save(stats, tmp))
     log.info("ab prior of %d images cached in %s", stats["images"], path)
     return stats
