@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from pathlib import Path
+from signal import SIGTERM
 
 import numpy as np
 import pytorch_lightning as pl
@@ -62,13 +64,18 @@ class StepSeeder(pl.Callback):
 
 
 class InterruptAfter(pl.Callback):
-    """Interrupt training (as Ctrl-C would) at the start of epoch ``epochs``; for testing resume."""
+    """Interrupt training at the start of epoch ``epochs``, for testing resume: as Ctrl-C would
+    (``signal: INT``), or by sending this process a real ``SIGTERM`` (``signal: TERM``, as a scheduler would)."""
 
-    def __init__(self, epochs: int = 1):
-        self.epochs = epochs
+    def __init__(self, epochs: int = 1, signal: str = "INT"):
+        self.epochs, self.signal = epochs, signal.upper()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch >= self.epochs:
+        if trainer.current_epoch < self.epochs:
+            return
+        if self.signal == "TERM":
+            os.kill(os.getpid(), SIGTERM)  # Lightning's handler notes it; the loop stops at the next batch
+        else:
             raise KeyboardInterrupt
 
 
