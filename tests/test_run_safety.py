@@ -216,6 +216,17 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(finished_run, tmp_p
     assert "train/loss" in json.loads((run_dir / "metrics.json").read_text())
 
 
+def test_a_resume_with_nothing_left_to_train_keeps_the_training_metrics(terminated_run, tmp_path):
+    """A run stopped after its last epoch (say, killed while testing) is resumed: it only tests, and its
+    metrics.json still has the training and validation metrics, carried in the checkpoint."""
+    src, _ = terminated_run
+    run_dir = tmp_path / "tested"
+    shutil.copytree(src, run_dir)
+    run_cli("cnnlab.train", f"resume={run_dir}", "~callbacks.interrupt", "trainer.max_epochs=1")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"train/loss", "val/acc", "val/loss", "test/acc"} <= set(metrics), sorted(metrics)
+
+
 # ------------------------------------------------------------------ 6. SIGTERM is not success
 def test_sigterm_exits_143_and_keeps_the_resumable_checkpoint(terminated_run):
     run_dir, proc = terminated_run
@@ -264,3 +275,13 @@ def test_an_image_added_to_a_class_directory_builds_a_new_cache(tmp_path):
     second = build_imagefolder_cache(src, tmp_path / "cache", 8, progress=False)
     assert second.path != first.path and len(second.splits["train"].labels) == len(first.splits["train"].labels) + 1
 
+
+
+def test_a_run_dir_that_cannot_be_created_is_one_line(tmp_path, data_dir):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory\n")
+    proc = run_cli("cnnlab.train", *B, f"paths.data_dir={data_dir}", f"hydra.run.dir={a_file}", check=False)
+    assert proc.returncode == 2
+    (line,) = error_lines(proc)
+    assert f"cannot use {a_file} as the run directory" in line, line
+    assert a_file.read_text() == "not a directory\n"

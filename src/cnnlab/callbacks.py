@@ -1,4 +1,4 @@
-"""Callbacks: trunk export, per-step reseeding for exact resumes, and a test interrupt."""
+"""Callbacks: trunk export, metrics kept in checkpoints, per-step reseeding for exact resumes, and a test interrupt."""
 
 from __future__ import annotations
 
@@ -44,6 +44,29 @@ class ExportTrunk(pl.Callback):
                     art = wandb.Artifact(f"trunk-{lg.experiment.id}", type="model", metadata={"method": pl_module.method})
                     art.add_file(str(path))
                     lg.experiment.log_artifact(art)
+
+
+class MetricsInCheckpoint(pl.Callback):
+    """Keep the latest scalar metrics in every checkpoint, so that a resumed run with nothing left to train
+    (stopped after its last epoch, e.g. during testing) still reports its training and validation metrics."""
+
+    def __init__(self):
+        self.trainer: pl.Trainer | None = None
+        self.restored: dict[str, float] = {}
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.trainer = trainer
+
+    def state_dict(self) -> dict:
+        return {"metrics": scalar_metrics(self.trainer) if self.trainer is not None else {}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.restored = dict(state_dict.get("metrics", {}))
+
+    @staticmethod
+    def restored_from(trainer: pl.Trainer) -> dict[str, float]:
+        """The metrics the resumed checkpoint carried (empty for a fresh run)."""
+        return next((dict(c.restored) for c in trainer.callbacks if isinstance(c, MetricsInCheckpoint)), {})
 
 
 class StepSeeder(pl.Callback):

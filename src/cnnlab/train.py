@@ -89,7 +89,7 @@ def run(cfg: DictConfig) -> float | None:
         ckpt_path = cfg.ckpt_path
     import pytorch_lightning as pl
 
-    from cnnlab.callbacks import scalar_metrics
+    from cnnlab.callbacks import MetricsInCheckpoint, scalar_metrics
     from pytorch_lightning.utilities import rank_zero_only
 
     from cnnlab.io.files import write_json
@@ -124,7 +124,7 @@ def run(cfg: DictConfig) -> float | None:
         with _interruption_exits_non_zero(trainer, out_dir):
             # our own checkpoints hold config containers, which torch's weights-only loader refuses
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
-    train_metrics = scalar_metrics(trainer)
+    train_metrics = {**MetricsInCheckpoint.restored_from(trainer), **scalar_metrics(trainer)}
     test_metrics = {}
     if cfg.get("test", False):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if cfg.get("train", True) else ""
