@@ -50,18 +50,16 @@ class MetricsInCheckpoint(pl.Callback):
     """Keep the latest scalar metrics in every checkpoint, so that a resumed run with nothing left to train
     (stopped after its last epoch, e.g. during testing) still reports its training and validation metrics."""
 
+    KEY = "cnnlab_metrics"
+
     def __init__(self):
-        self.trainer: pl.Trainer | None = None
         self.restored: dict[str, float] = {}
 
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        self.trainer = trainer
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[self.KEY] = scalar_metrics(trainer)
 
-    def state_dict(self) -> dict:
-        return {"metrics": scalar_metrics(self.trainer) if self.trainer is not None else {}}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.restored = dict(state_dict.get("metrics", {}))
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self.restored = dict(checkpoint.get(self.KEY, {}))
 
     @staticmethod
     def restored_from(trainer: pl.Trainer) -> dict[str, float]:

@@ -53,7 +53,9 @@ def lock(run_dir: Path, check: Callable[[], None] | None = None) -> None:
     so a lock is never stale. Filesystems without ``flock`` run unlocked, with a warning.
     """
     run_dir = run_dir.resolve()
-    if run_dir in _held:
+    if run_dir in _held:  # this process holds it already (an entry point called twice in one process)
+        if check is not None:
+            check()
         return
     import fcntl
 
