@@ -18,9 +18,11 @@ from cnnlab.config import CONF_DIR
 from cnnlab.errors import UserError
 from tests.conftest import run_cli
 
-ALL = ["filters", "patches", "embedding", "occlusion", "attribution", "color_units"]
+ALL = ["filters", "patches", "embedding", "occlusion", "attribution", "color_units", "faithfulness", "sanity"]
 FAST = ["analyses.embedding.max_iter=250", "analyses.occlusion.images=2", "analyses.occlusion.stride=4",
-        "analyses.attribution.images=2", "analyses.attribution.ig_steps=8", "analyses.patches.units=4"]
+        "analyses.attribution.images=2", "analyses.attribution.ig_steps=8", "analyses.patches.units=4",
+        "analyses.faithfulness.images=4", "analyses.faithfulness.steps=8", "analyses.faithfulness.ig_steps=4",
+        "analyses.sanity.images=2", "analyses.sanity.max_layers=3", "analyses.sanity.ig_steps=4"]
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +80,11 @@ def test_report_contains_every_requested_analysis_and_each_figure(full_run):
     media = list((full_run / "wandb").glob("offline-run-*/files/media/images/analysis/*.png"))
     assert len(media) == len(figures), "every figure goes to the offline W&B run as media"
     assert 0.0 <= summary["analyses"]["embedding"]["purity"] <= 1.0
+    auc = summary["analyses"]["faithfulness"]["auc"]
+    assert set(auc) == {"saliency", "deconvnet", "guided_backprop", "integrated_gradients", "grad_cam", "occlusion", "random"}
+    assert all(0.0 <= a[k] <= 1.0 for a in auc.values() for k in ("deletion_auc", "insertion_auc"))
+    sanity = summary["analyses"]["sanity"]
+    assert len(sanity["layers"]) == 4 and all(v[0] == 1.0 and len(v) == 4 for v in sanity["spearman_abs"].values())
 
 
 def chromium_image_status(html: Path, tmp: Path) -> list[tuple[str, bool]]:
@@ -145,6 +152,10 @@ def test_bad_inputs_are_one_line_errors(classifier_ckpt, data_dir, tmp_path, mon
     base = [f"ckpt={classifier_ckpt}", "data=synthetic", f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path}"]
     with pytest.raises(UserError, match=r"unknown unit\(s\) \[500\]"):
         run(compose_cfg(*base, "analysis=patches", "analyses.patches.units=[1,500]", "limit=20"))
+    with pytest.raises(UserError, match=r"unknown attribution method\(s\) \['lime'\]"):
+        run(compose_cfg(*base, "analysis=[faithfulness]", "analyses.faithfulness.methods=[saliency,lime]", "limit=20"))
+    with pytest.raises(UserError, match="deletion_fill must be one of"):
+        run(compose_cfg(*base, "analysis=[faithfulness]", "analyses.faithfulness.deletion_fill=purple", "limit=20"))
     with pytest.raises(UserError, match="does not exist"):
         run(compose_cfg(*base[1:], f"ckpt={tmp_path / 'nope.ckpt'}", "analysis=filters"))
     with pytest.raises(UserError, match="no checkpoint given"):

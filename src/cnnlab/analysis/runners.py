@@ -6,6 +6,8 @@ Each takes the :class:`~cnnlab.analysis.context.AnalysisContext` and the keyword
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -13,9 +15,11 @@ import torch.nn.functional as F
 from cnnlab.analysis import attribution as attr_mod
 from cnnlab.analysis import color_units as cu
 from cnnlab.analysis import embedding as emb
+from cnnlab.analysis import faithfulness as faith
 from cnnlab.analysis import filters as flt
 from cnnlab.analysis import occlusion as occ
 from cnnlab.analysis import patches as pt
+from cnnlab.analysis import sanity as san
 from cnnlab.analysis.context import AnalysisContext
 from cnnlab.errors import UserError
 
@@ -251,9 +255,202 @@ def _class_name(classes: list[str], k: int) -> str:
     return classes[k] if 0 <= k < len(classes) else str(k)
 
 
+# --------------------------------------------------------------------------------------------- faithfulness and sanity
+def _explainers(ctx: AnalysisContext, model, methods, grad_cam_tap, ig_steps, ig_baseline, occlusion_patch,
+                occlusion_stride) -> dict[str, faith.Explainer]:
+    methods = faith.check_methods(methods)
+    cam_tap = ctx.tap_or_default(grad_cam_tap, where="last")
+    cam_layer = faith.module_name(model, ctx.subject.backbone.stages[cam_tap])
+    fill = ctx.gray_fill().to(ctx.device)
+    return {m: faith.Explainer(m, cam_layer, ig_steps, ig_baseline, occlusion_patch, occlusion_stride, fill) for m in methods}
+
+
+def _baseline_image(ctx: AnalysisContext, how: str, x: torch.Tensor, blur_sigma: float, mean: torch.Tensor | None) -> torch.Tensor:
+    """The image pixels are replaced by (deletion) or start from (insertion), broadcastable to ``x``."""
+    if how == "blur":
+        return faith.blur(x, blur_sigma)
+    if how == "zero":
+        return torch.zeros(1, x.shape[1], 1, 1, device=x.device)
+    if how == "gray":
+        return ctx.gray_fill().to(x.device).view(1, -1, 1, 1)
+    if how == "mean":
+        return mean.to(x.device).view(1, -1, 1, 1)
+    raise UserError(f"a baseline must be one of {list(_BASELINES)}, got {how!r}")
+
+
+_BASELINES = ("zero", "gray", "mean", "blur")
+
+
+def _dataset_mean(ctx: AnalysisContext) -> torch.Tensor:
+    """Per-channel mean of the split in model-input space ``(C,)``."""
+    total, n = 0.0, 0
+    for imgs, _ in ctx.batches():
+        x = ctx.preprocess(imgs)
+        total, n = total + x.sum((0, 2, 3)), n + x.shape[0] * x.shape[2] * x.shape[3]
+    return (total / n).cpu()
+
+
+def _log_metrics(ctx: AnalysisContext, metrics: dict[str, float]) -> None:
+    from pytorch_lightning.loggers import WandbLogger
+
+    for lg in ctx.loggers:
+        if isinstance(lg, WandbLogger):
+            try:
+                lg.log_metrics(metrics)
+            except Exception as err:  # noqa: BLE001 - tracking must never stop an analysis
+                logging.getLogger("cnnlab").warning("W&B metric logging failed: %s", err)
+
+
+def run_faithfulness(ctx: AnalysisContext, images: int = 256, methods=faith.METHODS, target: str = "pred", steps: int = 32,
+                     deletion_fill: str = "gray", insertion_start: str = "blur", blur_sigma: float = 3.0, reduce: str = "auto",
+                     batch: int = 16, grad_cam_tap: str | None = None, ig_steps: int = 32, ig_baseline: float = 0.5,
+                     occlusion_patch: int = 8, occlusion_stride: int = 4) -> dict:
+    from rich.progress import track
+
+    model = ctx.subject.classifier("faithfulness").to(ctx.device)
+    explainers = _explainers(ctx, model, methods, grad_cam_tap, ig_steps, ig_baseline, occlusion_patch, occlusion_stride)
+    if reduce not in ("auto", "sum", "abs"):
+        raise UserError(f"reduce must be 'auto', 'sum' or 'abs', got {reduce!r}")
+    for option, how in (("deletion_fill", deletion_fill), ("insertion_start", insertion_start)):
+        if how not in _BASELINES:
+            raise UserError(f"{option} must be one of {list(_BASELINES)}, got {how!r}")
+    pick = ctx.sample_indices(images)
+    mean = _dataset_mean(ctx) if "mean" in (deletion_fill, insertion_start) else None
+    gen = torch.Generator().manual_seed(ctx.seed)
+    orders = [*explainers, "random"]
+    parts: dict[str, list] = {m: [] for m in orders}
+    for s in track(range(0, len(pick), batch), description="deletion/insertion", total=-(-len(pick) // batch), transient=True):
+        idx = pick[s:s + batch]
+        x = ctx.preprocess(ctx.images[idx])
+        tgt = _targets(ctx, model, x, ctx.labels[idx], target)
+        end = _baseline_image(ctx, deletion_fill, x, blur_sigma, mean)
+        start = _baseline_image(ctx, insertion_start, x, blur_sigma, mean)
+        for m in orders:
+            scores = torch.rand(x.shape[0], *x.shape[2:], generator=gen) if m == "random" else explainers[m].pixel_map(model, x, tgt, reduce)
+            parts[m].append(faith.deletion_insertion(model, x, tgt, scores, end, start, steps, gen))
+    curves = {m: faith.Curves(torch.cat([c.deletion for c in p]), torch.cat([c.insertion for c in p])) for m, p in parts.items()}
+    aucs = {m: c.aucs() for m, c in curves.items()}
+    n = len(pick)
+    sec = ctx.section("faithfulness", "Deletion and insertion (faithfulness)",
+                      f"{n} {ctx.split} images, target class: {target}. Pixels are ranked by each map (reduce={reduce}: "
+                      f"saliency, deconvnet and guided backprop by max |attribution| over channels, integrated gradients by the "
+                      f"signed channel sum, Grad-CAM and occlusion as they are) and moved in {steps} steps. Deletion replaces them "
+                      f"by {deletion_fill} (lower area = more faithful); insertion starts from {insertion_start}"
+                      f"{f' (sigma {blur_sigma} px)' if insertion_start == 'blur' else ''} and puts them back (higher area = more "
+                      f"faithful). Random: a random pixel order. Integrated gradients start from {ig_baseline}. ± is a 95% interval over the {n} images.")
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
+    frac = np.linspace(0, 1, steps + 1)
+    for ax, kind in zip(axes, ("deletion", "insertion")):
+        for m in orders:
+            c = getattr(curves[m], kind).mean(0).numpy()
+            ax.plot(frac, c, "k--" if m == "random" else "-", label=f"{m} ({float(aucs[m][kind].mean()):.3f})", lw=1.4)
+        ax.set_xlabel("fraction of pixels " + ("removed" if kind == "deletion" else "inserted"))
+        ax.set_ylabel("target class probability")
+        ax.set_title(f"{kind} ({'lower' if kind == 'deletion' else 'higher'} area is better)", fontsize=9)
+        ax.legend(fontsize=7)
+    ctx.save_figure(sec, "faithfulness_curves", fig, "mean curves over the images; the legend gives each area under the curve")
+    rows, summary = [], {}
+    for m in orders:
+        d, dh = faith.mean_ci(aucs[m]["deletion"])
+        i, ih = faith.mean_ci(aucs[m]["insertion"])
+        rows.append([m, f"{d:.3f} ± {dh:.3f}", f"{i:.3f} ± {ih:.3f}"])
+        summary[m] = {"deletion_auc": d, "deletion_ci": dh, "insertion_auc": i, "insertion_ci": ih}
+    sec.tables.append((["ordering", "deletion AUC (lower is better)", "insertion AUC (higher is better)"], rows))
+    _log_metrics(ctx, {f"faithfulness/{m}/{k}": v for m, s in summary.items() for k, v in s.items() if k.endswith("auc")})
+    from cnnlab.io.files import write_json
+
+    write_json(ctx.out_dir / "faithfulness.json", {"images": n, "steps": steps, "deletion_fill": deletion_fill,
+                                                   "insertion_start": insertion_start, "auc": summary,
+                                                   "curves": {m: {"deletion": c.deletion.mean(0).tolist(), "insertion": c.insertion.mean(0).tolist()}
+                                                              for m, c in curves.items()}})
+    return {"images": n, "auc": summary}
+
+
+def _layer_label(ctx: AnalysisContext, model, name: str) -> str:
+    """``0.stages.conv4_2.1`` -> ``conv4_2.1 BatchNorm2d`` (the stage name, and what was randomized)."""
+    kind = type(model.get_submodule(name)).__name__
+    for part, label in ((ctx.subject.backbone.stages, ""), (getattr(ctx.subject, "head", None), "head")):
+        if part is None:
+            continue
+        prefix = faith.module_name(model, part)
+        if name == prefix:
+            return f"{label} {kind}"
+        if name.startswith(prefix + "."):
+            return f"{label}{'.' if label else ''}{name[len(prefix) + 1:]} {kind}"
+    return f"{name} {kind}"
+
+
+def run_sanity(ctx: AnalysisContext, images: int = 32, methods=faith.METHODS, target: str = "pred", seed: int = 0,
+               draws: int = 1, max_layers: int | None = None, batch: int = 32, grad_cam_tap: str | None = None, ig_steps: int = 32,
+               ig_baseline: float = 0.0, occlusion_patch: int = 8, occlusion_stride: int = 4) -> dict:
+    from rich.progress import track
+
+    model = ctx.subject.classifier("the sanity check").to(ctx.device)
+    explainers = _explainers(ctx, model, methods, grad_cam_tap, ig_steps, ig_baseline, occlusion_patch, occlusion_stride)
+    pick = ctx.sample_indices(images)
+    x = ctx.preprocess(ctx.images[pick])
+    tgt = _targets(ctx, model, x, ctx.labels[pick], target)  # the trained model's classes, kept for every depth
+    layers = san.cascade_layers(model, x[:1])[:max_layers]
+
+    def maps(net, ex):
+        att = torch.cat([ex.attribution(net, x[s:s + batch], tgt[s:s + batch]).cpu() for s in range(0, len(x), batch)])
+        return faith.reduce_channels(att, "sum"), faith.reduce_channels(att, "abs")
+
+    if draws < 1:
+        raise UserError(f"draws must be at least 1, got {draws}")
+    original = {m: maps(model, ex) for m, ex in explainers.items()}
+    acc = {k: {m: torch.zeros(len(layers)) for m in explainers} for k in ("spearman", "spearman_abs", "ssim")}
+    shown = {m: [original[m][1][0]] for m in explainers}  # abs maps of the first image at every depth (first draw)
+    for r in range(draws):  # independent re-initializations: one draw of a layer's weights can be a lucky one
+        steps = san.cascading_randomization(model, layers, seed + 1000 * r)
+        for j, (_, rand) in enumerate(track(steps, description=f"cascading randomization {r + 1}/{draws}", total=len(layers), transient=True)):
+            for m, ex in explainers.items():
+                signed, absolute = maps(rand, ex)
+                for k, v in san.map_similarity(*original[m], signed, absolute).items():
+                    acc[k][m][j] += float(v.mean()) / draws
+                if r == 0:
+                    shown[m].append(absolute[0])
+    scores = {k: {m: [1.0, *(round(float(v), 6) for v in acc[k][m])] for m in explainers} for k in acc}
+    depth_names = ["(trained)", *(_layer_label(ctx, model, n) for n in layers)]
+    sec = ctx.section("sanity", "Sanity check: cascading model randomization",
+                      f"{len(x)} {ctx.split} images, target class ({target}) fixed from the trained model. The layers with parameters "
+                      f"are re-initialized from the top ({layers[0]}) down, cumulatively ({len(layers)} steps; seed {seed}, mean of {draws} independent draw(s)); each column compares "
+                      f"the maps with the trained model's by Spearman rank correlation (signed channel sum, and max |.| over channels) and SSIM "
+                      f"of the |.| maps. Maps that stay similar while the network is destroyed do not explain the network.")
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), dpi=110)
+    for ax, (k, title) in zip(axes, (("spearman", "Spearman (signed)"), ("spearman_abs", "Spearman (absolute)"), ("ssim", "SSIM (absolute)"))):
+        for m in explainers:
+            ax.plot(range(len(depth_names)), scores[k][m], "o-", ms=3, label=m)
+        ax.set_xticks(range(len(depth_names)), depth_names, rotation=90, fontsize=6)
+        ax.set_ylim(-0.3 if k != "ssim" else -0.1, 1.05)
+        ax.axhline(0, color="gray", lw=0.5)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("randomized down to", fontsize=8)
+    axes[0].legend(fontsize=7)
+    ctx.save_figure(sec, "sanity_curves", fig, "mean similarity to the trained model's maps after randomizing down to each layer")
+    rgb = _display_rgb(ctx, ctx.images[pick[:1]])
+    rows = []
+    for m in explainers:
+        t = torch.stack(shown[m])
+        rows += [rgb, (t / t.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1))[:, None].expand(-1, 3, -1, -1)]
+    ctx.save_figure(sec, "sanity_maps", pt_upscale(torch.cat(rows)),
+                    f"one row per method ({', '.join(explainers)}): the image, |map| of the trained model, then after randomizing "
+                    f"down to each of the {len(layers)} layers (columns as in the curves)", nrow=len(depth_names) + 1)
+    for k in ("spearman_abs", "spearman", "ssim"):
+        sec.tables.append(([f"{k}: randomized down to", *explainers],
+                           [[d, *(scores[k][m][j] for m in explainers)] for j, d in enumerate(depth_names)]))
+    _log_metrics(ctx, {f"sanity/{m}/{k}_fully_randomized": scores[k][m][-1] for k in scores for m in explainers})
+    from cnnlab.io.files import write_json
+
+    write_json(ctx.out_dir / "sanity.json", {"images": len(x), "layers": depth_names, "seed": seed, "draws": draws, "scores": scores})
+    return {"images": len(x), "layers": depth_names, **scores}
+
+
 RUNNERS = {
     "filters": run_filters, "patches": run_patches, "embedding": run_embedding, "occlusion": run_occlusion,
-    "attribution": run_attribution, "color_units": run_color_units,
+    "attribution": run_attribution, "color_units": run_color_units, "faithfulness": run_faithfulness, "sanity": run_sanity,
 }
 #: the report's order
 ORDER = list(RUNNERS)
