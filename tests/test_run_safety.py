@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from cnnlab import rundir
+from cnnlab.config import PROJECT_ROOT
 from cnnlab.errors import UserError
 from cnnlab.io.files import atomic_path, write_text
 from tests.conftest import run_cli
@@ -43,9 +45,21 @@ def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, data_dir) -> Path:
+def two_runs_into_one_dir(tmp_path_factory, data_dir) -> tuple[Path, list[subprocess.CompletedProcess]]:
+    """The issue's case: two runs started together into one new dir (seeds 0 and 1)."""
     run_dir = tmp_path_factory.mktemp("finished") / "run"
-    run_cli("cnnlab.train", *B, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}")
+    cmds = [[sys.executable, "-m", "cnnlab.train", *B, f"seed={seed}", f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}"]
+            for seed in (0, 1)]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    procs = [subprocess.Popen(c, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
+    done = [subprocess.CompletedProcess(p.args, p.wait(timeout=600), *p.communicate()) for p in procs]
+    return run_dir, done
+
+
+@pytest.fixture(scope="module")
+def finished_run(two_runs_into_one_dir) -> Path:
+    run_dir, procs = two_runs_into_one_dir
+    assert [p.returncode for p in procs].count(0) == 1, [p.stderr[-2000:] for p in procs]
     assert (run_dir / "metrics.json").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     return run_dir
 
@@ -68,6 +82,17 @@ def test_a_new_run_into_a_finished_run_dir_is_refused_and_changes_nothing(finish
     (line,) = error_lines(proc)
     assert f"resume={finished_run}" in line and "fresh directory" in line, line
     assert checksums(finished_run) == before, "the finished run (its .hydra/overrides.yaml included) is untouched"
+
+
+def test_of_two_runs_started_together_into_one_dir_one_runs_and_one_refuses(two_runs_into_one_dir):
+    run_dir, procs = two_runs_into_one_dir
+    assert sorted(p.returncode for p in procs) == [0, 2], [p.stderr[-2000:] for p in procs]
+    winner, loser = sorted(procs, key=lambda p: p.returncode)
+    (line,) = error_lines(loser)
+    assert "in use by another run" in line or "already holds a run" in line, line
+    seed = int(next(a for a in winner.args if a.startswith("seed=")).split("=")[1])
+    assert yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())["seed"] == seed, "the record is the winner's"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best_epoch000.ckpt", "last.ckpt"], "no -v1 copies"
 
 
 def test_an_evaluation_into_a_train_run_dir_is_refused(finished_run, data_dir):
