@@ -2,7 +2,7 @@
 
 Without the cache, every epoch runs the frozen trunk over every image and then the heads (what
 ``cnnlab-train model=linear_probe`` does); with it, the trunk runs once (``extract_features``) and
-every epoch only trains the heads on the stored features (``cnnlab.probes.train_probe_heads``).
+every epoch only trains the heads on the stored features (``cnnlab.probes.sgd.train_probe_heads``).
 Both are timed side by side in one process.
 
     python scripts/bench_probe_cache.py --n 1000 --epochs 10 --width 16
@@ -17,7 +17,8 @@ import torch
 
 from cnnlab.backbones import VGGCifar
 from cnnlab.features import extract_features, pool_features
-from cnnlab.probes import ProbeHeads, calibrate_batchnorm, freeze, probe_dims, train_probe_heads
+from cnnlab.probes import ProbeHeads, calibrate_batchnorm, freeze, probe_dims
+from cnnlab.probes.sgd import train_probe_heads
 
 
 def main() -> None:

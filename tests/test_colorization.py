@@ -117,7 +117,7 @@ def test_hue_confidence_decode_moves_uncertain_hues_towards_gray():
     hue_logits[0, 5, 0, 2] = hue_logits[0, 21, 0, 2] = 20.0  # pixel 2: two opposite hues
     hue, resultant = B.hue_mean_resultant(torch.softmax(hue_logits, 1).movedim(1, -1))
     assert torch.allclose(resultant[0, 0], torch.tensor([1.0, 0.0, 0.0]), atol=1e-4)
-    ab_of = lambda rgb: rgb_to_lab(rgb)[0, 1:, 0].norm(dim=0)  # noqa: E731  chroma in ab units per pixel
+    ab_of = lambda lab: lab[0, 1:, 0].norm(dim=0)  # noqa: E731  chroma in ab units per pixel
     scaled = ab_of(decode_hue_chroma(hue_logits, chroma_logits, x, "L"))
     paper = ab_of(decode_hue_chroma(hue_logits, chroma_logits, x, "L", hue_confidence=False))
     assert abs(scaled[0] - paper[0]) < 1e-3 and paper[0] > 20  # a certain hue keeps the median chroma
@@ -143,6 +143,10 @@ def test_sparse_hypercolumns_equal_dense_at_pixel_centres_and_reach_every_tap():
         sp = model.sparse_logits(x, pix)
         de = gather_pixels(model.dense_logits(x), pix)
         assert torch.allclose(sp, de, atol=1e-4)
+        # inference in bands of a few rows (bounded memory) decodes exactly what the dense head gives
+        model.hparams.eval_chunk_pixels = 2 * 32 * 3  # 3 rows of both images per band
+        with torch.no_grad():
+            assert torch.allclose(model.predict_lab(x), model.decode(model.dense_logits(x), x), atol=1e-3)
         model.train()
         model.sparse_loss(torch.rand(2, 3, 32, 32)).backward()
         for tap in model.taps:
@@ -230,7 +234,7 @@ def test_bad_inputs_give_user_errors(tmp_path):
         Colorizer({**VGG, "in_channels": 3})
     with pytest.raises(UserError, match="model.targets"):
         Colorizer(VGG, targets="rgb")
-    with pytest.raises(UserError, match="color_space=rgb"):
+    with pytest.raises(UserError, match="color_space=lab"):
         Colorizer(VGG, hidden=8).sparse_loss(torch.rand(2, 1, 16, 16))
     gray = (torch.rand(8, 1, 8, 8) * 255).to(torch.uint8).expand(8, 3, 8, 8)
     with pytest.raises(UserError, match="gray"):
@@ -246,3 +250,29 @@ def test_prior_is_cached(tmp_path):
     assert len(files) == 1 and first["gray_fraction"] == 0.25
     again = cached_ab_stats(images, centers, "t", tmp_path)
     assert torch.equal(first["counts"], again["counts"])
+
+
+def test_recombine_keeps_full_resolution_lightness_and_upsamples_colour():
+    """cnnlab-colorize's last step: a low-resolution ab over the photo's own lightness, band by band."""
+    import numpy as np
+
+    import cnnlab.colorize as C
+
+    g = torch.Generator().manual_seed(6)
+    rgb = (torch.rand(1, 3, 37, 53, generator=g) * 0.5 + 0.25)
+    rgb8 = (rgb[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    truth = rgb_to_lab(torch.from_numpy(rgb8).permute(2, 0, 1).unsqueeze(0).float() / 255)
+    ramp = torch.linspace(-1, 1, 7).view(1, 1, 1, 7).expand(1, 1, 5, 7)
+    ab = torch.cat([8 * ramp, -6 * ramp.transpose(-1, -2).reshape(1, 1, 5, 7)], 1)  # small ab: in gamut here
+    old, C.BAND_PIXELS = C.BAND_PIXELS, 100  # many bands of two rows
+    try:
+        out = C.recombine(rgb8, ab)
+        gray = C.recombine(rgb8, None)
+    finally:
+        C.BAND_PIXELS = old
+    lab = rgb_to_lab(torch.from_numpy(out).permute(2, 0, 1).unsqueeze(0).float() / 255)
+    assert out.shape == rgb8.shape
+    assert (lab[:, 0] - truth[:, 0]).abs().max() < 1.0  # every pixel keeps its lightness (to 8-bit rounding)
+    upsampled = torch.nn.functional.interpolate(ab, size=(37, 53), mode="bilinear", align_corners=False)
+    assert (lab[:, 1:] - upsampled).abs().max() < 1.5  # and the colour upsampled to full resolution
+    assert (rgb_to_lab(torch.from_numpy(gray).permute(2, 0, 1).unsqueeze(0).float() / 255)[:, 1:]).abs().max() < 1.5

@@ -1,7 +1,10 @@
+import numpy as np
+import pytest
 import torch
 
 from cnnlab.backbones import VGGCifar
-from cnnlab.features import cached_features, extract_features, pool_features, pool_side, state_fingerprint
+from cnnlab.features import (FeatureStore, cached_features, data_fingerprint, extract_features, iter_features, pool_features, pool_side,
+                             state_fingerprint)
 
 
 def test_pool_side_bounds_dimension():
@@ -36,3 +39,65 @@ def test_extract_features_matches_direct_forward_and_caches(tmp_path):
     assert len(calls) == 1 and torch.equal(a["conv2_2"], b["conv2_2"])
     cached_features(tmp_path / "f.pt", "other-key", compute)
     assert len(calls) == 2, "a different key recomputes"
+
+
+def _net_and_batches(seed=0):
+    torch.manual_seed(seed)
+    net = VGGCifar(in_channels=3, width=4)
+    g = torch.Generator().manual_seed(1)
+    images = (torch.rand(10, 3, 32, 32, generator=g) * 255).to(torch.uint8)
+    labels = torch.arange(10) % 3
+    return net, [(images[:6], labels[:6]), (images[6:], labels[6:])]
+
+
+def test_feature_store_round_trips_memory_mapped_and_is_keyed_by_the_trunk(tmp_path):
+    net, batches = _net_and_batches()
+    taps = ["conv2_2", "conv4_2"]
+    pre = lambda u: u.float() / 255  # noqa: E731
+    calls = []
+
+    def compute(model):
+        calls.append(1)
+        return iter_features(model, batches, taps, pre, target_dims=128)
+
+    store = FeatureStore(tmp_path / "store")
+    key = state_fingerprint(net)
+    got = store.get("train", key, taps, lambda: compute(net), n=10)
+    direct = extract_features(net, batches, taps, pre, target_dims=128)
+    for t in taps:
+        assert isinstance(got[t], np.memmap) and got[t].dtype == np.float16
+        assert np.array_equal(np.asarray(got[t]), direct[t].numpy())
+    assert np.array_equal(got["labels"], direct["labels"].numpy())
+    stamp = (store.path("train") / "conv2_2.npy").stat().st_mtime_ns
+    store.get("train", key, taps, lambda: compute(net), n=10)
+    store.get("train", key, taps[:1], lambda: compute(net), n=10)  # a subset of the stored taps is found too
+    assert len(calls) == 1 and (store.path("train") / "conv2_2.npy").stat().st_mtime_ns == stamp
+    other, _ = _net_and_batches(seed=1)
+    assert state_fingerprint(other) != key, "different weights, different key"
+    again = store.get("train", state_fingerprint(other), taps, lambda: compute(other), n=10)
+    assert len(calls) == 2 and not np.array_equal(np.asarray(again["conv4_2"]), direct["conv4_2"].numpy())
+    assert store.load("train", key, taps) is None, "the entry now belongs to the other trunk"
+
+
+def test_feature_store_leaves_no_entry_after_a_failed_write(tmp_path):
+    net, batches = _net_and_batches()
+
+    def failing():
+        yield from iter_features(net, batches[:1], ["conv4_2"])
+        raise RuntimeError("interrupted")
+
+    store = FeatureStore(tmp_path)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        store.write("train", "k", failing(), n=10)
+    assert store.load("train", "k", ["conv4_2"]) is None
+    assert list(tmp_path.iterdir()) == [], "no temp directory is left behind"
+    assert net.training, "the backbone's mode is restored"
+    with pytest.raises(ValueError, match="4 rows written, 10 announced"):
+        store.write("train", "k", iter_features(net, batches[1:], ["conv4_2"]), n=10)
+
+
+def test_data_fingerprint_follows_the_images():
+    a = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    b = a.clone()
+    b[0, 0, 0, 0] = 1
+    assert data_fingerprint(a) == data_fingerprint(a.clone()) != data_fingerprint(b)

@@ -1,5 +1,7 @@
-"""Linear probes: a frozen trunk stays bit-identical and in eval mode; the heads learn what is linearly there."""
+"""Linear probes: a frozen trunk stays bit-identical and in eval mode; the probes learn what is linearly there;
+validation chooses and the test split only reports."""
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -7,7 +9,7 @@ import torch
 from cnnlab.backbones import VGGCifar, load_trunk, save_trunk
 from cnnlab.data import ImageDataModule
 from cnnlab.errors import UserError
-from cnnlab.probes import LinearProbe, calibrate_batchnorm, check_trunk_matches, probe_trunk_cached, train_probe_heads
+from cnnlab.probes import LinearProbe, calibrate_batchnorm, check_trunk_matches, fit_linear_probe, probe_trunk_cached
 from tests.conftest import run_cli
 
 
@@ -76,30 +78,76 @@ def test_planted_linear_signal_is_found_and_shuffled_labels_are_not():
     means = torch.randn(k, d, generator=g)
     x = means[y] + 0.3 * torch.randn(n, d, generator=g)  # well-separated class means: linearly separable
     noise = torch.randn(n, d, generator=g)
-    feats = {"signal": x * 7.0 + 3.0, "noise": noise}  # scale/offset: the heads' BatchNorm must cope
-    train = {t: v[:900] for t, v in feats.items()} | {"labels": y[:900]}
-    test = {t: v[900:] for t, v in feats.items()} | {"labels": y[900:]}
-    res = train_probe_heads(train, test, epochs=10, batch_size=64, lr=0.1, weight_decay=0.0)
-    assert res["test"]["signal"] > 0.9
-    assert res["test"]["noise"] < 0.25
-    shuffled = dict(train, labels=y[:900][torch.randperm(900, generator=g)])
-    res = train_probe_heads(shuffled, test, epochs=10, batch_size=64, lr=0.1, weight_decay=0.0)
-    assert res["test"]["signal"] < 0.25, "with shuffled training labels the test accuracy must stay near chance (0.1)"
+    feats = {"signal": x * 7.0 + 3.0, "noise": noise}  # scale/offset: the standardization must cope
+    tr, va, te = slice(0, 700), slice(700, 900), slice(900, None)
+    for tap, lo, hi in (("signal", 0.9, 1.0), ("noise", 0.0, 0.25)):
+        fit = fit_linear_probe(feats[tap][tr], y[tr], feats[tap][va], y[va], k)
+        assert lo <= fit.accuracy(feats[tap][te], y[te]) <= hi, tap
+    shuffled = y[tr][torch.randperm(700, generator=g)]
+    fit = fit_linear_probe(feats["signal"][tr], shuffled, feats["signal"][va], y[va], k)
+    assert fit.accuracy(feats["signal"][te], y[te]) < 0.25, "with shuffled training labels the test accuracy must stay near chance (0.1)"
 
 
-def test_feature_cache_mode_caches_and_checks_colour_space(tmp_path, data_dir):
+TAPS = ["conv2_2", "conv4_2"]
+
+
+def _probe(path, dm, cache, **kw):
+    return probe_trunk_cached(path, dm, taps=TAPS, target_dims=512, cache_dir=cache, weight_decays=(1e-3, 1e-1), max_iter=50, **kw)
+
+
+def test_feature_cache_mode_caches_on_disk_and_checks_colour_space(tmp_path, data_dir):
     path = _trunk(tmp_path / "trunk.pt")
     dm = _dm(data_dir)
-    res = probe_trunk_cached(path, dm, taps=["conv2_2", "conv4_2"], target_dims=512, cache_dir=tmp_path / "cache", epochs=3, batch_size=64)
-    assert set(res["test"]) == {"conv2_2", "conv4_2"} and res["n_test"] == 100
+    res = _probe(path, dm, tmp_path / "cache")
+    assert res["taps"] == TAPS and res["n_test"] == 100 and res["n_val"] == len(dm.splits["val"]) > 0
     assert res["dims"] == {"conv2_2": 8 * 8 * 8, "conv4_2": 32 * 4 * 4}
-    cache = tmp_path / "cache" / "features_train.pt"
-    stamp = cache.stat().st_mtime_ns
-    again = probe_trunk_cached(path, dm, taps=["conv2_2", "conv4_2"], target_dims=512, cache_dir=tmp_path / "cache", epochs=3, batch_size=64)
-    assert cache.stat().st_mtime_ns == stamp, "the second probe of the same trunk must reuse the cached features"
-    assert again["test"] == res["test"], "same features, same seed: same heads"
+    for t in TAPS:
+        lin, knn = res["linear"][t], res["knn"][t]
+        assert set(lin["grid"]) == {"0.001", "0.1"} and lin["val"] == max(lin["grid"].values())
+        assert lin["grid"][repr(lin["weight_decay"])] == lin["val"]
+        assert 0.0 <= lin["test"] <= 1.0 and 0.0 <= knn["test"] <= 1.0 and lin["iterations"] <= 50
+        assert knn["k"] == 200 and knn["temperature"] == 0.1
+    assert max(r["test"] for r in res["linear"].values()) > 0.3  # synthetic classes are colour/shape coded: chance is 0.1
+    stored = tmp_path / "cache" / "features_train" / "conv2_2.npy"
+    assert np.load(stored, mmap_mode="r").dtype == np.float16
+    stamp = stored.stat().st_mtime_ns
+    again = _probe(path, dm, tmp_path / "cache")
+    assert stored.stat().st_mtime_ns == stamp, "the second probe of the same trunk must reuse the stored features"
+    assert again["linear"] == res["linear"] and again["knn"] == res["knn"], "same features: the same deterministic probes"
+    _probe(path, dm, tmp_path / "gone", keep_cache=False)
+    assert not any((tmp_path / "gone").iterdir())
     with pytest.raises(UserError, match="set data.color_space=L"):
-        probe_trunk_cached(path, _dm(data_dir, color_space="rgb"), epochs=1)
+        probe_trunk_cached(path, _dm(data_dir, color_space="rgb"))
+    with pytest.raises(TypeError, match="epochs"):
+        probe_trunk_cached(path, dm, epochs=3)
+
+
+def test_test_labels_never_change_a_choice(tmp_path, data_dir):
+    path = _trunk(tmp_path / "trunk.pt")
+    dm = _dm(data_dir)
+    res = _probe(path, dm, tmp_path / "a")
+    shuffled = _dm(data_dir)
+    shuffled.setup()
+    test = shuffled.splits["test"]
+    test.labels = test.labels[torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(0))]
+    corrupted = _probe(path, shuffled, tmp_path / "b")
+    for t in TAPS:
+        for key in ("grid", "weight_decay", "val", "iterations", "converged"):
+            assert corrupted["linear"][t][key] == res["linear"][t][key], (t, key)
+        assert corrupted["knn"][t]["val"] == res["knn"][t]["val"]
+    assert any(corrupted["linear"][t]["test"] != res["linear"][t]["test"] for t in TAPS), "the test labels do reach the test score"
+    blind = _probe(path, dm, tmp_path / "c", evaluate_test=False)
+    assert blind["n_test"] == 0 and all(blind["linear"][t]["test"] is None and blind["knn"][t]["test"] is None for t in TAPS)
+    assert not (tmp_path / "c" / "features_test").exists(), "evaluate_test=False never runs the trunk over the test split"
+    assert {t: blind["linear"][t]["weight_decay"] for t in TAPS} == {t: res["linear"][t]["weight_decay"] for t in TAPS}
+
+
+def test_a_validation_split_that_is_the_test_split_is_refused(tmp_path, data_dir):
+    path = _trunk(tmp_path / "trunk.pt")
+    dm = ImageDataModule(name="synthetic", data_dir=str(data_dir), color_space="L", val_fraction=0.0,
+                         synthetic={"n_train": 200, "n_test": 100, "num_classes": 10, "seed": 0}, progress=False)
+    with pytest.raises(UserError, match="data.val_fraction > 0"):
+        _probe(path, dm, tmp_path / "cache")
 
 
 def test_bad_trunks_and_taps_are_one_line_errors(tmp_path, data_dir):
@@ -146,3 +194,17 @@ def test_cli_linear_probe_config(tmp_path, data_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert "test/acc/conv4_2" in metrics and "test/acc" in metrics
     assert not (run_dir / "trunk.pt").exists(), "a probe run has no trunk of its own to export"
+
+
+def test_real_cifar_probe_of_a_calibrated_random_trunk(tmp_path, cifar_dm_kwargs):
+    dm = ImageDataModule(**cifar_dm_kwargs, color_space="L", train_limit=500, val_fraction=0.004, eval_batch_size=250)
+    dm.setup()
+    torch.manual_seed(0)
+    net = VGGCifar(in_channels=1, width=8)
+    calibrate_batchnorm(net, dm.loader("train", 250), lambda u: dm.preprocess(u), max_batches=2)
+    path = save_trunk(tmp_path / "trunk.pt", net, "L", "random")
+    res = probe_trunk_cached(path, dm, taps=["conv3_2"], target_dims=2048, cache_dir=tmp_path / "cache",
+                             weight_decays=(0.1, 1.0), max_iter=100, evaluate_test=False)
+    assert res["n_train"] == 500 and res["n_val"] == 200 and res["n_test"] == 0
+    lin, knn = res["linear"]["conv3_2"], res["knn"]["conv3_2"]
+    assert lin["converged"] and lin["val"] > 0.15 and knn["val"] > 0.15  # chance is 0.1; ~0.25-0.3 expected

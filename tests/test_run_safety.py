@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import shutil
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ import yaml
 from cnnlab import rundir
 from cnnlab.config import PROJECT_ROOT
 from cnnlab.errors import UserError
-from cnnlab.io.files import atomic_path, write_text
+from cnnlab.io.files import write_text
 from tests.conftest import run_cli
 
 #: the issue's command `B`, without the progress bar and model summary (noise in captured output)
@@ -141,24 +140,6 @@ def test_a_failed_start_leaves_the_dir_free_for_the_corrected_command(tmp_path):
 
 
 # ------------------------------------------------------------------ 2. atomic writes, resume from an intact checkpoint
-def test_a_failing_writer_leaves_the_old_file_intact(tmp_path):
-    target = write_text(tmp_path / "metrics.json", "old\n")
-    with pytest.raises(OSError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half of the new fi")
-            raise OSError(28, "No space left on device")
-    assert target.read_text() == "old\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"], "no temp file is left behind"
-    mode = stat.S_IMODE(write_text(tmp_path / "new.txt", "x").stat().st_mode)
-    assert mode == 0o666 & ~_umask(), f"results get the usual permissions, not a temp file's 0600: {oct(mode)}"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def test_atomic_dir_is_all_or_nothing(tmp_path):
     from cnnlab.io.files import atomic_dir
 

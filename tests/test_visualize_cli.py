@@ -43,13 +43,19 @@ def _train_tiny(cifar_dm_kwargs, tmp_path_factory):
 def test_adversarial_run_writes_images_metrics_and_wandb(cifar_ckpt, data_dir, tmp_path):
     run_dir = tmp_path / "run"
     run_cli("cnnlab.visualize", "viz=adversarial", f"network.checkpoint={cifar_ckpt}", "viz.count=4", "viz.md_steps=5",
-            "viz.md_search=1", "progress=false", "threads=1", f"hydra.run.dir={run_dir}", f"paths.data_dir={data_dir}", timeout=300)
+            "viz.md_search=1", "viz.curve_count=20", "viz.curve_steps=3", "viz.restarts=2", "viz.minimal_search=2",
+            "progress=false", "threads=1", f"hydra.run.dir={run_dir}", f"paths.data_dir={data_dir}", timeout=300)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0.0 <= metrics["pgd_acc"] <= metrics["clean_acc"] + 1e-9
     assert metrics["max_linf_pgd"] <= 8 / 255 + 1e-6
     assert (run_dir / "images" / "adversarial.png").stat().st_size > 1000
+    curve = [metrics[f"robust/pgd/eps{e}"] for e in (0, 1, 2, 4, 8, 16)]
+    assert all(a >= b for a, b in zip(curve, curve[1:])) and metrics["curve_n"] == 20
+    assert (run_dir / "images" / "robustness_curve.png").stat().st_size > 1000
+    assert "| PGD-3, 2 restart(s) | 8 |" in (run_dir / "robustness.md").read_text()
     assert list((run_dir / "wandb").glob("offline-run-*")), "no offline W&B run was written"
     assert list((run_dir / "wandb").glob("offline-run-*/files/media/images/viz/adversarial_*.png")), "grid not sent to W&B"
+    assert list((run_dir / "wandb").glob("offline-run-*/files/media/images/viz/robustness_curve_*.png")), "curve not sent to W&B"
 
 
 def test_bad_input_exits_2_with_one_line(cifar_ckpt, data_dir, tmp_path):
@@ -74,6 +80,8 @@ def _compose(*overrides: str):
 
 @pytest.mark.parametrize("override,message", [
     ("viz=adversarial viz.eps=8", "outside the pixel range"),
+    ("viz=adversarial viz.curve_eps=[0.01,2]", "outside the pixel range"),
+    ("viz=featviz viz.image=wavelet", "pixel, fourier or maco"),
     ("viz=inversion viz.layers=[conv9_1]", "unknown layer 'conv9_1'"),
     ("viz=style viz.style_image={notes}", "not a readable image"),
 ])

@@ -3,98 +3,215 @@
     cnnlab-colorize photo.jpg --ckpt outputs/colorize_cifar/runs/<dir>/checkpoints/last.ckpt
     cnnlab-colorize photos/ --ckpt <ckpt> --out colorized/ --panel
 
-Each input becomes ``<out>/<name>_color.png`` (with ``--panel``: gray | colorized side by side, and
-the original too when it had colour). Colour inputs are reduced to the model's input channel first.
+Each input becomes ``<out>/<name>_color.png`` at the input's full resolution (with ``--panel``: gray |
+colorized side by side, and the original too when it had colour). The model predicts the colour at a
+working size (the scale it was trained at, or ``--size``); that colour is upsampled and recombined with
+the photo's own full-resolution lightness, so every detail stays and memory does not grow with the photo.
+
+Nothing is lost: an output never replaces an input or another input's result (names are made unique),
+every file is written atomically, and a rerun skips inputs whose result is already there (``--overwrite``
+to redo them). An unreadable image in a folder is skipped with a warning (``--on-error fail`` to stop).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from cnnlab.color import lab_to_rgb, rgb_to_lab
+from cnnlab.colorization.hypercolumn import grid_bands, grid_map, pixel_centers, sample_hypercolumns
 from cnnlab.errors import UserError, exit_on_user_error
+from cnnlab.io.images import IMAGE_SUFFIXES, open_image, png_text, resize_shorter, to_tensor, write_png
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+#: PNG text key naming the input an output was made from (how reruns recognise their own results)
+SOURCE_KEY = "cnnlab-colorize-source"
+#: pixels of the full-resolution image converted at a time (colour conversions run in bands of rows)
+BAND_PIXELS = 1 << 18
+#: the working size when a checkpoint does not say what it was trained at
+FALLBACK_SIZE = 224
 
 
-def read_rgb(path: Path, size: int | None = None) -> torch.Tensor:
-    """An image file -> ``(1, 3, H, W)`` float RGB in [0, 1] (shorter side resized to ``size`` if given)."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if size:
-                scale = size / min(im.size)
-                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
-            arr = np.asarray(im, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as err:
-        raise UserError(f"{path} is not a readable image ({type(err).__name__}): pass image files ({', '.join(IMAGE_SUFFIXES)})") from err
-    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0)
+def source_of(path: Path) -> str | None:
+    """The input a cnnlab-colorize output was made from (None: not one of ours)."""
+    return png_text(path).get(SOURCE_KEY) if path.suffix.lower() == ".png" else None
 
 
 def list_inputs(path: Path) -> list[Path]:
+    """An image file, or the images of a folder (without the results of earlier runs), sorted."""
     if not path.exists():
         raise UserError(f"{path} does not exist: pass an image file or a folder of images")
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in path.iterdir()
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and source_of(p) is None)
     if not files:
         raise UserError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)}): pass an image or a folder of images")
     return files
 
 
-def save_png(img: torch.Tensor, path: Path) -> None:
-    arr = (img.clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    Image.fromarray(arr).save(path)
+def _names(path: Path):
+    yield f"{path.stem}_color.png"
+    tag = f"{path.stem}_{path.suffix.lstrip('.').lower()}_color"
+    yield f"{tag}.png"
+    k = 2
+    while True:
+        yield f"{tag}_{k}.png"
+        k += 1
+
+
+def plan_outputs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, bool]]:
+    """``[(output path, already done)]`` per input: never an input, never another input's result, never a
+    file this tool did not write for that input. Deterministic, so a rerun finds the same names."""
+    inputs_at = {p.resolve() for p in inputs}
+    claimed: set[Path] = set()
+    plan = []
+    for path in inputs:
+        source = str(path.resolve())
+        for name in _names(path):
+            target = (out_dir / name).resolve()
+            if target in inputs_at or target in claimed:
+                continue
+            if not target.exists() or source_of(target) == source:
+                break
+        claimed.add(target)
+        plan.append((target, target.exists()))
+    return plan
+
+
+def recombine(rgb8: np.ndarray, ab: torch.Tensor | None) -> np.ndarray:
+    """The lightness of ``rgb8 (H, W, 3)`` uint8 + ab ``(1, 2, h, w)`` at any size (None: gray) -> ``(H, W, 3)`` uint8.
+
+    One band of rows at a time: the ab is sampled bilinearly at the band's pixel centres (what upsampling
+    to ``(H, W)`` gives), so memory beyond the input and output images is set by :data:`BAND_PIXELS`.
+    """
+    h, w = rgb8.shape[:2]
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    for pix in grid_bands(h, w, 1, BAND_PIXELS):
+        rows = slice(int(pix[0, 0]), int(pix[-1, 0]) + 1)
+        band = torch.from_numpy(rgb8[rows].copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+        light = rgb_to_lab(band)[:, :1]
+        band_ab = (torch.zeros(1, 2, *light.shape[-2:]) if ab is None else
+                   grid_map(sample_hypercolumns([ab], pixel_centers(pix, h, w).unsqueeze(0)), w))
+        rgb = lab_to_rgb(torch.cat([light, band_ab], 1))
+        out[rows] = rgb[0].mul_(255).round_().to(torch.uint8).permute(1, 2, 0).numpy()
+    return out
+
+
+@torch.no_grad()
+def colorize_image(model, im: Image.Image, size: int | None = None, full_resolution: bool = False,
+                   temperature: float | None = None, panel: bool = False) -> np.ndarray:
+    """An RGB PIL image -> the colorized ``(H, W, 3)`` uint8 image at its full resolution (or the panel).
+
+    The model sees the image with its shorter side at ``size`` (default: the size it was trained at;
+    never upscaled), or the whole image with ``full_resolution``.
+    """
+    from cnnlab.colorization.batch import ColourBatch
+
+    work = None if full_resolution else (size or model.data_info.get("image_size") or FALLBACK_SIZE)
+    small = resize_shorter(im, work) if work and work < min(im.size) else im
+    x = ColourBatch(to_tensor(small), "rgb", model.input_space).x
+    ab = model.predict_lab(x, temperature)[:, 1:]
+    del x, small
+    rgb8 = np.asarray(im)
+    result = recombine(rgb8, ab)
+    if not panel:
+        return result
+    parts = [recombine(rgb8, None), result]
+    if int((rgb8.max(2).astype(np.int16) - rgb8.min(2)).max()) > 2:  # the original had colour: show it as truth
+        parts.append(rgb8)
+    return np.concatenate(parts, axis=1)
+
+
+def _progress(items: list, enabled: bool):
+    if not enabled:
+        yield from items
+        return
+    from rich.console import Console
+    from rich.progress import track
+
+    yield from track(items, description="colorizing", console=Console(stderr=True), transient=True)
 
 
 def colorize_files(inputs: list[Path], ckpt: str | Path, out_dir: Path, size: int | None = None,
-                   temperature: float | None = None, panel: bool = False) -> list[Path]:
+                   temperature: float | None = None, panel: bool = False, full_resolution: bool = False,
+                   overwrite: bool = False, on_error: str = "skip", progress: bool = False) -> dict[str, list[Path]]:
+    """Colorize ``inputs`` into ``out_dir``; ``{"written": [...], "done": [...], "skipped": [...]}`` (paths).
+
+    ``done``: outputs already there from an earlier run (kept unless ``overwrite``); ``skipped``: unreadable
+    inputs (``on_error="fail"`` raises instead).
+    """
     from cnnlab.models import load_module
     from cnnlab.models.colorizer import Colorizer
 
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file: pass a folder for the colorized images")
     model = load_module(ckpt, expect=Colorizer)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in inputs:
-        rgb = read_rgb(path, size)
-        x = model.model_input(rgb)
-        pred = model.colorize(x, temperature=temperature)
-        if panel:
-            from cnnlab.colorization.decode import gray_from_input
-
-            parts = [gray_from_input(x, model.input_space).expand(-1, 3, -1, -1), pred]
-            if (rgb.amax(1) - rgb.amin(1)).max() > 2 / 255:  # the original had colour: show it as truth
-                parts.append(rgb)
-            pred = torch.cat(parts, dim=3)
-        target = out_dir / f"{path.stem}_color.png"
-        save_png(pred, target)
-        written.append(target)
-    return written
+    result: dict[str, list[Path]] = {"written": [], "done": [], "skipped": []}
+    for path, (target, done) in _progress(list(zip(inputs, plan_outputs(inputs, out_dir))), progress):
+        if done and not overwrite:
+            result["done"].append(target)
+            continue
+        try:
+            im = open_image(path)
+        except UserError as err:
+            if on_error == "fail" or len(inputs) == 1:
+                raise
+            print(f"warning: skipped {err}", file=sys.stderr)
+            result["skipped"].append(path)
+            continue
+        image = colorize_image(model, im, size, full_resolution, temperature, panel)
+        write_png(target, image, text={SOURCE_KEY: str(path.resolve())})
+        result["written"].append(target)
+    if result["skipped"]:
+        print(f"warning: skipped {len(result['skipped'])} of {len(inputs)} images that could not be read",
+              file=sys.stderr)
+    return result
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cnnlab-colorize", description="Colorize images with a trained colorization checkpoint.")
     p.add_argument("input", help="an image file or a folder of images")
     p.add_argument("--ckpt", required=True, help="a colorization checkpoint (.ckpt from a cnnlab-train colorization run)")
-    p.add_argument("--out", default="colorized", help="output folder (default: colorized/)")
-    p.add_argument("--size", type=int, default=None, help="resize the shorter side to this many pixels first")
+    p.add_argument("--out", default="colorized", help="output folder (default: colorized/); may be the input folder")
+    p.add_argument("--size", type=int, default=None,
+                   help="working size: the model sees the shorter side at this many pixels (default: the size it was "
+                        "trained at); the output keeps the input's full resolution")
+    p.add_argument("--full-resolution", action="store_true",
+                   help="run the model on the whole image instead (memory grows with the image: the backbone is not tiled)")
     p.add_argument("--temperature", type=float, default=None,
-                   help="Lab bins only: annealed-mean temperature (default 0.38 from the checkpoint; 1 = expectation)")
+                   help="Lab bins only: annealed-mean temperature (default: the checkpoint's model.lab.temperature; 1 = expectation)")
     p.add_argument("--panel", action="store_true", help="save gray | colorized (| original) side by side")
+    p.add_argument("--overwrite", action="store_true", help="redo inputs whose result an earlier run already wrote")
+    p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
+                   help="an unreadable image in a folder: skip it with a warning (default) or stop")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar for folders")
     return p
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    written = colorize_files(list_inputs(Path(args.input).expanduser()), args.ckpt, Path(args.out).expanduser(),
-                             args.size, args.temperature, args.panel)
-    for w in written:
+    if args.size is not None and args.size <= 0:
+        raise UserError(f"--size {args.size}: pass a positive number of pixels (the shorter side the model sees)")
+    if args.temperature is not None and args.temperature <= 0:
+        raise UserError(f"--temperature {args.temperature}: pass a positive temperature (1 = the expectation)")
+    source = Path(args.input).expanduser()
+    inputs = list_inputs(source)
+    result = colorize_files(inputs, args.ckpt, Path(args.out).expanduser(), args.size, args.temperature, args.panel,
+                            args.full_resolution, args.overwrite, args.on_error,
+                            progress=source.is_dir() and not args.no_progress and sys.stderr.isatty())
+    for w in result["written"]:
         print(w)
+    if result["done"]:
+        print(f"{len(result['done'])} already colorized in {args.out} (--overwrite to redo them)", file=sys.stderr)
+    if inputs and not result["written"] and not result["done"]:
+        raise UserError(f"none of the {len(inputs)} images in {source} could be read: pass image files")
 
 
 if __name__ == "__main__":

@@ -1,21 +1,31 @@
-"""Frozen-feature extraction with an on-disk cache, shared by linear probes and analyses.
+"""Frozen-feature extraction with on-disk caches, shared by linear probes and analyses.
 
 Features of a frozen backbone over a dataset are computed once, pooled to a bounded size per tap,
 and saved next to the run, so later probes or analyses of the same trunk and data reuse them.
+
+Two caches: :func:`cached_features` (one ``.pt`` of small feature sets, loaded whole) and
+:class:`FeatureStore` (one directory per trunk and split, one float16 ``.npy`` per tap, written
+batch by batch and read back memory-mapped: 49k CIFAR images x 9,216 dims are 0.9 GB per tap, which
+need never be in memory all at once, let alone for every tap and split).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cnnlab.backbones import Backbone
-from cnnlab.io.files import atomic_save
+from cnnlab.io.files import atomic_save, write_json
 
 
 def pool_side(channels: int, height: int, target_dims: int | None) -> int:
@@ -51,25 +61,47 @@ def extract_features(
     Returns ``{tap: (N, D_tap)}`` pooled features (stored as ``dtype`` to bound memory) and
     ``"labels": (N,)``. ``preprocess`` turns a uint8 batch into model input (``dm.preprocess``).
     """
+    out: dict[str, list[torch.Tensor]] = {t: [] for t in taps}
+    labels: list[torch.Tensor] = []
+    for feats, y in iter_features(backbone, batches, taps, preprocess, target_dims, device, dtype, progress, total):
+        for t, v in feats.items():
+            out[t].append(v)
+        labels.append(y)
+    result = {t: torch.cat(v) for t, v in out.items()}
+    result["labels"] = torch.cat(labels)
+    return result
+
+
+@torch.no_grad()
+def iter_features(
+    backbone: Backbone,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    taps: Sequence[str],
+    preprocess: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+    target_dims: int | None = 9216,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float16,
+    progress: str | None = None,
+    total: int | None = None,
+) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """Yield ``({tap: (B, D_tap)}, labels (B,))`` per batch (CPU, ``dtype``); the backbone runs in eval mode.
+
+    Its mode is restored when the iteration ends (or is abandoned).
+    """
     taps = backbone.check_taps(taps)
     was_training = backbone.training
     backbone.eval().to(device)
-    out: dict[str, list[torch.Tensor]] = {t: [] for t in taps}
-    labels: list[torch.Tensor] = []
     it = batches
     if progress:
         from rich.progress import track
 
         it = track(batches, description=progress, total=total, transient=True)
-    for images, y in it:
-        feats = backbone.forward_taps(preprocess(images.to(device)), taps)
-        for t in taps:
-            out[t].append(pool_features(feats[t], target_dims).to("cpu", dtype))
-        labels.append(y.cpu())
-    backbone.train(was_training)
-    result = {t: torch.cat(v) for t, v in out.items()}
-    result["labels"] = torch.cat(labels)
-    return result
+    try:
+        for images, y in it:
+            feats = backbone.forward_taps(preprocess(images.to(device)), taps)
+            yield {t: pool_features(feats[t], target_dims).to("cpu", dtype) for t in taps}, y.cpu()
+    finally:
+        backbone.train(was_training)
 
 
 def state_fingerprint(backbone: Backbone) -> str:
@@ -78,6 +110,14 @@ def state_fingerprint(backbone: Backbone) -> str:
     for k, v in sorted(backbone.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def data_fingerprint(images: torch.Tensor | np.ndarray) -> str:
+    """A short hash of a split's images (their bytes and shape): part of a feature key, labels left out."""
+    a = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    h = hashlib.sha1(str(a.shape).encode())
+    h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()[:12]
 
 
@@ -91,3 +131,88 @@ def cached_features(cache_file: str | Path, key: str, compute: Callable[[], dict
     feats = compute()
     atomic_save(cache_file, lambda tmp: torch.save({"key": key, "features": feats}, tmp))
     return feats
+
+
+def _tap_file(tap: str) -> str:
+    return f"{tap}.npy"
+
+
+class FeatureStore:
+    """Pooled features on disk: ``root/<name>/{<tap>.npy (N, D_tap) float16, labels.npy (N,), meta.json}``.
+
+    An entry belongs to a ``key`` (the trunk's :func:`state_fingerprint`, the taps, the pooling and the
+    data): :meth:`get` returns the stored arrays when ``meta.json`` holds the same key and every tap,
+    else computes them. Arrays come back memory-mapped (``np.load(mmap_mode="r")``), so a caller holds
+    in memory only what it reads. Writing goes batch by batch into a temp directory beside the entry,
+    renamed into place once complete: a crash leaves no half entry that could be read as a whole one.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def load(self, name: str, key: str, taps: Sequence[str]) -> dict[str, np.ndarray] | None:
+        """``{tap: (N, D) memmap, "labels": (N,)}`` of entry ``name`` if it was written for ``key``, else None."""
+        d = self.path(name)
+        try:
+            meta = json.loads((d / "meta.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if meta.get("key") != key or not set(taps) <= set(meta.get("taps", [])):
+            return None
+        try:
+            out = {t: np.load(d / _tap_file(t), mmap_mode="r") for t in taps}
+            out["labels"] = np.load(d / "labels.npy")
+        except (OSError, ValueError):
+            return None
+        if any(len(v) != meta["n"] for v in out.values()):
+            return None
+        return out
+
+    def write(self, name: str, key: str, features: Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]], n: int) -> Path:
+        """Stream ``features`` (``({tap: (B, D)}, labels (B,))`` batches, ``n`` rows in all) into entry ``name``."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.root))
+        try:
+            arrays: dict[str, np.ndarray] = {}
+            labels = np.empty(n, dtype=np.int64)
+            i = 0
+            for feats, y in features:
+                b = len(y)
+                if i + b > n:
+                    raise ValueError(f"more than the {n} rows announced for feature entry {name}")
+                for t, v in feats.items():
+                    if t not in arrays:
+                        arrays[t] = np.lib.format.open_memmap(tmp / _tap_file(t), mode="w+", dtype=np.float16, shape=(n, v.shape[1]))
+                    arrays[t][i:i + b] = v.numpy().astype(np.float16, copy=False)
+                labels[i:i + b] = y.numpy()
+                i += b
+            if i != n:
+                raise ValueError(f"feature entry {name}: {i} rows written, {n} announced")
+            for a in arrays.values():
+                a.flush()
+            np.save(tmp / "labels.npy", labels)
+            dims = {t: int(a.shape[1]) for t, a in arrays.items()}
+            del arrays
+            write_json(tmp / "meta.json", {"key": key, "taps": list(dims), "dims": dims, "n": n, "dtype": "float16"})
+            final = self.path(name)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            return final
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def get(self, name: str, key: str, taps: Sequence[str], compute: Callable[[], Iterable], n: int) -> dict[str, np.ndarray]:
+        """The stored features of ``name`` for ``key``; computed with ``compute()`` (batches) and stored first if absent."""
+        found = self.load(name, key, taps)
+        if found is not None:
+            return found
+        self.write(name, key, compute(), n)
+        return self.load(name, key, taps)
+
+    def remove(self, name: str) -> None:
+        shutil.rmtree(self.path(name), ignore_errors=True)

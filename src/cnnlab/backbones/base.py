@@ -7,7 +7,6 @@ raw input (RGB or one lightness channel in [0, 1]), so callers never normalize b
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Iterable, Sequence
 
 import torch
@@ -93,6 +92,10 @@ class Backbone(nn.Module):
     def _probe_size(self) -> int:
         return 32
 
+    def tap_channels(self) -> dict[str, int]:
+        """``{tap: channels}`` of every tap (a dry run at a size the architecture accepts)."""
+        return {name: shape[0] for name, shape in self.tap_shapes(self._probe_size()).items()}
+
     @torch.no_grad()
     def tap_shapes(self, image_size: int) -> dict[str, tuple[int, int, int]]:
         """``{tap: (C, h, w)}`` for a square input of ``image_size`` pixels (a dry run, cached)."""
@@ -127,7 +130,3 @@ def no_inplace_relu(module: nn.Module) -> nn.Module:
         if isinstance(m, nn.ReLU):
             m.inplace = False
     return module
-
-
-def stages_dict(items: Iterable[tuple[str, nn.Module]]) -> nn.ModuleDict:
-    return nn.ModuleDict(OrderedDict(items))

@@ -153,6 +153,12 @@ def nearest_bin(ab: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
     return torch.cdist(ab, centers).argmin(-1)
 
 
+def inverse_prior_weights(ab: torch.Tensor, prior: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """True ab ``(B, 2, H, W)`` -> ``(B, H, W)``: 1 / prior ``(Q,)`` of each pixel's nearest bin (rebalanced AuC)."""
+    flat = ab.permute(0, 2, 3, 1).reshape(-1, 2)
+    return (1.0 / prior[nearest_bin(flat, centers)].clamp_min(1e-6)).reshape(ab.shape[0], *ab.shape[-2:])
+
+
 def soft_encode(ab: torch.Tensor, centers: torch.Tensor, neighbours: int = 10, sigma: float = 5.0) -> torch.Tensor:
     """ab ``(N, 2)`` -> soft targets ``(N, Q)``: Gaussian weights on the ``neighbours`` nearest bins, summing to 1."""
     d2 = torch.cdist(ab, centers).square()

@@ -12,7 +12,7 @@ Coordinates: pixel ``(y, x)`` of an ``H x W`` image has its centre at normalized
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +28,33 @@ def random_pixels(batch: int, k: int, height: int, width: int, margin: int = 0,
     return torch.stack([y, x], -1)
 
 
-def grid_pixels(height: int, width: int, stride: int = 1, device=None) -> torch.Tensor:
-    """``(P, 2)`` long pixel indices ``(y, x)`` of a regular grid (every ``stride``-th pixel), row-major."""
-    ys = torch.arange(stride // 2, height, stride, device=device)
-    xs = torch.arange(stride // 2, width, stride, device=device)
+def _grid(ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([yy.reshape(-1), xx.reshape(-1)], -1)
+
+
+def grid_pixels(height: int, width: int, stride: int = 1, device=None) -> torch.Tensor:
+    """``(P, 2)`` long pixel indices ``(y, x)`` of a regular grid (every ``stride``-th pixel), row-major."""
+    return _grid(torch.arange(stride // 2, height, stride, device=device),
+                 torch.arange(stride // 2, width, stride, device=device))
+
+
+def grid_bands(height: int, width: int, stride: int, max_pixels: int, device=None) -> Iterator[torch.Tensor]:
+    """:func:`grid_pixels` in bands of whole grid rows of at most ``max_pixels`` pixels (at least one row).
+
+    Yields ``(P_i, 2)`` in row-major order, one band at a time (never the whole grid): running a dense
+    head band by band bounds its memory by ``max_pixels`` whatever the image size, and each band
+    reshapes to a ``(rows_i, grid width)`` map.
+    """
+    ys = torch.arange(stride // 2, height, stride, device=device)
+    xs = torch.arange(stride // 2, width, stride, device=device)
+    for band in ys.split(max(1, max_pixels // max(1, len(xs)))):
+        yield _grid(band, xs)
+
+
+def grid_map(values: torch.Tensor, grid_width: int) -> torch.Tensor:
+    """Per-pixel values ``(B, P, C)`` of whole grid rows -> maps ``(B, C, P / grid_width, grid_width)``."""
+    return values.transpose(1, 2).reshape(values.shape[0], values.shape[2], -1, grid_width)
 
 
 def pixel_centers(pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -83,8 +83,15 @@ class ColorizationMetrics(torch.nn.Module):
         self.psnr = torch.nn.ModuleDict({f"psnr{n}": PeakSignalNoiseRatio(data_range=1.0) for n in self.names})
 
     def update(self, pred_rgb: torch.Tensor, true_rgb: torch.Tensor, baselines: dict[str, torch.Tensor],
-               rebalance: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-        true_ab = rgb_to_lab(true_rgb)[:, 1:]
+               rebalance: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               true_ab: torch.Tensor | None = None) -> None:
+        """``true_ab (B, 2, H, W)``: the truth's colour when the caller has it (else computed from ``true_rgb``).
+
+        Predictions and baselines are measured as displayed: their ab is read back from their RGB, after
+        the clip to the sRGB gamut that every shown image goes through.
+        """
+        if true_ab is None:
+            true_ab = rgb_to_lab(true_rgb)[:, 1:]
         weights = rebalance(true_ab) if rebalance is not None else None
         for suffix, rgb in (("", pred_rgb), ("_gray", baselines["gray"]), ("_prior", baselines["prior"])):
             pred_ab = rgb_to_lab(rgb)[:, 1:]

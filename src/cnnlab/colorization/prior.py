@@ -10,6 +10,7 @@ import hashlib
 import logging
 from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 
 from cnnlab.color import rgb_to_lab
@@ -76,3 +77,25 @@ def cached_ab_stats(images: torch.Tensor, centers: torch.Tensor, name: str, cach
     atomic_save(path, lambda tmp: torch.save(stats, tmp))
     log.info("ab prior of %d images cached in %s", stats["images"], path)
     return stats
+
+
+class BindColorizerToData(pl.Callback):
+    """Tells a colorizer what its data module delivers, before any step.
+
+    It reads the batches' colour space (rgb or lab) and, once, fits the ab prior on the training split
+    (cached under ``data_dir``); the prior then travels in the checkpoint, so a loaded model is not refitted.
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        dm = getattr(trainer, "datamodule", None)
+        pl_module.batch_space = getattr(dm, "color_space", "rgb")
+        if bool(pl_module.prior_ready):
+            return
+        splits = getattr(dm, "splits", None)
+        if not splits or "train" not in splits:
+            log.warning("no training images to compute the ab prior from: using a uniform prior")
+            return
+        h = dm.hparams
+        cache = Path(h.data_dir) / "colorization" if pl_module.hparams.prior_cache and h.get("data_dir") else None
+        stats = pl_module.fit_prior(splits["train"].images, f"{h.name}_{h.image_size}", cache)
+        log.info("ab prior from %d training images (%.1f%% all gray)", stats["images"], 100 * stats["gray_fraction"])

@@ -32,10 +32,10 @@ from PIL import Image, UnidentifiedImageError
 
 from cnnlab.errors import UserError
 from cnnlab.io.files import atomic_dir
+from cnnlab.io.images import IMAGE_SUFFIXES, rgb_image
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 #: split directory names recognised inside an ImageFolder, mapped to the split they become
 SPLIT_DIRS = {"train": "train", "test": "test", "val": "test", "valid": "test", "validation": "test"}
 CACHE_VERSION = 1
@@ -101,16 +101,15 @@ def write_cache(path: Path, classes: list[str], splits: dict[str, CachedSplit], 
 
 def decode_image(data: bytes, image_size: int) -> np.ndarray:
     """JPEG/PNG bytes -> ``(3, S, S)`` uint8: RGB, shorter side resized to S, centre-cropped."""
-    with Image.open(io.BytesIO(data)) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        if (w, h) != (image_size, image_size):
-            scale = image_size / min(w, h)
-            nw, nh = max(image_size, round(w * scale)), max(image_size, round(h * scale))
-            im = im.resize((nw, nh), Image.BICUBIC)
-            left, top = (nw - image_size) // 2, (nh - image_size) // 2
-            im = im.crop((left, top, left + image_size, top + image_size))
-        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+    im = rgb_image(io.BytesIO(data))
+    w, h = im.size
+    if (w, h) != (image_size, image_size):
+        scale = image_size / min(w, h)
+        nw, nh = max(image_size, round(w * scale)), max(image_size, round(h * scale))
+        im = im.resize((nw, nh), Image.BICUBIC)
+        left, top = (nw - image_size) // 2, (nh - image_size) // 2
+        im = im.crop((left, top, left + image_size, top + image_size))
+    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
 
 
 def _split_class(parts: tuple[str, ...]) -> tuple[str | None, str] | None:

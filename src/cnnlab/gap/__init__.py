@@ -1,13 +1,15 @@
 """``cnnlab-gap``: how much of the gap between a random init and supervised pretraining does
 colorization pretraining close? (``python -m cnnlab.gap``)
 
-    cnnlab-gap                    # the quick budget: real CIFAR-10, 2-core CPU, about 30 min
+    cnnlab-gap                    # the quick budget: real CIFAR-10, 2-core CPU, <= 15 min
+    cnnlab-gap budget=standard    # the headline: 3 seeds x 2 label subsets, <= 2 h on a 2-core CPU
     cnnlab-gap budget=smoke       # synthetic data, seconds (what the tests run)
-    cnnlab-gap budget=full        # one GPU, about an hour
-    cnnlab-gap seeds=[0,1,2] label_fractions=[0.01,0.1,1.0]
+    cnnlab-gap budget=gpu_check   # every arm kind on one GPU in minutes; budget=full: hours
+    cnnlab-gap seeds=[0,1,2] label_subsets=[0,1] label_fractions=[0.01,0.1]
 
 Every arm runs into ``outputs/gap/<budget>/arms/<arm>/``; rerunning the same command reuses the
-finished arms, so an interrupted reproduction resumes. See :mod:`cnnlab.gap.arms`.
+finished arms, so an interrupted reproduction resumes. See :mod:`cnnlab.gap.arms` (what an arm is),
+:mod:`cnnlab.gap.runner` (plan / execute / report) and :mod:`cnnlab.gap.configs` (arms as composed configs).
 """
 
 from __future__ import annotations

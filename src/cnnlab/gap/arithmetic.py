@@ -1,4 +1,12 @@
-"""Gap arithmetic: gap closed = (colorization - random) / (supervised - random), with spreads over seeds.
+"""Gap arithmetic over paired runs: differences with a t-interval, the gap closed with a bootstrap interval.
+
+A *paired run* is one (pretraining seed, label subset) unit: the three inits of a unit share the seed, the
+labelled subset and the data order, so their differences cancel what the unit shares. With accuracies
+``c_i, r_i, s_i`` (colorization, random, supervised) of unit ``i``:
+
+- paired difference ``d_i = c_i - r_i``: mean, 95% t-interval ``mean ± t(0.975, n-1) * sd / sqrt(n)``;
+- gap closed ``sum_i (c_i - r_i) / sum_i (s_i - r_i)`` (the ratio of the mean differences), with a 95%
+  percentile interval from a paired bootstrap (units resampled with replacement, all three inits together).
 
 When supervised pretraining does not beat the random init (a zero or negative denominator) the ratio
 means nothing: it is reported as undefined with the reason, never as a division error or a huge number.
@@ -9,9 +17,12 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
+import numpy as np
+
 ZERO_DENOMINATOR = "undefined: supervised = random (zero denominator)"
 NEGATIVE_DENOMINATOR = "undefined: supervised < random (negative denominator)"
 MISSING = "undefined: an accuracy is missing"
+CONFIDENCE = 0.95
 
 
 def _finite(x) -> bool:
@@ -33,50 +44,98 @@ def gap_closed(colorization: float | None, random: float | None, supervised: flo
     return (colorization - random) / den, ""
 
 
-def mean_std(values: Iterable[float | None]) -> dict:
-    """``{"mean", "std", "n", "values"}`` over the finite values (std: sample std, 0 for one value; None if none)."""
-    values = list(values)
-    ok = [v for v in values if _finite(v)]
-    if not ok:
-        return {"mean": None, "std": None, "n": 0, "values": values}
-    m = sum(ok) / len(ok)
-    sd = math.sqrt(sum((v - m) ** 2 for v in ok) / (len(ok) - 1)) if len(ok) > 1 else 0.0
-    return {"mean": m, "std": sd, "n": len(ok), "values": values}
+def t_critical(n: int, confidence: float = CONFIDENCE) -> float | None:
+    """Two-sided Student t critical value with ``n - 1`` degrees of freedom (None for n < 2)."""
+    if n < 2:
+        return None
+    from scipy.stats import t  # scipy comes with scikit-learn
+
+    return float(t.ppf(0.5 + confidence / 2, n - 1))
 
 
-def gap_summary(colorization: Sequence[float | None], random: Sequence[float | None], supervised: Sequence[float | None]) -> dict:
-    """Gap closed per seed (the i-th seed of each init together), their mean and spread, and the gap of the means.
+def mean_ci(values: Iterable[float | None], confidence: float = CONFIDENCE) -> dict:
+    """``{"mean", "low", "high", "n", "values"}``: the mean of the finite values and its t-interval.
 
-    Returns ``{"mean", "std", "n", "values", "notes", "of_means", "of_means_note"}``; ``notes`` holds one
-    note per seed ("" where defined).
+    ``low``/``high`` are None when n < 2 (one value has no interval); ``mean`` is None when n = 0.
     """
-    per_seed = [gap_closed(c, r, s) for c, r, s in zip(colorization, random, supervised)]
-    summary = mean_std(v for v, _ in per_seed)
-    summary["notes"] = [n for _, n in per_seed]
-    m = {k: mean_std(v)["mean"] for k, v in (("c", colorization), ("r", random), ("s", supervised))}
-    summary["of_means"], summary["of_means_note"] = gap_closed(m["c"], m["r"], m["s"])
-    return summary
+    values = list(values)
+    ok = [float(v) for v in values if _finite(v)]
+    n = len(ok)
+    out = {"mean": None, "low": None, "high": None, "n": n, "values": values}
+    if not ok:
+        return out
+    m = sum(ok) / n
+    out["mean"] = m
+    t = t_critical(n, confidence)
+    if t is not None:
+        half = t * math.sqrt(sum((v - m) ** 2 for v in ok) / (n - 1)) / math.sqrt(n)
+        out["low"], out["high"] = m - half, m + half
+    return out
 
 
-def format_gap(summary: dict) -> str:
-    """``"48% ± 5"`` / ``"48%"`` / ``"n/a (supervised < random)"`` for tables."""
-    if summary.get("mean") is None:
-        note = next((n for n in summary.get("notes", []) if n), summary.get("of_means_note") or MISSING)
-        return "n/a (" + note.split(": ", 1)[-1].split(" (")[0] + ")"
-    text = f"{100 * summary['mean']:.0f}%"
-    if summary.get("n", 0) > 1:
-        text += f" ± {100 * summary['std']:.0f}"
-    undefined = sum(1 for n in summary.get("notes", []) if n)
-    if undefined:
-        text += f" ({undefined} seed(s) undefined)"
+def paired_difference(a: Sequence[float | None], b: Sequence[float | None], confidence: float = CONFIDENCE) -> dict:
+    """``a - b`` per paired run (units where either is missing drop out), its mean and t-interval."""
+    return mean_ci([x - y if _finite(x) and _finite(y) else None for x, y in zip(a, b)], confidence)
+
+
+def gap_interval(colorization: Sequence[float | None], random: Sequence[float | None], supervised: Sequence[float | None],
+                 resamples: int = 10_000, seed: int = 0, confidence: float = CONFIDENCE) -> dict:
+    """The gap closed over paired runs, with a paired-bootstrap percentile interval.
+
+    Returns ``{"mean", "low", "high", "n", "note", "undefined_resamples"}``: ``mean`` is the ratio of the
+    mean differences (None with ``note`` when undefined); the interval is None for n < 2, and also when more
+    than ``1 - confidence`` of the resamples have a denominator <= 0 (the interval would then hide them).
+    """
+    units = [(c, r, s) for c, r, s in zip(colorization, random, supervised) if _finite(c) and _finite(r) and _finite(s)]
+    n = len(units)
+    out = {"mean": None, "low": None, "high": None, "n": n, "note": "", "undefined_resamples": 0, "resamples": 0}
+    if not units:
+        out["note"] = MISSING
+        return out
+    arr = np.asarray(units, dtype=np.float64)
+    num, den = arr[:, 0] - arr[:, 1], arr[:, 2] - arr[:, 1]
+    out["mean"], out["note"] = gap_closed(*(float(v) for v in arr.mean(0)))
+    if out["mean"] is None or n < 2:
+        return out
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    nums, dens = num[idx].mean(1), den[idx].mean(1)
+    defined = dens > 1e-9
+    out["resamples"] = resamples
+    out["undefined_resamples"] = int((~defined).sum())
+    if out["undefined_resamples"] > (1 - confidence) * resamples:
+        out["note"] = f"no interval: {out['undefined_resamples']} of {resamples} resamples have supervised <= random"
+        return out
+    ratios = nums[defined] / dens[defined]
+    tail = 100 * (1 - confidence) / 2
+    out["low"], out["high"] = (float(v) for v in np.percentile(ratios, [tail, 100 - tail]))
+    return out
+
+
+def _short(note: str) -> str:
+    return note.split(": ", 1)[-1].split(" (")[0]
+
+
+def format_interval(stats: dict, scale: float = 100.0, digits: int = 1, unit: str = "") -> str:
+    """``"45.1 [43.0, 47.2], n = 6"``; ``"45.1, n = 1 (no interval)"``; ``"n/a (reason)"``; ``"–"`` when missing."""
+    if stats.get("mean") is None:
+        note = stats.get("note")
+        return f"n/a ({_short(note)})" if note else "–"
+    fmt = f"{{:.{digits}f}}{unit}"
+    text = fmt.format(scale * stats["mean"])
+    if stats.get("low") is not None:
+        text += f" [{fmt.format(scale * stats['low'])}, {fmt.format(scale * stats['high'])}]"
+    text += f", n = {stats['n']}"
+    if stats.get("low") is None:
+        reason = stats["note"] if str(stats.get("note", "")).startswith("no interval") else "no interval"
+        text += f" ({reason})"
     return text
+
+
+def format_gap(stats: dict) -> str:
+    """The gap closed in percent: ``"48% [30%, 61%], n = 6"`` or ``"n/a (supervised < random)"``."""
+    return format_interval(stats, digits=0, unit="%")
 
 
 def format_acc(stats: dict) -> str:
-    """``"45.1 ± 0.3"`` (percent) or ``"–"`` when missing."""
-    if stats.get("mean") is None:
-        return "–"
-    text = f"{100 * stats['mean']:.1f}"
-    if stats.get("n", 0) > 1:
-        text += f" ± {100 * stats['std']:.1f}"
-    return text
+    """An accuracy or a difference in percentage points: ``"45.1 [43.0, 47.2], n = 6"``."""
+    return format_interval(stats)

@@ -1,130 +1,256 @@
-"""Collecting the arms' numbers into the gap results: JSON, markdown tables, a plot, and W&B."""
+"""Collecting the arms' numbers into the gap results: JSON, markdown tables, a plot, and W&B.
+
+Every accuracy in the tables was read on the test split once, with choices made on validation (the best tap
+per init, the probe weight decay per tap, the fine-tune learning rate and checkpoint); the validation numbers
+behind those choices are in ``gap_results.json``. Intervals: 95% t-intervals over paired runs for accuracies
+and differences, a paired bootstrap for the gap closed (see :mod:`cnnlab.gap.arithmetic`).
+"""
 
 from __future__ import annotations
 
-import json
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from cnnlab.gap.arithmetic import format_acc, format_gap, gap_summary, mean_std
+from cnnlab.gap.arithmetic import format_acc, format_gap, gap_interval, mean_ci, paired_difference
+from cnnlab.gap.select import best_tap
+from cnnlab.io.files import write_json, write_text
 
 log = logging.getLogger(__name__)
 
 ROW_ORDER = ("supervised", "random", "colorization")  # the published tables' order
+TRIO = ("colorization", "random", "supervised")
 
 
-def summarize(probe: dict, finetune: dict, inits: Sequence[str], seeds: Sequence[int], taps: Sequence[str],
-              fractions: Sequence[float]) -> dict:
-    """Mean/spread per init and the gap closed, from raw per-seed accuracies.
+def unit_key(unit) -> str:
+    """``(0, 1)`` -> ``seed0_sub1`` (a paired run's name in the results)."""
+    seed, subset = unit
+    return f"seed{seed}" + ("" if subset is None else f"_sub{subset}")
 
-    ``probe[init][seed][tap]`` and ``finetune[init][seed][fraction]`` are top-1 accuracies in [0, 1]
-    (missing entries are allowed: they count as undefined).
-    """
-    def acc(table, init, seed, k):
-        return table.get(init, {}).get(seed, {}).get(k)
 
-    out: dict = {"inits": list(inits), "seeds": list(seeds), "taps": list(taps), "label_fractions": list(fractions)}
-    out["probe"] = {i: {t: mean_std(acc(probe, i, s, t) for s in seeds) for t in taps} for i in inits}
-    # each init at its own best tap (by mean over seeds), as "the best layer" in the published tables
-    best = {}
+def paired_block(acc: dict[str, dict], units: list) -> dict:
+    """Differences and gap closed over ``units`` (paired runs every init has); ``acc[init][unit]`` is an accuracy."""
+    col = {i: [acc.get(i, {}).get(u) for u in units] for i in TRIO}
+    return {"colorization - random": paired_difference(col["colorization"], col["random"]),
+            "supervised - colorization": paired_difference(col["supervised"], col["colorization"]),
+            "gap_closed": gap_interval(col["colorization"], col["random"], col["supervised"])}
+
+
+def _shared_units(table: dict, inits: Sequence[str]) -> list:
+    sets = [set(table.get(i, {})) for i in inits]
+    return sorted(set.intersection(*sets), key=lambda u: (u[0], -1 if u[1] is None else u[1])) if sets else []
+
+
+def _per_tap(probe: dict, inits, taps, family: str, units_of: dict) -> dict:
+    out = {}
     for i in inits:
-        scored = [(out["probe"][i][t]["mean"], t) for t in taps if out["probe"][i][t]["mean"] is not None]
-        if scored:
-            tap = max(scored)[1]
-            best[i] = {"tap": tap, **out["probe"][i][tap]}
-    out["probe_best"] = best
-    out["finetune"] = {i: {str(f): mean_std(acc(finetune, i, s, f) for s in seeds) for f in fractions} for i in inits}
-    if all(i in inits for i in ("random", "colorization", "supervised")):
-        def per_seed(table, init, k):
-            return [acc(table, init, s, k) for s in seeds]
-
-        out["probe_gap"] = {t: gap_summary(per_seed(probe, "colorization", t), per_seed(probe, "random", t),
-                                           per_seed(probe, "supervised", t)) for t in taps}
-        if len(best) == 3:
-            out["probe_gap"]["best"] = gap_summary(*[[acc(probe, i, s, best[i]["tap"]) for s in seeds]
-                                                     for i in ("colorization", "random", "supervised")])
-        out["finetune_gap"] = {str(f): gap_summary(per_seed(finetune, "colorization", f), per_seed(finetune, "random", f),
-                                                   per_seed(finetune, "supervised", f)) for f in fractions}
+        runs = probe.get(i, {})
+        out[i] = {}
+        for t in taps:
+            val = [runs[u][family][t]["val"] for u in units_of[i] if t in runs[u][family]]
+            test = [runs[u][family][t]["test"] for u in units_of[i] if t in runs[u][family]]
+            entry = {"test": mean_ci(test), "val": mean_ci(val)}
+            if family == "linear":
+                fits = [runs[u][family][t] for u in units_of[i] if t in runs[u][family]]
+                entry["weight_decay_chosen"] = [f["weight_decay"] for f in fits]
+                # a choice at the end of the grid may be short of the optimum (the L-BFGS probe flags it)
+                entry["at_grid_edge"] = sum(bool(f.get("at_grid_edge")) for f in fits)
+            out[i][t] = entry
     return out
 
 
+def summarize(collected: dict, inits: Sequence[str], fractions: Sequence[float], taps: Sequence[str] = ()) -> dict:
+    """Accuracies, paired differences and the gap closed from the finished arms (see :meth:`Runner.collect`).
+
+    ``collected["probe"][init][unit]`` is a probe result (``cnnlab.gap.probing``), ``collected["finetune"][init]
+    [fraction][unit]`` a fine-tune choice (``{"lr", "step", "val", "test", "grid"}``); ``unit = (seed, subset)``.
+    """
+    probe, finetune = collected["probe"], collected["finetune"]
+    inits = list(inits)
+    trio = all(i in inits for i in TRIO)
+    if not taps:
+        taps = next((r["taps"] for runs in probe.values() for r in runs.values()), [])
+    out: dict = {"inits": inits, "taps": list(taps), "label_fractions": [float(f) for f in fractions]}
+    units_of = {i: sorted(probe.get(i, {}), key=lambda u: (u[0], -1 if u[1] is None else u[1])) for i in inits}
+    shared = _shared_units(probe, inits)
+    pr: dict = {"units": [unit_key(u) for u in shared]}
+    for family in ("linear", "knn"):
+        pr[family] = _per_tap(probe, inits, taps, family, units_of)
+    # the "best" tap of each init, chosen on its mean validation accuracy over paired runs (linear probes)
+    best = {}
+    for i in inits:
+        tap = best_tap({t: [probe[i][u]["linear"][t]["val"] for u in units_of[i]] for t in taps}, taps)
+        if tap is not None:
+            best[i] = {"tap": tap, "chosen_on": "validation", "val": pr["linear"][i][tap]["val"]["mean"],
+                       "test": pr["linear"][i][tap]["test"]}
+    pr["best_tap"] = best
+    if trio:
+        for family in ("linear", "knn"):
+            pr[f"{family}_gap"] = {t: paired_block({i: {u: probe[i][u][family][t]["test"] for u in shared} for i in TRIO}, shared)
+                                   for t in taps}
+        if len(best) == len(inits):
+            pr["linear_gap"]["best"] = paired_block({i: {u: probe[i][u]["linear"][best[i]["tap"]]["test"] for u in shared}
+                                                     for i in TRIO}, shared)
+    out["probe"] = pr
+    ft: dict = {}
+    for f in fractions:
+        runs = {i: finetune.get(i, {}).get(float(f), {}) for i in inits}
+        units = _shared_units(runs, inits)
+        entry = {"units": [unit_key(u) for u in units]}
+        for i in inits:
+            rs = list(runs[i].values())
+            entry[i] = {"test": mean_ci(r["test"] for r in rs), "val": mean_ci(r["val"] for r in rs),
+                        "lr_chosen": [r["lr"] for r in rs], "step_chosen": [r["step"] for r in rs]}
+        if trio:
+            entry["gap"] = paired_block({i: {u: runs[i][u]["test"] for u in units} for i in TRIO}, units)
+        ft[str(float(f))] = entry
+    out["finetune"] = ft
+    return out
+
+
+# --------------------------------------------------------------------------------- text
 def _rows(inits: Sequence[str]) -> list[str]:
     return [i for i in ROW_ORDER if i in inits] + [i for i in inits if i not in ROW_ORDER]
 
 
+def _counts(values: list) -> str:
+    c = Counter(values)
+    return ", ".join(f"{v:g} ×{n}" if n > 1 else f"{v:g}" for v, n in sorted(c.items())) if c else "–"
+
+
+_DIFF_ROWS = (("colorization - random", "colorization − random (points)"),
+              ("supervised - colorization", "supervised − colorization (points)"))
+
+
+def _gap_rows(blocks: list[dict | None]) -> list[str]:
+    rows = []
+    for key, label in _DIFF_ROWS:
+        rows.append(f"| {label} | " + " | ".join(format_acc(b[key]) if b else "–" for b in blocks) + " |")
+    rows.append("| gap closed | " + " | ".join(format_gap(b["gap_closed"]) if b else "–" for b in blocks) + " |")
+    return rows
+
+
 def markdown_tables(res: dict) -> str:
-    """The per-tap probe table (shaped like the published per-layer tables) and the label-fraction table."""
-    taps, n = res["taps"], len(res["seeds"])
-    spread = f"mean ± std over {n} seeds" if n > 1 else "1 seed"
-    lines = [f"Linear probes, top-1 % on the test split ({spread}); gap closed = (colorization - random) / (supervised - random)", "",
-             "| init | " + " | ".join(taps) + " | best tap |", "|---" * (len(taps) + 2) + "|"]
-    for i in _rows(res["inits"]):
-        b = res["probe_best"].get(i)
-        best = f"{format_acc(b)} ({b['tap']})" if b else "–"
-        lines.append(f"| {i} | " + " | ".join(format_acc(res["probe"][i][t]) for t in taps) + f" | {best} |")
-    if "probe_gap" in res:
-        g = res["probe_gap"]
-        lines.append("| gap closed | " + " | ".join(format_gap(g[t]) for t in taps) + f" | {format_gap(g['best']) if 'best' in g else '–'} |")
-    fr = res["label_fractions"]
+    """The per-tap probe tables (shaped like the published per-layer tables) and the label-fraction table."""
+    taps, pr = res["taps"], res["probe"]
+    rows = _rows(res["inits"])
+    lines = ["Every number: top-1 % on the test split, read once per final arm; mean [95% CI], n = paired runs "
+             "(pretraining seed × label subset). Choices (best tap, weight decay, learning rate, checkpoint) were made "
+             "on the validation split; differences use a paired t-interval, the gap closed "
+             "= (colorization − random) / (supervised − random) a paired bootstrap.", ""]
+    best = pr.get("best_tap", {})
+    lines += ["### Linear probes per tap (weight decay chosen on val per tap)", "",
+              "| init | " + " | ".join(taps) + " | best tap (chosen on val) |", "|---" * (len(taps) + 2) + "|"]
+    for i in rows:
+        b = best.get(i)
+        lines.append(f"| {i} | " + " | ".join(format_acc(pr["linear"][i][t]["test"]) for t in taps)
+                     + f" | {format_acc(b['test']) + ' (' + b['tap'] + ')' if b else '–'} |")
+    if "linear_gap" in pr:
+        lines += _gap_rows([pr["linear_gap"].get(t) for t in taps] + [pr["linear_gap"].get("best")])
+    lines += ["", "Weight decay chosen on val (per paired run):", "", "| init | " + " | ".join(taps) + " |", "|---" * (len(taps) + 1) + "|"]
+    for i in rows:
+        cells = [_counts(pr["linear"][i][t]["weight_decay_chosen"])
+                 + (f" (at the grid's edge ×{pr['linear'][i][t]['at_grid_edge']})" if pr["linear"][i][t].get("at_grid_edge") else "")
+                 for t in taps]
+        lines.append(f"| {i} | " + " | ".join(cells) + " |")
+    k = res.get("grids", {}).get("knn", {})
+    lines += ["", f"### kNN per tap (cosine, weighted, k = {k.get('k', '?')}, T = {k.get('temperature', '?')}; nothing tuned)", "",
+              "| init | " + " | ".join(taps) + " |", "|---" * (len(taps) + 1) + "|"]
+    for i in rows:
+        lines.append(f"| {i} | " + " | ".join(format_acc(pr["knn"][i][t]["test"]) for t in taps) + " |")
+    if "knn_gap" in pr:
+        lines += _gap_rows([pr["knn_gap"].get(t) for t in taps])
+    fr = [str(float(f)) for f in res["label_fractions"]]
     if fr:
-        lines += ["", f"Fine-tuning the whole network on a fraction of the labels, top-1 % on the full test split ({spread})", "",
-                  "| init | " + " | ".join(f"{100 * f:g}% labels" for f in fr) + " |", "|---" * (len(fr) + 1) + "|"]
-        for i in _rows(res["inits"]):
-            lines.append(f"| {i} | " + " | ".join(format_acc(res["finetune"][i][str(f)]) for f in fr) + " |")
-        if "finetune_gap" in res:
-            lines.append("| gap closed | " + " | ".join(format_gap(res["finetune_gap"][str(f)]) for f in fr) + " |")
+        ft = res["finetune"]
+        grid = res.get("grids", {}).get("finetune_lr")
+        lines += ["", "### Fine-tuning the whole network on class-balanced label subsets"
+                  + (f" (learning rate from {grid} and checkpoint chosen on val per run)" if grid else ""), "",
+                  "| init | " + " | ".join(f"{100 * float(f):g}% labels" for f in fr) + " |", "|---" * (len(fr) + 1) + "|"]
+        for i in rows:
+            lines.append(f"| {i} | " + " | ".join(format_acc(ft[f][i]["test"]) for f in fr) + " |")
+        lines += _gap_rows([ft[f].get("gap") for f in fr])
+        for i in rows:
+            lines.append(f"| lr chosen on val, {i} | " + " | ".join(_counts(ft[f][i]["lr_chosen"]) for f in fr) + " |")
+    lines += ["", "### Validation accuracies behind the choices (%, mean over paired runs)", "",
+              "| init | best tap val | " + " | ".join(f"fine-tune {100 * float(f):g}% val" for f in fr) + " |",
+              "|---" * (len(fr) + 2) + "|"]
+    for i in rows:
+        b = best.get(i)
+        tap_val = f"{100 * b['val']:.1f} ({b['tap']})" if b and b["val"] is not None else "–"
+        lines.append(f"| {i} | {tap_val} | " + " | ".join(format_acc(res["finetune"][f][i]["val"]) for f in fr) + " |")
     return "\n".join(lines) + "\n"
 
 
+def setup_title(res: dict) -> str:
+    """The setup in words, for the plot and the table: data, network, inits, runs, budget."""
+    bb = res.get("backbone", {})
+    plan = str(bb.get("plan", ""))
+    name = f"{plan.rstrip('0123456789').upper()}-{plan[len(plan.rstrip('0123456789')):]}" if plan[-1:].isdigit() else bb.get("arch", "?")
+    net = name + (f" width {bb['width']}" if "width" in bb else "")
+    proto = res.get("protocol", {})
+    seeds, subsets = len(proto.get("seeds", [])), len(proto.get("label_subsets", []))
+    data = res.get("data", {})
+    dataset = {"cifar10": "CIFAR-10", "stl10": "STL-10", "synthetic": "synthetic shapes"}.get(data.get("name"), data.get("name", "?"))
+    return (f"Pretraining gap on {dataset}, {net} on lightness input: random vs colorization vs supervised; "
+            f"{seeds} pretraining seed(s) × {subsets} label subset(s); budget {res.get('budget', '?')}")
+
+
+# --------------------------------------------------------------------------------- plot
 COLORS = {"supervised": "tab:blue", "random": "tab:gray", "colorization": "tab:orange"}
 
 
 def _accuracy_panel(ax, series: dict, gaps: list, ylabel: str, title: str):
-    """One plot panel: per init, (x, mean, std) points as error bars in %; gap-closed labels above the highest bar."""
+    """Per init, (x, stats) points with their 95% CI as error bars in %; the gap closed above the highest bar."""
     top = 0.0
     for init, rows in series.items():
-        pts = [(x, 100 * m, 100 * (sd or 0.0)) for x, m, sd in rows if m is not None]
-        if pts:
-            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
-                        label=init, color=COLORS.get(init))
-            top = max(top, max(p[1] + p[2] for p in pts))
+        pts = [(x, s) for x, s in rows if s.get("mean") is not None]
+        if not pts:
+            continue
+        xs, ms = [p[0] for p in pts], [100 * p[1]["mean"] for p in pts]
+        lo = [100 * (s["mean"] - s["low"]) if s.get("low") is not None else 0.0 for _, s in pts]
+        hi = [100 * (s["high"] - s["mean"]) if s.get("high") is not None else 0.0 for _, s in pts]
+        ax.errorbar(xs, ms, yerr=[lo, hi], marker="o", capsize=3, label=init, color=COLORS.get(init))
+        top = max(top, max(m + h for m, h in zip(ms, hi)))
     for x, gap in gaps:
-        ax.annotate(format_gap(gap).split(" (")[0], (x, top), textcoords="offset points", xytext=(0, 6),
-                    ha="center", fontsize=7, color="tab:orange")
+        ax.annotate(format_gap(gap).split(", n")[0], (x, top), textcoords="offset points", xytext=(0, 6),
+                    ha="center", fontsize=6, color="tab:orange", rotation=20)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.set_ylim(0, max(10.0, top * 1.15))
+    ax.set_title(title, fontsize=9)
+    ax.set_ylim(0, min(105.0, max(10.0, top * 1.2)))  # an interval past 100% (n = 2) is clipped, not the axis stretched
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="lower right")
     return ax
 
 
 def plot(res: dict, path: str | Path, title: str = "") -> Path:
-    """Accuracy per tap for each init (mean ± std), gap closed written above each tap; fine-tuning beside it."""
+    """Linear probes and kNN per tap, fine-tuning per label fraction: test accuracy with 95% CIs, gap closed above."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    taps, fr = res["taps"], res["label_fractions"]
-    ncols = 2 if fr else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(6.5 * ncols, 4.2), squeeze=False)
+    taps, fr, pr = res["taps"], [str(float(f)) for f in res["label_fractions"]], res["probe"]
+    ncols = 3 if fr else 2
+    fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 4.4), squeeze=False)
     xs = list(range(len(taps)))
-    probe = {i: [(x, res["probe"][i][t]["mean"], res["probe"][i][t]["std"]) for x, t in zip(xs, taps)] for i in _rows(res["inits"])}
-    probe_gaps = [(x, res["probe_gap"][t]) for x, t in zip(xs, taps)] if "probe_gap" in res else []
-    ax = _accuracy_panel(axes[0][0], probe, probe_gaps, "linear probe top-1 (%)", "Linear probes per tap (orange: gap closed)")
-    ax.set_xticks(xs, taps, rotation=30, fontsize=8)
+    for col, family, name in ((0, "linear", "Linear probes per tap (weight decay chosen on val)"), (1, "knn", "kNN per tap")):
+        series = {i: [(x, pr[family][i][t]["test"]) for x, t in zip(xs, taps)] for i in _rows(res["inits"])}
+        gaps = [(x, pr[f"{family}_gap"][t]["gap_closed"]) for x, t in zip(xs, taps)] if f"{family}_gap" in pr else []
+        ax = _accuracy_panel(axes[0][col], series, gaps, "test top-1 (%)", name)
+        ax.set_xticks(xs, taps, rotation=30, fontsize=8)
     if fr:
-        tune = {i: [(f, res["finetune"][i][str(f)]["mean"], res["finetune"][i][str(f)]["std"]) for f in fr] for i in _rows(res["inits"])}
-        tune_gaps = [(f, res["finetune_gap"][str(f)]) for f in fr] if "finetune_gap" in res else []
-        ax = _accuracy_panel(axes[0][1], tune, tune_gaps, "fine-tuned top-1 (%)", "Fine-tuning on a fraction of the labels")
-        if len(fr) > 1:
+        fx = [float(f) for f in fr]
+        series = {i: [(x, res["finetune"][f][i]["test"]) for x, f in zip(fx, fr)] for i in _rows(res["inits"])}
+        gaps = [(x, res["finetune"][f]["gap"]["gap_closed"]) for x, f in zip(fx, fr) if "gap" in res["finetune"][f]]
+        ax = _accuracy_panel(axes[0][2], series, gaps, "test top-1 (%)", "Fine-tuning (lr and checkpoint chosen on val)")
+        if len(fx) > 1:
             ax.set_xscale("log")
-        ax.set_xticks(fr, [f"{100 * f:g}%" for f in fr])
+        ax.set_xticks(fx, [f"{100 * f:g}%" for f in fx])
         ax.set_xlabel("labels used")
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title + "\nerror bars: 95% CI over paired runs; orange: gap closed [95% bootstrap CI]", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,8 +264,8 @@ def write_report(res: dict, out_dir: str | Path, title: str = "") -> dict[str, P
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "gap_results.json", "markdown": out_dir / "gap_table.md", "plot": out_dir / "gap.png"}
-    paths["json"].write_text(json.dumps(res, indent=2, sort_keys=False, default=str))
-    paths["markdown"].write_text((f"## {title}\n\n" if title else "") + markdown_tables(res))
+    write_json(paths["json"], res)
+    write_text(paths["markdown"], (f"## {title}\n\n" if title else "") + markdown_tables(res))
     plot(res, paths["plot"], title)
     return paths
 
@@ -160,25 +286,15 @@ def log_to_wandb(res: dict, paths: dict[str, Path], out_dir: str | Path, name: s
     except Exception as err:  # noqa: BLE001 - network/auth errors: the files on disk are the result
         log.warning("W&B failed (%s): the report files are on disk anyway", err)
         return None
-    taps = res["taps"]
-    table = wandb.Table(columns=["init", *taps, "best_tap", "best_acc"])
-    for i in _rows(res["inits"]):
-        b = res["probe_best"].get(i, {})
-        table.add_data(i, *[res["probe"][i][t]["mean"] for t in taps], b.get("tap"), b.get("mean"))
-    if "probe_gap" in res:
-        table.add_data("gap_closed", *[res["probe_gap"][t]["mean"] for t in taps], "best", res["probe_gap"].get("best", {}).get("mean"))
-    fr = res["label_fractions"]
-    ft = wandb.Table(columns=["init", *[f"labels_{f:g}" for f in fr]])
-    for i in _rows(res["inits"]):
-        ft.add_data(i, *[res["finetune"][i][str(f)]["mean"] for f in fr])
-    if "finetune_gap" in res:
-        ft.add_data("gap_closed", *[res["finetune_gap"][str(f)]["mean"] for f in fr])
-    run.log({"gap/probe_table": table, "gap/finetune_table": ft, "gap/plot": wandb.Image(str(paths["plot"])),
-             "gap/markdown": wandb.Html("<pre>" + paths["markdown"].read_text() + "</pre>")})
-    for k, v in (res.get("probe_gap") or {}).items():
-        run.summary[f"gap_closed/probe/{k}"] = v["mean"]
-    for k, v in (res.get("finetune_gap") or {}).items():
-        run.summary[f"gap_closed/finetune/{k}"] = v["mean"]
+    run.log({"gap/plot": wandb.Image(str(paths["plot"])), "gap/markdown": wandb.Html("<pre>" + paths["markdown"].read_text() + "</pre>")})
+    pr = res["probe"]
+    for t, block in (pr.get("linear_gap") or {}).items():
+        run.summary[f"gap_closed/linear/{t}"] = block["gap_closed"]["mean"]
+    for t, block in (pr.get("knn_gap") or {}).items():
+        run.summary[f"gap_closed/knn/{t}"] = block["gap_closed"]["mean"]
+    for f, entry in res["finetune"].items():
+        if "gap" in entry:
+            run.summary[f"gap_closed/finetune/{f}"] = entry["gap"]["gap_closed"]["mean"]
     run_dir = run.dir
     run.finish()
     return str(Path(run_dir).parent)

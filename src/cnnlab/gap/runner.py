@@ -1,12 +1,16 @@
-"""Orchestration of the gap experiment: plan the arms, run what is not done, report."""
+"""Orchestration of the gap experiment in three steps: plan the arms, execute what is not done, report."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import platform
 import shlex
+import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -14,17 +18,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.backbones import load_trunk, save_trunk
-from cnnlab.io.files import write_json
 from cnnlab.errors import UserError
 from cnnlab.features import state_fingerprint
 from cnnlab.gap import arms as A
-from cnnlab.gap.report import log_to_wandb, markdown_tables, summarize, write_report
-from cnnlab.probes import calibrate_batchnorm, check_trunk_matches, probe_trunk_cached
+from cnnlab.gap.configs import ArmConfigs, location_free, write_config
+from cnnlab.gap.report import log_to_wandb, markdown_tables, setup_title, summarize, unit_key, write_report
+from cnnlab.gap.select import best_learning_rate
+from cnnlab.io.files import write_json
+from cnnlab.probes import calibrate_batchnorm, check_trunk_matches
 
 log = logging.getLogger("cnnlab.gap")
-
-# keys of the data config the gap sets per arm (or that only make sense in this process)
-_DATA_SKIP = ("_target_", "data_dir", "label_seed", "shuffle_seed", "label_fraction")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -33,114 +36,221 @@ def validate(cfg: DictConfig) -> None:
     bad = [i for i in inits if i not in A.INITS]
     if bad or not inits:
         raise UserError(f"unknown init(s) {bad or inits}: inits must be a subset of {list(A.INITS)}")
-    if not list(cfg.seeds):
-        raise UserError("seeds is empty: give at least one, e.g. seeds=[0,1]")
+    for name in ("seeds", "label_subsets", "finetune.lrs"):
+        if not list(OmegaConf.select(cfg, name) or []):
+            raise UserError(f"{name} is empty: give at least one value, e.g. {name}=[0,1]")
     for f in cfg.label_fractions:
         if not isinstance(f, (int, float)) or not 0.0 < float(f) <= 1.0:
-            raise UserError(f"label fraction {f} is outside (0, 1]: use e.g. label_fractions=[0.01,0.1,1.0]")
+            raise UserError(f"label fraction {f} is outside (0, 1]: use e.g. label_fractions=[0.01,0.1]")
+    if not 0.0 < float(cfg.probe.label_fraction) <= 1.0:
+        raise UserError(f"probe.label_fraction={cfg.probe.label_fraction} is outside (0, 1]")
     if cfg.data.color_space not in ("L", "gray"):
         raise UserError(f"data.color_space={cfg.data.color_space}: every arm must see one lightness channel "
                         "(a colorization trunk cannot take colour), set data.color_space=L")
-    if cfg.probe.mode not in ("cached", "lightning"):
-        raise UserError(f"probe.mode={cfg.probe.mode}: choose cached or lightning")
+    if not float(cfg.data.val_fraction) > 0:
+        raise UserError("data.val_fraction=0: every choice of the gap is made on the validation split; give it e.g. 0.02")
     if cfg.probe.taps:
         hydra.utils.instantiate(cfg.backbone).check_taps(list(cfg.probe.taps))  # unknown tap: one line now, not after pretraining
     conf_dir = Path(cfg.paths.root_dir) / "conf"
     for init in inits:
         if init == "random":
             continue
-        for o in cfg.pretrain[init].overrides:
-            if str(o).startswith("experiment="):
-                name = str(o).split("=", 1)[1]
-                if not (conf_dir / "experiment" / f"{name}.yaml").is_file():
-                    raise UserError(f"the {init} pretraining needs experiment={name} (conf/experiment/{name}.yaml), which does not exist: "
-                                    f"add it, or leave {init} out (inits=[...])")
-
-
-def shared_overrides(cfg: DictConfig, choices: dict, seed: int, name: str, with_backbone: bool = True) -> list[str]:
-    """What every cnnlab-train arm shares: the same data (colour space included) and backbone, a seed, tags."""
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    out = [f"data={choices['data']}", *A.flatten_overrides("data", data, skip=_DATA_SKIP),
-           f"paths.data_dir={A.format_value(str(cfg.paths.data_dir))}"]
-    if with_backbone:
-        bb = OmegaConf.to_container(cfg.backbone, resolve=True)
-        out += [f"backbone={choices['backbone']}", *A.flatten_overrides("backbone", bb, skip=("_target_", "in_channels"))]
-    out += [f"seed={seed}", f"task_name={name}", f"tags={A.format_value(['gap', str(cfg.budget_name)])}"]
-    return out + [str(o) for o in cfg.train_overrides]
-
-
-def arm_command(cfg: DictConfig, choices: dict, arm: A.Arm, trunk: Path | None, arch: str = "") -> list[str]:
-    """The cnnlab-train overrides of a subprocess arm (empty for in-process arms)."""
-    if arm.kind == "trunk":
-        if arm.init == "random":
-            return []
-        return shared_overrides(cfg, choices, arm.seed, arm.name) + [str(o) for o in cfg.pretrain[arm.init].overrides]
-    if arm.kind == "probe":
-        if cfg.probe.mode == "cached":
-            return []
-        return shared_overrides(cfg, choices, arm.seed, arm.name) + [
-            "model=linear_probe", f"model.trunk={A.format_value(str(trunk))}", f"model.taps={A.format_value(list(cfg.probe.taps) if cfg.probe.taps else None)}",
-            f"model.target_dims={A.format_value(cfg.probe.target_dims)}", f"model.expect_arch={arch}",
-            *[str(o) for o in cfg.probe.overrides]]
-    return shared_overrides(cfg, choices, arm.seed, arm.name, with_backbone=False) + [
-        "backbone=trunk", f"backbone.path={A.format_value(str(trunk))}", f"data.label_fraction={arm.fraction!r}",
-        *[str(o) for o in cfg.finetune.overrides]]
-
-
-def _arch(cfg: DictConfig) -> tuple[str, dict]:
-    backbone = hydra.utils.instantiate(cfg.backbone)
-    return backbone.arch, dict(backbone.arch_kwargs)
+        for group, choice in (cfg.pretrain[init].groups or {}).items():
+            if not (conf_dir / str(group) / f"{choice}.yaml").is_file():
+                raise UserError(f"the {init} pretraining needs {group}={choice} (conf/{group}/{choice}.yaml), which does not exist: "
+                                f"add it, or leave {init} out (inits=[...])")
 
 
 def _device(name: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
+@contextlib.contextmanager
+def _arm_output(log_path: Path):
+    """An in-process arm's console output goes to its arm.log: prints (the config tree), warnings, and log records
+    (the console keeps only warnings and errors while the arm runs)."""
+    root = logging.getLogger()
+    consoles = [h for h in root.handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    levels = [h.level for h in consoles]
+    with open(log_path, "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        to_file = logging.StreamHandler(fh)
+        to_file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        root.addHandler(to_file)
+        for h in consoles:
+            h.setLevel(max(h.level, logging.WARNING))
+        try:
+            yield
+        finally:
+            root.removeHandler(to_file)
+            for h, lv in zip(consoles, levels):
+                h.setLevel(lv)
+
+
+def best_checkpoint(run_dir: Path) -> dict:
+    """``{"path", "val", "step"}`` of the best-on-val checkpoint a candidate fine-tune kept."""
+    found = sorted((run_dir / "checkpoints").glob("best_*.ckpt"))
+    if not found:
+        raise UserError(f"{run_dir} kept no checkpoint: its fine-tune never validated (finetune.evals, trainer settings)")
+    ckpt = torch.load(found[-1], map_location="cpu", weights_only=False)
+    score = next((s["best_model_score"] for k, s in ckpt.get("callbacks", {}).items()
+                  if k.startswith("ModelCheckpoint") and s.get("best_model_score") is not None), None)
+    return {"path": str(found[-1]), "val": None if score is None else float(score), "step": int(ckpt.get("global_step", 0))}
+
+
+@dataclass
+class Plan:
+    arms: list[A.Arm]
+    status: dict[str, str]  # done | check (reused if its trunk comes back unchanged) | to run
+
+    @property
+    def todo(self) -> list[A.Arm]:
+        return [a for a in self.arms if self.status[a.name] != "done"]
+
+
 class Runner:
     def __init__(self, cfg: DictConfig, out_dir: Path, choices: dict):
         self.cfg, self.root, self.choices = cfg, Path(out_dir), choices
-        self.arch, self.arch_kwargs = _arch(cfg)
+        backbone = hydra.utils.instantiate(cfg.backbone)
+        self.arch, self.arch_kwargs = backbone.arch, dict(backbone.arch_kwargs)
+        self.configs = ArmConfigs(cfg, choices)
+        #: what the in-process arms' results depend on in the data config (not where the data lives)
+        self.data_key = {k: v for k, v in self.configs.data.items() if k != "data_dir"}
+        self.timings: dict[str, float] = {}
+        self.by_name: dict[str, A.Arm] = {}
         self._fp: dict[str, str] = {}
-        self._dm = None
-        self.timings: dict[str, dict] = {}
+        self._dms: dict[tuple, object] = {}
 
-    # --------------------------------------------------------------------------- helpers
+    # --------------------------------------------------------------------------- plan
+    def plan(self) -> Plan:
+        c = self.cfg
+        probe_subsets = list(c.label_subsets) if float(c.probe.label_fraction) < 1.0 else [None]
+        arms = A.plan_arms(list(c.inits), [int(s) for s in c.seeds], [float(f) for f in c.label_fractions],
+                           [int(k) for k in c.label_subsets], [float(lr) for lr in c.finetune.lrs], probe_subsets)
+        self.by_name = {a.name: a for a in arms}
+        status = {}
+        for arm in arms:
+            key = self.key(arm)
+            if key is not None and A.is_done(arm, self.root, key):
+                status[arm.name] = "done"
+            else:  # a finished arm whose inputs are being remade is reused if they come back identical
+                status[arm.name] = "check" if key is None and A.is_done(arm, self.root, None) else "to run"
+        return Plan(arms, status)
+
+    # --------------------------------------------------------------------------- keys
     def trunk_path(self, arm: A.Arm) -> Path:
         return self.root / "arms" / arm.trunk_arm / "trunk.pt"
 
     def fingerprint(self, path: Path) -> str:
-        key = f"{path}:{path.stat().st_mtime_ns}"
-        if key not in self._fp:
-            backbone, meta = load_trunk(path)
-            check_trunk_matches(meta, path, arch=self.arch, arch_kwargs=self.arch_kwargs, color_space=self.cfg.data.color_space)
-            self._fp[key] = state_fingerprint(backbone)
-        return self._fp[key]
+        """The trunk's weight hash: recorded by its trunk arm, computed (once per file version) only if it is not."""
+        stamp = f"{path}:{path.stat().st_mtime_ns}"
+        if stamp not in self._fp:
+            marker = A.read_marker(self.by_name[path.parent.name], self.root) if path.parent.name in self.by_name else None
+            if marker and marker.get("trunk_stamp") == path.stat().st_mtime_ns and marker.get("trunk_fingerprint"):
+                self._fp[stamp] = marker["trunk_fingerprint"]
+            else:
+                backbone, meta = load_trunk(path)
+                check_trunk_matches(meta, path, arch=self.arch, arch_kwargs=self.arch_kwargs, color_space=self.cfg.data.color_space)
+                self._fp[stamp] = state_fingerprint(backbone)
+        return self._fp[stamp]
 
-    def key(self, arm: A.Arm) -> tuple[str | None, list[str], str | None]:
-        """``(key, command, trunk fingerprint)``; the key is None while the arm's trunk does not exist yet."""
-        trunk = self.trunk_path(arm) if arm.kind != "trunk" else None
-        if trunk is not None and not trunk.is_file():
-            return None, [], None
-        fp = self.fingerprint(trunk) if trunk is not None else None
-        cmd = arm_command(self.cfg, self.choices, arm, trunk, self.arch)
-        extra = {"random": OmegaConf.to_container(self.cfg.backbone, resolve=True),
-                 "calibrate": self.cfg.random_init.calibrate_batches} if arm.kind == "trunk" and arm.init == "random" else {}
-        if arm.kind == "probe" and self.cfg.probe.mode == "cached":
-            extra = {"probe": OmegaConf.to_container(self.cfg.probe, resolve=True),
-                     "data": OmegaConf.to_container(self.cfg.data, resolve=True)}
-        return A.arm_key(arm, cmd, fp, extra), cmd, fp
+    def arm_config(self, arm: A.Arm):
+        """The composed config of a cnnlab-train arm (None for in-process arms)."""
+        d = arm.dir(self.root)
+        if arm.kind == "trunk" and arm.init != "random":
+            return self.configs.pretrain(arm.init, arm.seed, arm.name, d)
+        if arm.kind == "finetune":
+            return self.configs.finetune(arm.init, arm.seed, arm.subset, arm.fraction, arm.lr, self.trunk_path(arm),
+                                         self.n_labelled(arm.fraction), arm.name, d)
+        return None
 
-    def datamodule(self):
-        if self._dm is None:
-            self._dm = hydra.utils.instantiate(self.cfg.data, label_fraction=1.0, progress=False)
-        return self._dm
+    def key(self, arm: A.Arm) -> str | None:
+        """What the arm's result depends on; None while an input (its trunk, a candidate) does not exist yet."""
+        c = self.cfg
+        what: dict = {"kind": arm.kind}
+        if arm.kind != "trunk":
+            trunk = self.trunk_path(arm)
+            if not trunk.is_file():
+                return None
+            what["trunk"] = self.fingerprint(trunk)
+        if arm.kind == "trunk" and arm.init == "random":
+            what.update(backbone=OmegaConf.to_container(c.backbone, resolve=True), seed=arm.seed,
+                        calibrate=c.random_init.calibrate_batches, data=self.data_key)
+        elif arm.kind == "probe":
+            what.update(probe={k: v for k, v in OmegaConf.to_container(c.probe, resolve=True).items() if k not in ("keep_cache", "device")},
+                        data=self.data_key, subset=arm.subset, seed=arm.seed)
+        elif arm.kind == "finetune_test":
+            keys = [(A.read_marker(self.by_name[n], self.root) or {}).get("key") for n in arm.needs]
+            if None in keys:
+                return None
+            what["candidates"] = keys
+        else:
+            what["config"] = location_free(self.arm_config(arm))
+        return A.arm_key(what)
 
-    # --------------------------------------------------------------------------- running one arm
-    def run_arm(self, arm: A.Arm, key: str, cmd: list[str], fp: str | None) -> None:
+    # --------------------------------------------------------------------------- data
+    def datamodule(self, label_fraction: float = 1.0, label_seed: int = 0):
+        """The gap's data with a label subset; the pool's (fraction 1) is kept, a subset's only until the next one."""
+        k = (float(label_fraction), int(label_seed) if label_fraction < 1.0 else 0)
+        if k not in self._dms:
+            if k[0] < 1.0:
+                self._dms = {key: dm for key, dm in self._dms.items() if key[0] == 1.0}  # one subset copy in memory at a time
+            self._dms[k] = hydra.utils.instantiate(self.cfg.data, label_fraction=k[0], label_seed=k[1], progress=False)
+        return self._dms[k]
+
+    def n_labelled(self, fraction: float) -> int:
+        """About how many labelled images a subset of ``fraction`` holds (it sizes the fine-tune's steps)."""
+        dm = self.datamodule()
+        dm.setup()
+        return max(dm.num_classes, round(fraction * len(dm.splits["train"])))
+
+    # --------------------------------------------------------------------------- execute
+    def execute(self, plan: Plan, console=None) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        todo = plan.todo if self.cfg.run_arms else []
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task("arms", total=len(plan.arms), completed=len(plan.arms) - len(todo))
+            for n, arm in enumerate(todo, start=1):
+                progress.update(task, description=f"[{n}/{len(todo)}] {arm.label} ({arm.name}); {len(todo) - n} more after this")
+                key = self.key(arm)
+                if key is None:
+                    raise UserError(f"arm {arm.name} needs the outputs of {arm.needs or [arm.trunk_arm]}, which did not appear")
+                if not A.is_done(arm, self.root, key):  # a remade input with identical content keeps its dependants
+                    t0 = time.time()
+                    self.run_arm(arm, key)
+                    self.timings[arm.name] = round(time.time() - t0, 1)
+                    progress.console.print(f"  done {arm.name} in {self.timings[arm.name]:.0f} s")
+                progress.advance(task)
+        if not self.cfg.probe.keep_cache:
+            for d in (self.root / "arms").glob("*/features"):
+                shutil.rmtree(d, ignore_errors=True)
+
+    def run_arm(self, arm: A.Arm, key: str) -> None:
         d = A.fresh_dir(arm, self.root)
         t0 = time.time()
-        extra = {}
-        if arm.kind == "trunk" and arm.init == "random":
+        extra = {"run": getattr(self, f"_run_{arm.kind}")(arm, d)}
+        if arm.kind == "trunk":
+            trunk = d / "trunk.pt"
+            extra.update(trunk_stamp=trunk.stat().st_mtime_ns, trunk_fingerprint=extra["run"].pop("fingerprint"))
+        A.mark_done(arm, self.root, key, time.time() - t0, extra)
+
+    def _train_in_process(self, arm_cfg: DictConfig, d: Path) -> None:
+        from cnnlab.train import run
+
+        write_config(arm_cfg, d)
+        with _arm_output(d / "arm.log"):
+            try:
+                run(arm_cfg)
+            except UserError as err:
+                raise UserError(f"arm {d.name} failed: {err} -- full log: {d / 'arm.log'}; rerun cnnlab-gap to resume") from None
+            except Exception as err:
+                print(f"\n{type(err).__name__}: {err}", file=sys.stderr)
+                raise UserError(f"arm {d.name} failed ({type(err).__name__}: {str(err)[:200]}) -- full log: {d / 'arm.log'}; "
+                                "rerun cnnlab-gap to resume") from err
+
+    def _run_trunk(self, arm: A.Arm, d: Path) -> dict:
+        if arm.init == "random":
             torch.manual_seed(int(arm.seed))
             backbone = hydra.utils.instantiate(self.cfg.backbone)
             n_cal = 0
@@ -149,110 +259,126 @@ class Runner:
                 dm.setup()
                 n_cal = calibrate_batchnorm(backbone, dm.loader("train", batch_size=256), lambda u: dm.preprocess(u, train=False),
                                             max_batches=int(self.cfg.random_init.calibrate_batches))
-            save_trunk(d / "trunk.pt", backbone, self.cfg.data.color_space, "random",
-                       {"seed": int(arm.seed), "bn_calibration_images": n_cal})
-        elif arm.kind == "probe" and self.cfg.probe.mode == "cached":
-            p = self.cfg.probe
-            res = probe_trunk_cached(self.trunk_path(arm), self.datamodule(), taps=list(p.taps) if p.taps else None,
-                                     target_dims=p.target_dims, cache_dir=d, keep_cache=p.keep_cache, expect_arch=self.arch,
-                                     expect_arch_kwargs=self.arch_kwargs, device=_device(p.device), progress=sys.stdout.isatty(),
-                                     epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, seed=int(arm.seed))
-            metrics = {f"test/acc/{t}": a for t, a in res["test"].items()} | {f"train/acc/{t}": a for t, a in res["train"].items()}
-            metrics["test/acc"] = max(res["test"].values())
-            write_json(d / "metrics.json", metrics)
-            write_json(d / "probe.json", res)
-        else:
-            A.run_train(arm, A.train_command(cmd, d), d, self.cfg.get("threads"))
-            if arm.kind == "trunk":
-                self.fingerprint(d / "trunk.pt")  # wrong architecture or input type: a clear error now
-        mark_extra = {"trunk_fingerprint": fp, **extra}
-        A.mark_done(arm, self.root, key, time.time() - t0, mark_extra)
+            save_trunk(d / "trunk.pt", backbone, self.cfg.data.color_space, "random", {"seed": int(arm.seed), "bn_calibration_images": n_cal})
+            return {"bn_calibration_images": n_cal, "fingerprint": state_fingerprint(backbone)}
+        self._train_in_process(self.arm_config(arm), d)
+        backbone, meta = load_trunk(d / "trunk.pt")  # read once: checked and hashed here, dependants read the hash
+        check_trunk_matches(meta, d / "trunk.pt", arch=self.arch, arch_kwargs=self.arch_kwargs, color_space=self.cfg.data.color_space)
+        return {"fingerprint": state_fingerprint(backbone)}
 
-    # --------------------------------------------------------------------------- results
-    def collect(self, arms: list[A.Arm]) -> tuple[dict, dict, list[str]]:
-        import json
+    def _run_probe(self, arm: A.Arm, d: Path) -> dict:
+        from cnnlab.gap.probing import probe_trunk
 
+        p = self.cfg.probe
+        dm = self.datamodule(float(p.label_fraction), arm.subset or 0)
+        res = probe_trunk(self.trunk_path(arm), dm, taps=list(p.taps) if p.taps else None, target_dims=p.target_dims,
+                          cache_dir=self.root / "arms" / arm.trunk_arm / "features", weight_decays=list(p.weight_decays),
+                          max_iter=int(p.max_iter), knn_k=int(p.knn.k), knn_temperature=float(p.knn.temperature),
+                          device=_device(p.device), expect_arch=self.arch, expect_arch_kwargs=self.arch_kwargs,
+                          progress=sys.stdout.isatty(), sgd_epochs=int(p.sgd_epochs), seed=int(arm.seed))
+        write_json(d / "probe.json", res)
+        return {"n_train": res["n_train"]}
+
+    def _run_finetune(self, arm: A.Arm, d: Path) -> dict:
+        self._train_in_process(self.arm_config(arm), d)
+        best = best_checkpoint(d)
+        write_json(d / "candidate.json", {"lr": arm.lr, **best})
+        return {"val": best["val"], "step": best["step"], "recipe_skipped": self.configs.recipe_skipped}
+
+    def _run_finetune_test(self, arm: A.Arm, d: Path) -> dict:
+        cands = {self.by_name[n].lr: json.loads((self.by_name[n].dir(self.root) / "candidate.json").read_text()) for n in arm.needs}
+        lr = best_learning_rate({k: v["val"] for k, v in cands.items()})
+        chosen = self.by_name[arm.needs[[self.by_name[n].lr for n in arm.needs].index(lr)]]
+        arm_cfg = ArmConfigs.test_of(OmegaConf.load(chosen.dir(self.root) / "config.yaml"), Path(cands[lr]["path"]), arm.name, d)
+        self._train_in_process(arm_cfg, d)
+        m = json.loads((d / "metrics.json").read_text())
+        choice = {"lr": lr, "step": cands[lr]["step"], "val": cands[lr]["val"], "test": m.get("test/acc"),
+                  "grid": {repr(k): v["val"] for k, v in cands.items()}, "candidate": chosen.name}
+        write_json(d / "choice.json", choice)
+        return choice
+
+    # --------------------------------------------------------------------------- report
+    def collect(self, arms: list[A.Arm]) -> dict:
+        """Per arm kind, the finished arms' numbers keyed by init and paired run."""
         probe: dict = {}
         finetune: dict = {}
-        taps: list[str] = []
         for arm in arms:
-            if arm.kind == "trunk" or not A.is_done(arm, self.root, None):
+            if arm.kind not in ("probe", "finetune_test") or not A.is_done(arm, self.root, None):
                 continue
-            m = json.loads((arm.dir(self.root) / "metrics.json").read_text())
+            d = arm.dir(self.root)
             if arm.kind == "probe":
-                accs = {k[len("test/acc/"):]: v for k, v in m.items() if k.startswith("test/acc/")}
-                probe.setdefault(arm.init, {})[arm.seed] = accs
-                taps = taps or list(accs)
+                probe.setdefault(arm.init, {})[arm.unit] = json.loads((d / "probe.json").read_text())
             else:
-                finetune.setdefault(arm.init, {}).setdefault(arm.seed, {})[arm.fraction] = m.get("test/acc")
-        return probe, finetune, taps
+                finetune.setdefault(arm.init, {}).setdefault(arm.fraction, {})[arm.unit] = json.loads((d / "choice.json").read_text())
+        return {"probe": probe, "finetune": finetune}
 
-    def run(self) -> dict:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-        from rich.table import Table
-
-        cfg = self.cfg
-        if cfg.get("threads"):
-            torch.set_num_threads(int(cfg.threads))
-        arms = A.plan_arms(list(cfg.inits), [int(s) for s in cfg.seeds], [float(f) for f in cfg.label_fractions])
-        console = Console()
-        status = {}
-        for arm in arms:
-            key = self.key(arm)[0]
-            if key is not None and A.is_done(arm, self.root, key):
-                status[arm.name] = "done"
-            else:  # a finished arm whose trunk is being remade is reused if the trunk comes back identical
-                status[arm.name] = "check" if key is None and A.is_done(arm, self.root, None) else "to run"
-        todo = [a for a in arms if status[a.name] != "done"] if cfg.run_arms else []
-        table = Table(title=f"cnnlab-gap · budget {cfg.budget_name} · {len(arms)} arms, {len(arms) - len(todo)} already done (reused)",
-                      show_lines=False)
-        for col in ("arm", "what", "status"):
-            table.add_column(col)
-        for arm in arms:
-            table.add_row(arm.name, arm.label, {"done": "[green]reused[/]", "check": "[cyan]reused if its trunk is unchanged[/]",
-                                                "to run": "[yellow]to run[/]"}[status[arm.name]])
-        console.print(table)
-        console.print(f"run dir: {self.root}")
-        if not cfg.run_arms:
-            console.print("run_arms=false: reporting the finished arms only")
-        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task("arms", total=len(arms), completed=len(arms) - len(todo))
-            for n, arm in enumerate(todo, start=1):
-                left = len(todo) - n
-                progress.update(task, description=f"[{n}/{len(todo)}] {arm.label} ({arm.name}); {left} more after this")
-                key, cmd, fp = self.key(arm)
-                if key is None:
-                    raise UserError(f"arm {arm.name} needs {self.trunk_path(arm)}, which its trunk arm did not write")
-                if A.is_done(arm, self.root, key):  # a trunk rerun with identical weights keeps its dependants
-                    progress.advance(task)
-                    continue
-                t0 = time.time()
-                self.run_arm(arm, key, cmd, fp)
-                progress.console.print(f"  done {arm.name} in {time.time() - t0:.0f} s")
-                self.timings[arm.name] = {"seconds": round(time.time() - t0, 1)}
-                progress.advance(task)
-        console.print(f"arms: ran {len(self.timings)}, reused {len(arms) - len(self.timings)}")
-        probe, finetune, taps = self.collect(arms)
-        taps = taps or (list(cfg.probe.taps) if cfg.probe.taps else [])
-        res = summarize(probe, finetune, list(cfg.inits), [int(s) for s in cfg.seeds], taps, [float(f) for f in cfg.label_fractions])
-        res["budget"] = str(cfg.budget_name)
-        res["arms"] = {a.name: {"kind": a.kind, "init": a.init, "seed": a.seed, "fraction": a.fraction,
-                                "reused": a.name not in self.timings, "seconds": self.timings.get(a.name, {}).get("seconds"), "dir": str(a.dir(self.root))} for a in arms}
-        res["data"] = {"name": cfg.data.name, "color_space": cfg.data.color_space, "train_limit": cfg.data.get("train_limit")}
+    def report(self, plan: Plan, console) -> dict:
+        c = self.cfg
+        collected = self.collect(plan.arms)
+        res = summarize(collected, list(c.inits), list(c.label_fractions), list(c.probe.taps) if c.probe.taps else [])
+        # every paired run's own numbers: each choice with the validation grid it was made from, and its test score
+        res["runs"] = {"probe": {i: {unit_key(u): {k: r[k] for k in ("linear", "knn", "n_train", "n_val", "n_test") if k in r}
+                                     for u, r in runs.items()} for i, runs in collected["probe"].items()},
+                       "finetune": {str(f): {i: {unit_key(u): ch for u, ch in by_f.get(f, {}).items()} for i, by_f in collected["finetune"].items()}
+                                    for f in (float(x) for x in c.label_fractions)}}
+        res["budget"] = str(c.budget_name)
+        res["grids"] = {"finetune_lr": [float(x) for x in c.finetune.lrs], "probe_weight_decay": [float(x) for x in c.probe.weight_decays],
+                        "knn": {"k": int(c.probe.knn.k), "temperature": float(c.probe.knn.temperature)}}
+        res["recipe"] = {"finetune": OmegaConf.to_container(c.finetune, resolve=True), "skipped_recipe_options": self.configs.recipe_skipped,
+                         "pretrain": OmegaConf.to_container(c.pretrain, resolve=True)}
+        res["protocol"] = {
+            "pretraining_pool": "every training image outside the validation split" + (f" (limited to {c.data.train_limit})" if c.data.get("train_limit") else ""),
+            "validation_images": len(self.datamodule().splits["val"]) if self.datamodule().splits else None,
+            "label_subsets": [int(k) for k in c.label_subsets], "seeds": [int(s) for s in c.seeds],
+            "probe_label_fraction": float(c.probe.label_fraction),
+            "chosen_on_validation": ["best tap per init", "probe weight decay per tap", "fine-tune learning rate", "fine-tune checkpoint (step)"],
+            "read_on_test": "each final arm once: the probes with their chosen weight decay, kNN, each fine-tune's chosen checkpoint"}
+        res["arms"] = {a.name: {"kind": a.kind, "init": a.init, "seed": a.seed, "subset": a.subset, "fraction": a.fraction, "lr": a.lr,
+                                "reused": a.name not in self.timings, "seconds": self.timings.get(a.name), "dir": str(a.dir(self.root))}
+                       for a in plan.arms}
+        res["data"] = {"name": c.data.name, "color_space": c.data.color_space, "train_limit": c.data.get("train_limit"),
+                       "val_fraction": float(c.data.val_fraction)}
         res["backbone"] = {"arch": self.arch, **self.arch_kwargs}
         res["machine"] = f"{platform.node()} · {platform.processor() or platform.machine()} · torch {torch.__version__} · " + (
             torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads")
         res["date"] = time.strftime("%Y-%m-%d %H:%M")
         res["command"] = " ".join(["cnnlab-gap", *[shlex.quote(a) for a in sys.argv[1:]]])
-        title = f"Pretraining gap · {cfg.data.name} · {self.arch} {self.arch_kwargs} · budget {cfg.budget_name}"
+        title = setup_title(res)
         paths = write_report(res, self.root, title)
         wandb_dir = None
-        if cfg.report.wandb:
-            wandb_dir = log_to_wandb(res, paths, self.root, name=f"gap_{cfg.budget_name}", mode=cfg.report.wandb_mode,
-                                     config=OmegaConf.to_container(cfg, resolve=True), tags=["gap", str(cfg.budget_name)])
+        if c.report.wandb:
+            wandb_dir = log_to_wandb(res, paths, self.root, name=f"gap_{c.budget_name}", mode=c.report.wandb_mode,
+                                     config=OmegaConf.to_container(c, resolve=True), tags=["gap", str(c.budget_name)])
         console.print(markdown_tables(res), soft_wrap=True, markup=False)
         console.print(f"results: {paths['json']}\ntable:   {paths['markdown']}\nplot:    {paths['plot']}" +
                       (f"\nW&B:     {wandb_dir}" if wandb_dir else ""))
         return res
+
+    # --------------------------------------------------------------------------- all three
+    def show_plan(self, plan: Plan, console) -> None:
+        from rich.table import Table
+
+        todo = plan.todo if self.cfg.run_arms else []
+        table = Table(title=f"cnnlab-gap · budget {self.cfg.budget_name} · {len(plan.arms)} arms, "
+                            f"{len(plan.arms) - len(plan.todo)} already done (reused)")
+        for col in ("arm", "what", "status"):
+            table.add_column(col)
+        for arm in plan.arms:
+            table.add_row(arm.name, arm.label, {"done": "[green]reused[/]", "check": "[cyan]reused if its inputs are unchanged[/]",
+                                                "to run": "[yellow]to run[/]"}[plan.status[arm.name]])
+        console.print(table)
+        console.print(f"run dir: {self.root}")
+        if not todo:
+            console.print("nothing to run" if self.cfg.run_arms else "run_arms=false: reporting the finished arms only")
+
+    def run(self) -> dict:
+        from rich.console import Console
+
+        if self.cfg.get("threads"):
+            torch.set_num_threads(int(self.cfg.threads))
+        console = Console()
+        plan = self.plan()
+        self.show_plan(plan, console)
+        self.execute(plan, console)
+        console.print(f"arms: ran {len(self.timings)}, reused {len(plan.arms) - len(self.timings)}")
+        return self.report(plan, console)

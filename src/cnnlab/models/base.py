@@ -6,7 +6,6 @@ stops on a non-finite loss with a clear message, and says how to export its trun
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import hydra
@@ -34,10 +33,14 @@ def make_backbone(cfg: dict | Backbone) -> Backbone:
 
 
 def build_partial(cfg: dict, **kwargs: Any) -> Any:
-    """Instantiate a ``_partial_`` config (or a plain one) with the runtime arguments added."""
+    """Instantiate a ``_partial_`` config (or a plain one) with the runtime arguments added.
+
+    The runtime arguments go to the built partial directly, not through OmegaConf (which would turn
+    param-group dicts of tensors into DictConfigs the optimizer cannot read).
+    """
     cfg = dict(cfg)
-    cfg.pop("_partial_", None)
-    return hydra.utils.instantiate(cfg, **kwargs)
+    cfg["_partial_"] = True
+    return hydra.utils.instantiate(cfg)(**kwargs)
 
 
 class CnnlabModule(pl.LightningModule):
@@ -45,6 +48,8 @@ class CnnlabModule(pl.LightningModule):
 
     #: what trained the exported trunk (supervised, colorization, ...)
     method = "base"
+    #: linear learning-rate warm-up over this many optimizer steps (0: none); see :meth:`optimizer_step`
+    warmup_steps: int = 0
 
     def __init__(self, optimizer: dict | None = None, scheduler: dict | None = None, compile: bool = False):
         super().__init__()
@@ -68,6 +73,25 @@ class CnnlabModule(pl.LightningModule):
             cfg.setdefault("total_steps", int(self.trainer.estimated_stepping_batches))
         scheduler = build_partial(cfg, optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    def warmup_factor(self, step: int) -> float:
+        """The learning-rate multiplier of optimizer step ``step`` (0-based): ``(step + 1) / warmup_steps``, then 1."""
+        return min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        # warm-up scales every param group's scheduled lr for this one step and puts it back afterwards,
+        # so it composes with any scheduler (epoch- or step-wise) without the scheduler seeing the scaled value
+        factor = self.warmup_factor(self.global_step)
+        if factor == 1.0:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        scheduled = [g["lr"] for g in optimizer.param_groups]
+        for g in optimizer.param_groups:
+            g["lr"] = g["lr"] * factor
+        try:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        finally:
+            for g, lr in zip(optimizer.param_groups, scheduled):
+                g["lr"] = lr
 
     def check_finite(self, loss: torch.Tensor) -> torch.Tensor:
         """Stop the run on a NaN/inf loss; the last good checkpoint is left as it was."""
@@ -116,7 +140,3 @@ class StagedModule(CnnlabModule):
 
     def test_step(self, batch, batch_idx):
         self._step(batch, "test")
-
-
-def nan_safe(x: float) -> float:
-    return x if math.isfinite(x) else float("nan")

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from cnnlab.errors import UserError
 from cnnlab.models.base import StagedModule, as_dict, make_backbone
 
 
@@ -15,6 +16,12 @@ class Classifier(StagedModule):
     """Backbone -> global average pool -> dropout -> linear; cross-entropy with optional label smoothing.
 
     Logs ``{train,val,test}/loss``, ``/acc`` (top-1) and ``/acc_top5`` when there are more than 5 classes.
+
+    Fine-tuning a pretrained trunk (``backbone=trunk``) without distorting it (Kumar et al. 2022, LP-FT):
+    ``trunk_lr_mult`` puts the backbone in its own param group at ``lr * trunk_lr_mult`` (the new head
+    trains at ``lr``); ``warmup_steps`` ramps every group's lr linearly over the first optimizer steps;
+    ``head_only_steps`` freezes the trunk (no gradients, BatchNorm in eval mode so its running statistics
+    stay) for the first optimizer steps, after which everything trains. The defaults change nothing.
     """
 
     method = "supervised"
@@ -28,11 +35,21 @@ class Classifier(StagedModule):
         optimizer: dict | None = None,
         scheduler: dict | None = None,
         compile: bool = False,
+        trunk_lr_mult: float = 1.0,
+        warmup_steps: int = 0,
+        head_only_steps: int = 0,
     ):
         super().__init__(optimizer, scheduler, compile)
+        if trunk_lr_mult < 0 or warmup_steps < 0 or head_only_steps < 0:
+            raise UserError(f"model.trunk_lr_mult ({trunk_lr_mult}), model.warmup_steps ({warmup_steps}) and "
+                            f"model.head_only_steps ({head_only_steps}) must be >= 0")
         self.save_hyperparameters({"backbone": as_dict(backbone), "num_classes": num_classes, "dropout": dropout,
                                    "label_smoothing": label_smoothing, "optimizer": self.optimizer_cfg,
-                                   "scheduler": self.scheduler_cfg, "compile": compile})
+                                   "scheduler": self.scheduler_cfg, "compile": compile, "trunk_lr_mult": trunk_lr_mult,
+                                   "warmup_steps": warmup_steps, "head_only_steps": head_only_steps})
+        self.trunk_lr_mult = float(trunk_lr_mult)
+        self.warmup_steps = int(warmup_steps)
+        self.head_only_steps = int(head_only_steps)
         self.backbone = make_backbone(as_dict(backbone))
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.backbone.out_dim, num_classes))
         self.num_classes = num_classes
@@ -46,6 +63,28 @@ class Classifier(StagedModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` input in the data's colour space -> logits ``(B, num_classes)``."""
         return self._net(x)
+
+    # ----------------------------------------------------------------------------- fine-tune recipe
+    def trainable_parameters(self):
+        if self.trunk_lr_mult == 1.0:
+            return super().trainable_parameters()
+        lr = float(self.optimizer_cfg.get("lr", 0.0))
+        trunk = [p for p in self.backbone.parameters() if p.requires_grad]
+        head = [p for p in self.head.parameters() if p.requires_grad]
+        return [{"params": trunk, "lr": lr * self.trunk_lr_mult, "name": "trunk"}, {"params": head, "lr": lr, "name": "head"}]
+
+    def trunk_frozen(self) -> bool:
+        """True during the head-only phase: the first ``head_only_steps`` optimizer steps."""
+        return self.global_step < self.head_only_steps
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        if not self.head_only_steps:
+            return
+        frozen = self.trunk_frozen()
+        # frozen parameters get no gradient, so the optimizer skips them (weight decay and momentum included)
+        for p in self.backbone.parameters():
+            p.requires_grad_(not frozen)
+        self.backbone.train(self.training and not frozen)
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch

@@ -1,85 +1,34 @@
-"""Feature-cache probing: run the frozen trunk over the data once, then train the heads on the features.
+"""Feature-cache probing: run the frozen trunk over each split once, then fit probes on the stored features.
 
-Training the heads on cached features costs one trunk pass per image instead of one per image per
-epoch (the trunk dominates the cost; the heads are a few matrix products). The price: no data
-augmentation during probe training.
+For every tap: a linear probe (L-BFGS logistic regression to convergence, weight decay chosen on the
+validation split; :mod:`cnnlab.probes.linear`) and weighted cosine kNN (:mod:`cnnlab.probes.knn`).
+The train split fits, the val split chooses, the test split is read once at the end with every choice
+fixed: its features are extracted and its labels read only after all taps have been chosen.
+
+Features live on disk (:class:`cnnlab.features.FeatureStore`, float16, one file per tap and split) and
+are read memory-mapped one tap at a time, so memory holds one tap's train and val features at most.
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import tempfile
+import time
 from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from cnnlab.backbones import load_trunk
-from cnnlab.features import cached_features, extract_features, state_fingerprint
-from cnnlab.probes.heads import ProbeHeads
+from cnnlab.errors import UserError
+from cnnlab.features import FeatureStore, data_fingerprint, iter_features, state_fingerprint
+from cnnlab.probes.knn import knn_accuracy
+from cnnlab.probes.linear import DEFAULT_WEIGHT_DECAYS, fit_linear_probe
 from cnnlab.probes.trunks import check_trunk_matches, freeze
 
 log = logging.getLogger(__name__)
 
-
-def _accuracy(heads: ProbeHeads, feats: dict[str, torch.Tensor], labels: torch.Tensor, batch_size: int, device) -> dict[str, float]:
-    heads.eval()
-    correct = {t: 0 for t in heads.taps}
-    with torch.no_grad():
-        for i in range(0, len(labels), batch_size):
-            out = heads({t: feats[t][i:i + batch_size].to(device) for t in heads.taps})
-            y = labels[i:i + batch_size].to(device)
-            for t, v in out.items():
-                correct[t] += int((v.argmax(1) == y).sum())
-    return {t: c / max(1, len(labels)) for t, c in correct.items()}
-
-
-def train_probe_heads(
-    train: dict[str, torch.Tensor],
-    test: dict[str, torch.Tensor],
-    taps: Sequence[str] | None = None,
-    num_classes: int | None = None,
-    epochs: int = 10,
-    batch_size: int = 256,
-    lr: float = 0.05,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-) -> dict[str, dict[str, float]]:
-    """Train one BN + linear head per tap on cached features; all heads in the same loop.
-
-    ``train`` / ``test``: ``{tap: (N, D_tap), "labels": (N,)}`` (as from :func:`extract_features`).
-    SGD with Nesterov momentum and a cosine schedule. Returns ``{"train": {tap: top1}, "test": {tap: top1}}``.
-    """
-    taps = list(taps or [k for k in train if k != "labels"])
-    y_train, y_test = train["labels"].long(), test["labels"].long()
-    num_classes = num_classes or int(max(y_train.max(), y_test.max())) + 1
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    heads = ProbeHeads({t: train[t].shape[1] for t in taps}, num_classes).to(device)
-    opt = torch.optim.SGD(heads.parameters(), lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
-    n = len(y_train)
-    steps_per_epoch = max(1, n // batch_size) if n > batch_size else 1
-    total = max(1, epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    for _ in range(epochs):
-        heads.train()
-        perm = torch.randperm(n, generator=g)
-        for b in range(steps_per_epoch):
-            idx = perm[b * batch_size:(b + 1) * batch_size]
-            out = heads({t: train[t][idx].to(device) for t in taps})
-            y = y_train[idx].to(device)
-            loss = torch.stack([F.cross_entropy(v, y) for v in out.values()]).sum()
-            if not torch.isfinite(loss):
-                raise FloatingPointError("non-finite probe loss: lower probe.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    eval_bs = max(batch_size, 1024)
-    return {"train": _accuracy(heads, train, y_train, eval_bs, device), "test": _accuracy(heads, test, y_test, eval_bs, device)}
+SPLITS = ("train", "val", "test")
 
 
 def probe_trunk_cached(
@@ -88,44 +37,100 @@ def probe_trunk_cached(
     taps: Sequence[str] | None = None,
     target_dims: int | None = 9216,
     cache_dir: str | Path | None = None,
+    weight_decays: Sequence[float] = DEFAULT_WEIGHT_DECAYS,
+    max_iter: int = 200,
+    knn_k: int = 200,
+    knn_temperature: float = 0.1,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    evaluate_test: bool = True,
     keep_cache: bool = True,
     expect_arch: str | None = None,
     expect_arch_kwargs: dict | None = None,
-    device: str | torch.device = "cpu",
-    progress: bool = False,
-    **train_kwargs,
+    **kwargs,
 ) -> dict:
-    """Probe every tap of a trunk file on ``datamodule`` (train split to fit, test split to score).
+    """Probe every tap of a trunk file on ``datamodule``'s splits: train fits, val chooses, test reports.
 
-    Features are cached in ``cache_dir/features_{train,test}.pt`` keyed by the trunk's weights, the
-    taps, the pooling and the data, so a rerun on the same trunk skips the trunk entirely.
-    Returns ``{"test": {tap: top1}, "train": {...}, "taps": [...], "dims": {...}, "trunk_fingerprint": ...}``.
+    Features are stored under ``cache_dir`` (a temp dir when None; removed at the end unless
+    ``keep_cache``) keyed by the trunk's weights, the taps, the pooling and the split's images, so a
+    rerun on the same trunk skips the trunk. ``evaluate_test=False`` never touches the test split
+    (``"test"`` entries are None). Returns the dict described in the module docs of
+    :mod:`cnnlab.probes` (``taps``, ``dims``, ``trunk_fingerprint``, ``n_*``, ``linear``, ``knn``).
     """
+    if kwargs:
+        raise TypeError(f"probe_trunk_cached got unexpected arguments {sorted(kwargs)}: the L-BFGS probe has no "
+                        "epochs/lr/batch size/seed (it is deterministic); see weight_decays and max_iter")
     backbone, meta = load_trunk(trunk_path)
     check_trunk_matches(meta, trunk_path, arch=expect_arch, arch_kwargs=expect_arch_kwargs, color_space=datamodule.color_space)
     backbone = freeze(backbone)
     taps = backbone.check_taps(list(taps) if taps else meta["taps"])
     datamodule.prepare_data()
     datamodule.setup()
+    if datamodule.splits["val"] is datamodule.splits["test"]:
+        raise UserError("the data has no validation split apart from the test split (data.val_fraction=0 or no train images "
+                        "left): probe choices would be made on test; set data.val_fraction > 0")
     fp = state_fingerprint(backbone)
     h = datamodule.hparams
-    feats = {}
-    for split in ("train", "test"):
+    temp = None
+    if cache_dir is None:
+        temp = tempfile.TemporaryDirectory(prefix="cnnlab-features-")
+        cache_dir = temp.name
+    store = FeatureStore(cache_dir)
+    num_classes = datamodule.num_classes
+    # on a GPU, bigger query chunks move the (CPU, memory-mapped) bank to the device fewer times
+    knn_chunk = 8192 if torch.device(device).type == "cuda" else 1024
+
+    def features(split: str) -> dict:
         ds = datamodule.splits[split]
-        key = f"{fp}|{','.join(taps)}|{target_dims}|{h.name}|{datamodule.color_space}|{split}|{len(ds)}|{int(ds.labels.sum())}"
+        key = f"{fp}|{','.join(taps)}|{target_dims}|{h.name}|{datamodule.color_space}|{split}|{len(ds)}|{data_fingerprint(ds.images)}"
 
-        def compute(split=split):
+        def compute():
             loader = datamodule.loader(split, batch_size=h.eval_batch_size or 256)
-            return extract_features(backbone, loader, taps, lambda u: datamodule.preprocess(u, train=False), target_dims,
-                                    device=device, progress=f"features {split}" if progress else None, total=len(loader))
+            return iter_features(backbone, loader, taps, lambda u: datamodule.preprocess(u, train=False), target_dims,
+                                 device=device, progress=f"features {split}" if progress else None, total=len(loader))
 
-        if cache_dir is None:
-            feats[split] = compute()
-        else:
-            feats[split] = cached_features(Path(cache_dir) / f"features_{split}.pt", key, compute)
-    result = train_probe_heads(feats["train"], feats["test"], taps, num_classes=datamodule.num_classes, device=device, **train_kwargs)
-    if cache_dir is not None and not keep_cache:
-        for split in ("train", "test"):
-            (Path(cache_dir) / f"features_{split}.pt").unlink(missing_ok=True)
-    return {**result, "taps": taps, "dims": {t: int(feats["train"][t].shape[1]) for t in taps}, "trunk_fingerprint": fp,
-            "n_train": len(feats["train"]["labels"]), "n_test": len(feats["test"]["labels"])}
+        return store.get(f"features_{split}", key, taps, compute, len(ds))
+
+    try:
+        t0 = time.perf_counter()
+        train, val = features("train"), features("val")
+        timing = {"features_train_val_s": time.perf_counter() - t0, "fit_s": 0.0, "knn_s": 0.0}
+        linear: dict[str, dict] = {}
+        knn: dict[str, dict] = {}
+        fits = {}
+        for t in taps:
+            t1 = time.perf_counter()
+            fit = fit_linear_probe(train[t], train["labels"], val[t], val["labels"], num_classes, weight_decays, max_iter, device)
+            t2 = time.perf_counter()
+            fits[t] = fit
+            linear[t] = {"grid": {repr(wd): acc for wd, acc in fit.grid.items()}, "weight_decay": fit.weight_decay,
+                         "val": fit.val_acc, "test": None, "converged": fit.converged, "iterations": fit.iterations,
+                         "at_grid_edge": fit.at_grid_edge,
+                         "fits": {repr(wd): {k: v for k, v in f.items() if k != "val_acc"} for wd, f in fit.fits.items()}}
+            knn[t] = {"k": int(knn_k), "temperature": float(knn_temperature), "val": knn_accuracy(
+                train[t], train["labels"], val[t], val["labels"], num_classes, knn_k, knn_temperature, knn_chunk, device), "test": None}
+            timing["fit_s"] += t2 - t1
+            timing["knn_s"] += time.perf_counter() - t2
+            log.info("probe %s: wd %g (val %.3f, %d iterations%s), kNN val %.3f", t, fit.weight_decay, fit.val_acc, fit.iterations,
+                     "" if fit.converged else ", not converged", knn[t]["val"])
+        # every choice is fixed: only now is the test split read
+        n_test = 0
+        if evaluate_test:
+            t0 = time.perf_counter()
+            test = features("test")
+            timing["features_test_s"] = time.perf_counter() - t0
+            n_test = len(test["labels"])
+            for t in taps:
+                linear[t]["test"] = fits[t].accuracy(test[t], test["labels"])
+                knn[t]["test"] = knn_accuracy(train[t], train["labels"], test[t], test["labels"], num_classes, knn_k,
+                                              knn_temperature, knn_chunk, device)
+        result = {"taps": taps, "dims": {t: int(train[t].shape[1]) for t in taps}, "trunk_fingerprint": fp,
+                  "n_train": len(train["labels"]), "n_val": len(val["labels"]), "n_test": n_test,
+                  "linear": linear, "knn": knn, "timing": timing}
+    finally:
+        if temp is not None:
+            temp.cleanup()
+        elif not keep_cache:
+            for split in SPLITS:
+                store.remove(f"features_{split}")
+    return result

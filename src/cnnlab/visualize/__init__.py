@@ -4,11 +4,12 @@ The building blocks live in submodules (import what you need; this file stays ch
 the console script starts fast):
 
 - ``network``: a frozen network seen from RGB images in [0, 1], with named layers
-- ``param``: pixel and Fourier (decorrelated colour) image parameterizations
+- ``param``: pixel, Fourier (decorrelated colour) and MACO (fixed natural magnitude, phase only) images
+- ``spectrum``: natural-image Fourier magnitudes (cached) and the spectrum distance to natural images
 - ``objectives`` / ``regularizers`` / ``transforms``: what to optimize and how to keep it natural
 - ``hooks``: forward hooks by layer name, always removed
 - ``module``: ``ImageOptimization``, the LightningModule whose only parameter is the image
-- ``saliency``, ``attacks``: pure functions (saliency maps, FGSM/PGD/minimal distortion/fooling)
+- ``saliency``, ``attacks``: pure functions (saliency maps, FGSM/PGD with restarts/robustness curves/minimal perturbations/fooling)
 - ``experiments``: the configured experiments run by ``cli``
 """
 

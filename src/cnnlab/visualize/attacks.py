@@ -8,7 +8,8 @@ images only (``torch.autograd.grad``): the model's parameters never accumulate g
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,21 +45,32 @@ def fgsm(model: Model, images: torch.Tensor, labels: torch.Tensor, eps: float, t
     return (images + eps * g.sign()).clamp(0.0, 1.0).detach()
 
 
-def project_linf(adv: torch.Tensor, images: torch.Tensor, eps: float) -> torch.Tensor:
-    """Into the eps-ball around ``images`` and the pixel range."""
+def project_linf(adv: torch.Tensor, images: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+    """Into the eps-ball around ``images`` and the pixel range (``eps``: a number or ``(B, 1, 1, 1)``)."""
     return torch.min(torch.max(adv, images - eps), images + eps).clamp(0.0, 1.0)
 
 
-def pgd(model: Model, images: torch.Tensor, labels: torch.Tensor, eps: float, step_size: float | None = None,
-        steps: int = 10, random_start: bool = True, targeted: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Iterative FGSM / PGD in L-infinity (Madry et al.): sign steps projected back into the eps-ball.
+def _per_image_eps(eps: float | torch.Tensor, images: torch.Tensor, name: str = "eps") -> torch.Tensor:
+    """A number or ``(B,)`` -> ``(B, 1, 1, 1)`` on the images' device, every entry checked to lie in (0, 1]."""
+    if not isinstance(eps, torch.Tensor):
+        return torch.full((images.shape[0], 1, 1, 1), check_eps(eps, name), dtype=images.dtype, device=images.device)
+    eps = eps.detach().to(images.device, images.dtype).flatten()
+    if eps.numel() == 1:
+        eps = eps.expand(images.shape[0])
+    if eps.numel() != images.shape[0] or not bool(((eps > 0) & (eps <= 1)).all()):
+        raise UserError(f"{name} must hold one value in (0, 1] per image, got {eps.numel()} values for {images.shape[0]} images")
+    return eps.view(-1, 1, 1, 1)
 
-    ``step_size`` defaults to ``eps / 4`` (2/255 at eps 8/255); ``random_start`` begins at a uniform point
-    of the ball. One step with ``step_size=eps`` and no random start is FGSM.
-    """
-    eps = check_eps(eps)
-    step_size = check_eps(step_size, "step_size") if step_size is not None else eps / 4
-    images = images.detach()
+
+def fooled(model: Model, adv: torch.Tensor, labels: torch.Tensor, targeted: bool = False) -> torch.Tensor:
+    """``(B,)`` bool: the attack succeeded (untargeted: not the true class; targeted: the target class)."""
+    with torch.no_grad():
+        pred = model(adv).argmax(1)
+    return pred == labels if targeted else pred != labels
+
+
+def _pgd_once(model: Model, images: torch.Tensor, labels: torch.Tensor, eps: torch.Tensor, step_size: torch.Tensor,
+              steps: int, random_start: bool, targeted: bool, generator: torch.Generator | None) -> torch.Tensor:
     adv = images.clone()
     if random_start:
         noise = torch.rand(images.shape, generator=generator, dtype=images.dtype).to(images.device) * 2 - 1
@@ -67,6 +79,126 @@ def pgd(model: Model, images: torch.Tensor, labels: torch.Tensor, eps: float, st
         g = _input_grad(model, adv, labels, targeted)
         adv = project_linf(adv + step_size * g.sign(), images, eps).detach()
     return adv
+
+
+def pgd(model: Model, images: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, step_size: float | None = None,
+        steps: int = 10, random_start: bool = True, targeted: bool = False, generator: torch.Generator | None = None,
+        restarts: int = 1) -> torch.Tensor:
+    """Iterative FGSM / PGD in L-infinity (Madry et al.): sign steps projected back into the eps-ball.
+
+    ``eps``: a number or one value per image ``(B,)``. ``step_size`` defaults to ``eps / 4`` (2/255 at
+    eps 8/255); ``random_start`` begins at a uniform point of the ball. One step with ``step_size=eps``
+    and no random start is FGSM. ``restarts``: independent random starts, each run only on the images
+    no earlier start fooled; per image the first success is kept (the worst case over restarts), so the
+    first start is exactly the one-start attack and more restarts are never weaker.
+    """
+    images = images.detach()
+    eps_t = _per_image_eps(eps, images)
+    step_t = eps_t / 4 if step_size is None else _per_image_eps(step_size, images, "step_size")
+    if int(restarts) < 1:
+        raise UserError(f"restarts must be >= 1, got {restarts}")
+    if not random_start:
+        restarts = 1  # every start would be the same point
+    adv = _pgd_once(model, images, labels, eps_t, step_t, steps, random_start, targeted, generator)
+    todo = ~fooled(model, adv, labels, targeted)
+    for _ in range(int(restarts) - 1):
+        if not bool(todo.any()):
+            break
+        i = todo.nonzero().flatten()
+        again = _pgd_once(model, images[i], labels[i], eps_t[i], step_t[i], steps, True, targeted, generator)
+        adv[i] = again
+        todo[i] = ~fooled(model, again, labels[i], targeted)
+    return adv
+
+
+def robustness_curve(model: Model, images: torch.Tensor, labels: torch.Tensor, eps: Sequence[float], attacks: Sequence[str] = ("fgsm", "pgd"),
+                     steps: int = 10, restarts: int = 1, batch_size: int = 100, generator: torch.Generator | None = None,
+                     cumulative: bool = True, progress: bool = False) -> dict[str, torch.Tensor]:
+    """Which points stay correct under each attack at each eps (L-infinity, untargeted).
+
+    Returns ``attack -> (N, 1 + len(eps))`` bool, column 0 the clean decision. ``pgd`` uses ``steps`` steps
+    of ``eps / 4`` from a random start with ``restarts`` starts; ``fgsm`` one step of ``eps``. With
+    ``cumulative`` a point fooled at some eps counts as fooled at every larger one (that adversarial lies
+    in the larger ball too), so each curve is the worst case over the smaller balls and never increases.
+    """
+    eps = sorted(check_eps(e) for e in eps)
+    unknown = sorted(set(attacks) - {"fgsm", "pgd"})
+    if unknown:
+        raise UserError(f"unknown attack(s) {unknown}: choose from fgsm, pgd")
+    chunks = list(range(0, len(images), int(batch_size)))
+    if progress:
+        from rich.progress import track
+
+        chunks = track(chunks, description=f"attacks at {len(eps)} eps", transient=True)
+    parts: dict[str, list[torch.Tensor]] = {a: [] for a in attacks}
+    for start in chunks:
+        x, y = images[start:start + int(batch_size)], labels[start:start + int(batch_size)]
+        clean = ~fooled(model, x, y)
+        for a in attacks:
+            cols = [clean]
+            for e in eps:
+                adv = fgsm(model, x, y, e) if a == "fgsm" else pgd(model, x, y, e, None, steps, generator=generator, restarts=restarts)
+                cols.append(clean & ~fooled(model, adv, y))
+            parts[a].append(torch.stack(cols, 1))
+    out = {a: torch.cat(p) for a, p in parts.items()}
+    if cumulative:
+        out = {a: c.cummin(1).values if c.numel() else c for a, c in out.items()}
+    return out
+
+
+def minimal_linf(model: Model, images: torch.Tensor, labels: torch.Tensor, eps_max: float = 16 / 255, search_steps: int = 6,
+                 steps: int = 10, restarts: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``(B,)`` the smallest L-infinity radius at which PGD fools each image, by bisection over eps per image.
+
+    0 for an image already misclassified, ``inf`` when PGD at ``eps_max`` does not fool it; otherwise a
+    radius (within ``eps_max / 2**search_steps`` of the smallest one PGD finds) at which an adversarial
+    example was found. Every probe is a PGD of ``steps`` steps of ``eps / 4`` with ``restarts`` starts.
+    """
+    eps_max = check_eps(eps_max, "eps_max")
+    images = images.detach()
+    b = images.shape[0]
+    wrong = fooled(model, images, labels)
+    hi = torch.full((b,), float("inf"), device=images.device)
+    hi[wrong] = 0.0
+    todo = (~wrong).nonzero().flatten()
+    if len(todo):
+        ok = fooled(model, pgd(model, images[todo], labels[todo], eps_max, None, steps, generator=generator, restarts=restarts), labels[todo])
+        todo = todo[ok]
+        hi[todo] = eps_max
+    lo = torch.zeros(b, device=images.device)
+    for _ in range(int(search_steps)):
+        if not len(todo):
+            break
+        mid = (lo[todo] + hi[todo]) / 2
+        ok = fooled(model, pgd(model, images[todo], labels[todo], mid, None, steps, generator=generator, restarts=restarts), labels[todo])
+        hi[todo[ok]] = mid[ok]
+        lo[todo[~ok]] = mid[~ok]
+    return hi
+
+
+def curve_summary(curves: dict[str, torch.Tensor], eps: Sequence[float]) -> list[dict]:
+    """One row per (attack, eps): robust accuracy, its 95% Wilson interval and n (eps 0 = clean)."""
+    eps = [0.0, *sorted(float(e) for e in eps)]
+    rows = []
+    for attack, correct in curves.items():
+        n = correct.shape[0]
+        for j, e in enumerate(eps):
+            k = int(correct[:, j].sum())
+            lo, hi = wilson_interval(k, n)
+            rows.append({"attack": attack, "eps": e, "eps_255": round(e * 255, 3), "accuracy": k / n if n else float("nan"),
+                         "ci_low": lo, "ci_high": hi, "n": n})
+    return rows
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% (z = 1.96) Wilson score interval of a binomial proportion ``successes / n``."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    # at p = 0 or 1 the bound is exactly that p (the formula leaves a rounding error there)
+    return (0.0 if successes == 0 else max(0.0, centre - half)), (1.0 if successes == n else min(1.0, centre + half))
 
 
 def _margin(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:

@@ -75,6 +75,21 @@ class Context:
         log.info("saved %s", path)
         return path
 
+    def save_figure(self, key: str, fig, caption: str | None = None) -> Path:
+        """Write a matplotlib figure to ``<run dir>/images/<key>.png`` and send it to W&B."""
+        import matplotlib.pyplot as plt
+        from pytorch_lightning.loggers import WandbLogger
+
+        from cnnlab.io.files import atomic_save
+
+        path = atomic_save(self.out_dir / "images" / f"{key}.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+        plt.close(fig)
+        for lg in self.loggers:
+            if isinstance(lg, WandbLogger):
+                lg.log_image(key=f"viz/{key}", images=[str(path)], caption=[caption or key], step=self.step)
+        log.info("saved %s", path)
+        return path
+
     def log_metrics(self, metrics: dict) -> None:
         for lg in self.loggers:
             lg.log_metrics({f"viz/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.step)
@@ -99,6 +114,13 @@ def _size(ctx: Context, size) -> int:
     return int(size or ctx.network.image_size)
 
 
+def _image(ctx: Context, kind: str, batch: int, height: int, width: int, spectrum: str = "auto", **pixel_kwargs):
+    """An image parameterization by name; ``pixel_kwargs`` (init, sd) apply to pixels only."""
+    if kind == "pixel":
+        return make_image(kind, batch, height, width, seed=ctx.seed, **pixel_kwargs)
+    return make_image(kind, batch, height, width, spectrum=spectrum, data_dir=ctx.data_dir, seed=ctx.seed)
+
+
 def _logits(ctx: Context, images: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return ctx.network(images)
@@ -107,11 +129,11 @@ def _logits(ctx: Context, images: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------- class models
 def class_model(ctx: Context, classes: Sequence | None = None, steps: int = 200, lr: float = 0.05, optimizer: str = "adam",
                 image: str = "pixel", size: int | None = None, l2_weight: float = 1e-2, tv_weight: float = 0.0,
-                robust: bool = False) -> dict:
+                robust: bool = False, spectrum: str = "auto") -> dict:
     """Simonyan et al.: argmax_x S_c(x) - lambda ||x||^2 from a gray image, one image per class."""
     idx = ctx.class_indices(classes)
     s = _size(ctx, size)
-    img = make_image(image, len(idx), s, init="zeros") if image == "pixel" else make_image(image, len(idx), s, seed=ctx.seed)
+    img = _image(ctx, image, len(idx), s, s, spectrum, init="zeros")
     obj = O.class_logit(idx) + l2_weight * O.l2()
     if tv_weight:
         obj = obj + tv_weight * O.tv()
@@ -151,18 +173,20 @@ def saliency(ctx: Context, images: Sequence[str] | None = None, count: int = 10,
 
 
 # --------------------------------------------------------------------------------- activation maximization
-def actmax(ctx: Context, layer: str = LOGITS, units: Sequence | None = None, presets: Sequence[str] = ("a", "b", "c", "d"),
-           steps: int = 100, lr: float = 3.0, size: int | None = None, init_sd: float = 0.0) -> dict:
-    """Yosinski et al.: gradient ascent on one unit per image with each regularization preset (one grid row each)."""
+def _units(ctx: Context, layer: str, units: Sequence | None) -> tuple[list[int], O.Objective, list[str]]:
+    """Class units at ``logits`` (default every class) or channels of ``layer`` (default 0-7): indices, objective, names."""
     ctx.network.check_layers([layer])
     if layer == LOGITS:
         idx = ctx.class_indices(units)
-        obj = O.class_logit(idx)
-        names = [ctx.network.class_name(i) for i in idx]
-    else:
-        idx = [int(u) for u in (units if units is not None else range(8))]
-        obj = O.channel(layer, idx)
-        names = [f"{layer}:{i}" for i in idx]
+        return idx, O.class_logit(idx), [ctx.network.class_name(i) for i in idx]
+    idx = [int(u) for u in (units if units is not None else range(8))]
+    return idx, O.channel(layer, idx), [f"{layer}:{i}" for i in idx]
+
+
+def actmax(ctx: Context, layer: str = LOGITS, units: Sequence | None = None, presets: Sequence[str] = ("a", "b", "c", "d"),
+           steps: int = 100, lr: float = 3.0, size: int | None = None, init_sd: float = 0.0) -> dict:
+    """Yosinski et al.: gradient ascent on one unit per image with each regularization preset (one grid row each)."""
+    idx, obj, names = _units(ctx, layer, units)
     s = _size(ctx, size)
     rows, out = [], {}
     for p in presets:
@@ -177,11 +201,51 @@ def actmax(ctx: Context, layer: str = LOGITS, units: Sequence | None = None, pre
     return out
 
 
+def featviz(ctx: Context, layer: str = LOGITS, units: Sequence | None = None, image: str = "maco", size: int | None = None,
+            steps: int = 256, lr: float = 0.05, robust: bool = True, spectrum: str = "auto") -> dict:
+    """Feature visualization of one unit per image (a class or a channel) in the chosen parameterization
+    (``pixel``, ``fourier`` or ``maco``), with robustness transforms; MACO also draws its transparency map.
+
+    Besides the objective, reports each image's power-spectrum distance to natural images (RMS difference
+    of the radial log10 power spectrum from that of natural images of the same size).
+    """
+    images, alpha, names, out = render_units(ctx, layer, units, image, size, steps, lr, robust, spectrum)
+    rows, caption = [images], f"{image}: " + " | ".join(names)
+    if alpha is not None:
+        rows += [alpha.expand(-1, 3, -1, -1), images * alpha + (1 - alpha)]
+        caption += "; rows: image, transparency (accumulated |d loss / d image|), image on white by it"
+    ctx.save(f"featviz_{image}", torch.cat(rows), nrow=len(names), caption=caption)
+    return out
+
+
+def render_units(ctx: Context, layer: str, units: Sequence | None, image: str, size: int | None, steps: int, lr: float,
+                 robust: bool = True, spectrum: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None, list[str], dict]:
+    """The optimization behind ``featviz``: ``(images (B, 3, H, W), transparency (B, 1, H, W) or None, unit names, metrics)``."""
+    from cnnlab.visualize.spectrum import natural_images, radial_log_power, resolve_source, spectrum_distance
+
+    idx, obj, names = _units(ctx, layer, units)
+    s = _size(ctx, size)
+    img = _image(ctx, image, len(idx), s, s, spectrum, init="noise", sd=0.01)
+    mod = ctx.optimize(img, obj, steps, f"featviz_{image}", lucid_transforms(s, out_size=s) if robust else None, "adam", lr)
+    out_img = mod.result()
+    with LayerCapture(ctx.network, sorted(obj.layers)) as cap, torch.no_grad():
+        acts = cap.run(out_img)
+    # per unit, the objective of its own image (a loss: minus the activation)
+    per_unit = [float(O.class_logit(i)({LOGITS: acts[LOGITS][b:b + 1]})) if layer == LOGITS else
+                float(O.channel(layer, i)({layer: acts[layer][b:b + 1]})) for b, i in enumerate(idx)]
+    reference = radial_log_power(natural_images(resolve_source(spectrum, (s, s)), (s, s), ctx.data_dir, limit=1000)).mean(0)
+    dist = spectrum_distance(out_img, reference)
+    alpha = img.transparency_map() if hasattr(img, "transparency_map") else None
+    metrics = {"objective_start": mod.history[0], "objective_end": mod.history[-1], "objective": sum(per_unit) / len(per_unit),
+               "spectrum_distance": float(dist.mean()), **{f"objective/{n}": v for n, v in zip(names, per_unit)}}
+    return out_img, alpha, names, metrics
+
+
 # --------------------------------------------------------------------------------- inversion
 def inversion(ctx: Context, images: Sequence[str] | None = None, count: int = 4, size: int | None = None,
               layers: Sequence[str] = ("conv1_2", "conv2_2", "conv3_2", "conv4_2", "logits"), steps: int = 300,
               lr: float = 0.05, image: str = "pixel", alpha: float = 6.0, alpha_weight: float = 10.0,
-              tv_weight: float = 1.0, beta: float = 2.0, robust: bool = False) -> dict:
+              tv_weight: float = 1.0, beta: float = 2.0, robust: bool = False, spectrum: str = "auto") -> dict:
     """Mahendran & Vedaldi: reconstruct each image from its representation at several depths."""
     x, _ = ctx.images(images, size, count)
     layers = ctx.network.check_layers(list(layers))
@@ -191,7 +255,7 @@ def inversion(ctx: Context, images: Sequence[str] | None = None, count: int = 4,
     cols, out = [x], {}
     for layer in layers:
         obj = O.feature_reconstruction(layer, targets[layer]) + alpha_weight * O.alpha(alpha) + tv_weight * O.tv(beta)
-        img = make_image(image, b, h, w, init="noise", sd=0.05, seed=ctx.seed) if image == "pixel" else make_image(image, b, h, w, seed=ctx.seed)
+        img = _image(ctx, image, b, h, w, spectrum, init="noise", sd=0.05)
         mod = ctx.optimize(img, obj, steps, f"inversion_{layer}", lucid_transforms(h) if robust else None, "adam", lr)
         rec = mod.result()
         cols.append(rec)
@@ -267,11 +331,21 @@ def style(ctx: Context, content_image: str = "skimage:astronaut", style_image: s
 
 
 # --------------------------------------------------------------------------------- adversarial
+#: the usual L-infinity radii of a CIFAR-10 robustness curve, in pixel units of [0, 1] images
+CURVE_EPS = (1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
+
+
 def adversarial(ctx: Context, count: int = 10, eps: float = 8 / 255, step_size: float = 2 / 255, steps: int = 10,
-                md_steps: int = 50, md_search: int = 4, md_lr: float = 0.01) -> dict:
-    """FGSM, PGD, targeted PGD and the minimal-distortion attack on CIFAR-10 test images."""
+                md_steps: int = 50, md_search: int = 4, md_lr: float = 0.01, curve_eps: Sequence[float] = CURVE_EPS,
+                curve_count: int = 200, curve_steps: int = 10, restarts: int = 3, batch_size: int = 100,
+                minimal_search: int = 6) -> dict:
+    """FGSM, PGD, targeted PGD and the minimal-distortion attack on CIFAR-10 test images, then the
+    robustness curve: robust accuracy against L-infinity eps for FGSM and PGD with ``restarts`` random
+    starts (worst case per point) on ``curve_count`` test images, beside the median minimal L-infinity
+    perturbation (bisection over eps of PGD success per image, ``minimal_search`` rounds)."""
     A.check_eps(eps)
     A.check_eps(step_size, "step_size")
+    curve_eps = sorted(A.check_eps(e, "curve_eps") for e in curve_eps)
     x, y, _ = cifar_test_images(count, ctx.data_dir)
     net, g = ctx.network, torch.Generator().manual_seed(ctx.seed)
     k = net.num_classes
@@ -287,11 +361,70 @@ def adversarial(ctx: Context, count: int = 10, eps: float = 8 / 255, step_size: 
              caption="rows: clean, FGSM, its perturbation, PGD, its perturbation, minimal distortion, its perturbation x10")
     norms = (adv_md - x).flatten(1).norm(dim=1)
     ok = ok & (pred["clean"] == y)  # distortion needed to flip a correct decision (a wrong one needs none)
-    return {"clean_acc": float((pred["clean"] == y).float().mean()), "fgsm_acc": float((pred["fgsm"] == y).float().mean()),
-            "pgd_acc": float((pred["pgd"] == y).float().mean()),
-            "targeted_success": float((pred["targeted"] == target).float().mean()),
-            "md_success": float(ok.float().mean()), "md_mean_l2": float(norms[ok].mean()) if ok.any() else float("nan"),
-            "max_linf_pgd": float((adv_pgd - x).abs().max())}
+    out = {"clean_acc": float((pred["clean"] == y).float().mean()), "fgsm_acc": float((pred["fgsm"] == y).float().mean()),
+           "pgd_acc": float((pred["pgd"] == y).float().mean()),
+           "targeted_success": float((pred["targeted"] == target).float().mean()),
+           "md_success": float(ok.float().mean()), "md_mean_l2": float(norms[ok].mean()) if ok.any() else float("nan"),
+           "md_median_l2": float(norms[ok].median()) if ok.any() else float("nan"),
+           "max_linf_pgd": float((adv_pgd - x).abs().max())}
+    if curve_count:
+        out.update(robustness(ctx, curve_eps, curve_count, curve_steps, restarts, batch_size, minimal_search))
+    return out
+
+
+def robustness(ctx: Context, eps: Sequence[float], count: int, steps: int, restarts: int, batch_size: int, minimal_search: int) -> dict:
+    """The robustness curve and the minimal L-infinity perturbation; writes ``robustness.md`` and the figure."""
+    from cnnlab.io.files import write_text
+
+    x, y, _ = cifar_test_images(count, ctx.data_dir, per_class=False)
+    g = torch.Generator().manual_seed(ctx.seed)
+    curves = A.robustness_curve(ctx.network, x, y, eps, ("fgsm", "pgd"), steps, restarts, batch_size, g, progress=ctx.progress)
+    rows = A.curve_summary(curves, eps)
+    chunks = range(0, len(x), int(batch_size))
+    if ctx.progress:
+        from rich.progress import track
+
+        chunks = track(chunks, description="minimal L-inf perturbation", transient=True)
+    radius = torch.cat([A.minimal_linf(ctx.network, x[i:i + batch_size], y[i:i + batch_size], max(eps), minimal_search, steps,
+                                       restarts, g) for i in chunks])
+    correct = radius > 0
+    median = float(radius[correct].median()) if correct.any() else float("nan")
+    label = {"fgsm": "FGSM", "pgd": f"PGD-{steps}, {restarts} restart(s)"}
+    lines = [f"# Robust accuracy against L-inf eps ({ctx.network.name}, {len(x)} CIFAR-10 test images)", "",
+             "| attack | eps (/255) | robust accuracy | 95% CI (Wilson) | n |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {label[r['attack']]} | {r['eps_255']:g} | {r['accuracy']:.3f} | [{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {r['n']} |" for r in rows]
+    med = "not reached within eps_max" if median == float("inf") else f"{median * 255:.2f}/255"
+    lines += ["", f"Median minimal L-inf perturbation (PGD bisection over eps, correctly classified points, n = {int(correct.sum())}): {med}."]
+    write_text(ctx.out_dir / "robustness.md", "\n".join(lines) + "\n")
+    ctx.save_figure("robustness_curve", _curve_figure(rows, label, median), caption="robust accuracy against L-inf eps")
+    out = {f"robust/{r['attack']}/eps{r['eps_255']:g}": r["accuracy"] for r in rows}
+    out.update({"curve_n": len(x), "curve_restarts": int(restarts), "curve_steps": int(steps),
+                "median_min_linf_255": median * 255 if median != float("inf") else None,
+                "min_linf_found": float((radius[correct] < float("inf")).float().mean()) if correct.any() else float("nan")})
+    return out
+
+
+def _curve_figure(rows: list[dict], label: dict, median: float):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for attack in dict.fromkeys(r["attack"] for r in rows):
+        rs = [r for r in rows if r["attack"] == attack]
+        e = [r["eps_255"] for r in rs]
+        ax.plot(e, [r["accuracy"] for r in rs], marker="o", label=label[attack])
+        ax.fill_between(e, [r["ci_low"] for r in rs], [r["ci_high"] for r in rs], alpha=0.2)
+    if 0 < median < float("inf"):
+        ax.axvline(median * 255, color="gray", linestyle="--", label=f"median minimal eps {median * 255:.2f}")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("L-inf eps (/255)")
+    ax.set_ylabel("robust accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def fooling(ctx: Context, classes: Sequence | None = None, size: int | None = None, steps: int = 300, lr: float = 0.05,

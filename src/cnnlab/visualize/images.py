@@ -51,14 +51,9 @@ def load_image(spec: str, size: int | Sequence[int] | None = None) -> torch.Tens
     path = Path(spec).expanduser()
     if not path.is_file():
         raise UserError(f"image {path} does not exist: pass an image file or skimage:<name> ({', '.join(SKIMAGE_PHOTOS)})")
-    from PIL import Image, UnidentifiedImageError
+    from cnnlab.io.images import open_image
 
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as err:
-        raise UserError(f"{path} is not a readable image ({type(err).__name__}): pass a JPEG/PNG file") from err
-    return resize(_to_tensor(arr), size)
+    return resize(_to_tensor(np.asarray(open_image(path))), size)
 
 
 def cifar_test_images(count: int = 10, data_dir: str | None = None, per_class: bool = True, offset: int = 0,

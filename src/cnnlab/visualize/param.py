@@ -1,7 +1,7 @@
 """Image parameterizations: modules with no input whose output is a batch of RGB images.
 
 ``forward() -> (B, 3, H, W)`` in [0, 1] (pixels may leave it during optimization when
-``clamp=False``; the Fourier image is squashed by a sigmoid so it never does). Any height and
+``clamp=False``; the Fourier and MACO images are squashed by a sigmoid so they never do). Any height and
 width, odd ones included.
 """
 
@@ -17,6 +17,11 @@ from cnnlab.errors import UserError
 #: square root of the colour covariance of natural images (ImageNet), as a 3x3 RGB mixing matrix;
 #: optimizing in the decorrelated space it maps from balances the colour channels' step sizes
 COLOR_CORRELATION_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+
+
+def color_matrix() -> torch.Tensor:
+    """The 3x3 map from the decorrelated colour space to RGB (columns of norm <= 1)."""
+    return COLOR_CORRELATION_SQRT / COLOR_CORRELATION_SQRT.norm(dim=0).max()
 
 
 def _size(height: int, width: int | None) -> tuple[int, int]:
@@ -88,8 +93,7 @@ class FourierImage(nn.Module):
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         self.spectrum = nn.Parameter(torch.randn(batch, 3, h, w // 2 + 1, 2, generator=g) * sd)
         self.register_buffer("scale", fourier_scale(h, w, decay_power), persistent=False)
-        m = COLOR_CORRELATION_SQRT / COLOR_CORRELATION_SQRT.norm(dim=0).max()
-        self.register_buffer("color", m, persistent=False)
+        self.register_buffer("color", color_matrix(), persistent=False)
 
     def forward(self) -> torch.Tensor:
         spec = torch.view_as_complex(self.spectrum.contiguous()) * self.scale
@@ -103,15 +107,74 @@ class FourierImage(nn.Module):
         return None
 
 
-def make_image(kind: str = "pixel", batch: int = 1, height: int = 32, width: int | None = None, **kwargs) -> nn.Module:
-    """``pixel`` or ``fourier`` image parameterization (a config-friendly factory)."""
+class MacoImage(nn.Module):
+    """MACO (Fel et al. 2023): a Fourier image whose magnitude is fixed, only the phase is optimized.
+
+    ``magnitude``: ``(3, H, W // 2 + 1)`` the natural-image magnitude in the decorrelated colour space
+    (``spectrum.natural_magnitude``). The image is ``sigmoid(color @ irfft2(magnitude * exp(i phase)))``.
+    ``transparency``: accumulate ``|d loss / d image|`` (summed over colours) over every backward pass
+    through the image; ``transparency_map()`` gives it per image in [0, 1] (where the objective looked).
+    """
+
+    def __init__(self, magnitude: torch.Tensor, batch: int = 1, seed: int | None = None, transparency: bool = True,
+                 width: int | None = None):
+        super().__init__()
+        if magnitude.dim() != 3 or magnitude.shape[0] != 3:
+            raise UserError(f"a MACO magnitude must be (3, H, W // 2 + 1), got shape {tuple(magnitude.shape)}")
+        self.height = int(magnitude.shape[1])
+        self.width = int(width) if width is not None else 2 * (int(magnitude.shape[2]) - 1)  # odd widths: pass them
+        if self.width // 2 + 1 != magnitude.shape[2]:
+            raise UserError(f"a MACO magnitude of {magnitude.shape[2]} columns does not fit width {self.width}")
+        self.register_buffer("magnitude", magnitude.detach().float().clone())
+        self.register_buffer("color", color_matrix(), persistent=False)
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.phase = nn.Parameter((torch.rand(batch, *magnitude.shape, generator=g) * 2 - 1) * math.pi)
+        self.track = transparency
+        self.register_buffer("grad_sum", torch.zeros(batch, 1, self.height, self.width))
+
+    def spectrum(self) -> torch.Tensor:
+        """``(B, 3, H, W // 2 + 1)`` complex: the fixed magnitude with the current phase."""
+        m = self.magnitude.expand_as(self.phase)
+        return torch.complex(m * torch.cos(self.phase), m * torch.sin(self.phase))
+
+    def decoded(self) -> torch.Tensor:
+        """``(B, 3, H, W)`` the image in the decorrelated space, before colour mixing and sigmoid."""
+        return torch.fft.irfft2(self.spectrum(), s=(self.height, self.width), norm="ortho")
+
+    def forward(self) -> torch.Tensor:
+        img = torch.sigmoid(torch.einsum("ij,bjhw->bihw", self.color, self.decoded()))
+        if self.track and img.requires_grad:
+            img.register_hook(self._accumulate)
+        return img
+
+    def _accumulate(self, grad: torch.Tensor) -> None:
+        self.grad_sum += grad.detach().abs().sum(1, keepdim=True)
+
+    @torch.no_grad()
+    def transparency_map(self) -> torch.Tensor:
+        """``(B, 1, H, W)`` the accumulated absolute input gradient, scaled to [0, 1] per image."""
+        peak = self.grad_sum.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        return self.grad_sum / peak
+
+    def project(self) -> None:  # the sigmoid keeps it valid
+        return None
+
+
+def make_image(kind: str = "pixel", batch: int = 1, height: int = 32, width: int | None = None, spectrum: str = "auto",
+               data_dir: str = "data", **kwargs) -> nn.Module:
+    """``pixel``, ``fourier`` or ``maco`` image parameterization (a config-friendly factory).
+
+    ``spectrum``/``data_dir``: where MACO's natural magnitude comes from and is cached (``spectrum.natural_magnitude``).
+    """
     if kind == "pixel":
         return PixelImage(batch, height, width, **kwargs)
     if kind == "fourier":
         kwargs = {k: v for k, v in kwargs.items() if k in ("sd", "decay_power", "decorrelate", "seed")}
         return FourierImage(batch, height, width, **kwargs)
-    raise UserError(f"unknown image parameterization {kind!r}: use pixel or fourier")
+    if kind == "maco":
+        from cnnlab.visualize.spectrum import natural_magnitude
 
-
-def upsample_size(size: int, scale: float) -> int:
-    return max(1, int(math.floor(size * scale + 0.5)))
+        h, w = _size(height, width)
+        kwargs = {k: v for k, v in kwargs.items() if k in ("seed", "transparency")}
+        return MacoImage(natural_magnitude((h, w), spectrum, data_dir), batch, width=w, **kwargs)
+    raise UserError(f"unknown image parameterization {kind!r}: use pixel, fourier or maco")

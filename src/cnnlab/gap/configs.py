@@ -1,0 +1,149 @@
+"""Each ``cnnlab-train`` arm as a composed config: the train config with the arm's groups, merged with nodes.
+
+``conf/gap.yaml`` says per arm kind which config groups to pick (``groups: {model: classifier}``) and which
+values to set (``cfg: {trainer: {max_epochs: 3}}``). An arm's config is ``train.yaml`` composed with those
+groups, then merged with the gap's shared data and backbone nodes, the kind's ``cfg`` and the arm's own values
+(seed, label subset, learning rate, where it runs). No value passes through a command-line string.
+The composed config is written to ``<arm dir>/config.yaml`` and run in-process by :func:`cnnlab.train.run`;
+``cnnlab-train --config-path <arm dir> --config-name config hydra.run.dir=<arm dir>`` reruns it by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import json
+import logging
+import math
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.config import CONF_DIR
+
+log = logging.getLogger("cnnlab.gap")
+
+#: arm-config keys that say where an arm runs, not what it computes (left out of its key)
+_LOCATION_KEYS = ("paths", "ckpt_path", "resume")
+
+
+def compose_train(groups: dict) -> DictConfig:
+    """``train.yaml`` with these config-group choices (``{"model": "classifier"}``), without Hydra's own node."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [f"{k}={v}" for k, v in groups.items()]
+    ctx = contextlib.nullcontext() if GlobalHydra.instance().is_initialized() else initialize_config_dir(CONF_DIR, version_base="1.3")
+    with ctx:
+        cfg = compose("train", overrides=overrides)
+    OmegaConf.set_struct(cfg, False)
+    return cfg
+
+
+def container(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+
+
+def finetune_steps(cfg: DictConfig, n_labelled: int) -> tuple[int, int]:
+    """``(steps, validate every)`` of a fine-tune on ``n_labelled`` images: ``finetune.epochs`` passes over
+    them, clamped to [min_steps, max_steps] and rounded up to a whole number of ``finetune.evals`` validations."""
+    ft = cfg.finetune
+    per_epoch = max(1, n_labelled // int(cfg.data.batch_size))
+    steps = min(max(int(ft.epochs) * per_epoch, int(ft.min_steps)), int(ft.max_steps))
+    every = max(1, math.ceil(steps / int(ft.evals)))
+    return every * int(ft.evals), every
+
+
+_RECIPE_DEFAULTS = {"trunk_lr_mult": 1.0, "warmup_steps": 0, "head_only_steps": 0}
+
+
+def recipe_node(recipe: dict) -> tuple[dict, dict]:
+    """``(model node, skipped)``: the fine-tune recipe options the Classifier accepts, and those it does not.
+
+    TRANSITIONAL: the recipe options (lower trunk lr, warm-up, LP-FT) arrive with the Classifier's fine-tune
+    options; until then a non-default value is reported as skipped rather than failing the run.
+    """
+    from cnnlab.models import Classifier
+
+    accepted = set(inspect.signature(Classifier.__init__).parameters)
+    node, skipped = {}, {}
+    for k, v in recipe.items():
+        if k in accepted:
+            node[k] = v
+        elif v != _RECIPE_DEFAULTS.get(k):
+            skipped[k] = v
+    return node, skipped
+
+
+class ArmConfigs:
+    """Builds the composed config of every ``cnnlab-train`` arm of one gap run."""
+
+    def __init__(self, cfg: DictConfig, choices: dict):
+        self.cfg, self.choices = cfg, choices
+        self.data = container(cfg.data)
+        for k in ("label_fraction", "label_seed", "shuffle_seed"):
+            self.data.pop(k, None)
+        self.backbone = OmegaConf.to_container(cfg.backbone, resolve=False)  # in_channels follows the arm's data
+        self.recipe, self.recipe_skipped = recipe_node(container(cfg.finetune.recipe))
+        self._composed: dict[tuple, DictConfig] = {}
+
+    def _base(self, groups: dict, name: str, seed: int, out_dir: Path, with_backbone: bool) -> DictConfig:
+        c = self.cfg
+        choice = {"data": self.choices.get("data", "cifar10"), **container(c.arm.groups), **groups}
+        key = tuple(sorted(choice.items()))
+        if key not in self._composed:  # composing takes a fraction of a second; a run has many arms of a few kinds
+            self._composed[key] = compose_train(choice)
+        arm = copy.deepcopy(self._composed[key])
+        nodes = [{"data": {**self.data, "shuffle_seed": seed, "label_seed": seed, "label_fraction": 1.0}},
+                 container(c.arm.cfg),
+                 {"seed": seed, "task_name": name, "tags": ["gap", str(c.budget_name)],
+                  "paths": {"output_dir": str(out_dir), "data_dir": str(c.paths.data_dir), "log_dir": str(c.paths.log_dir)}}]
+        if with_backbone:
+            arm.backbone = OmegaConf.create(self.backbone)  # replace, not merge: the gap's backbone, whatever the group had
+        return OmegaConf.merge(arm, *nodes)
+
+    def pretrain(self, init: str, seed: int, name: str, out_dir: Path) -> DictConfig:
+        p = self.cfg.pretrain[init]
+        arm = self._base(container(p.groups), name, seed, out_dir, with_backbone=True)
+        return OmegaConf.merge(arm, container(p.cfg))
+
+    def finetune(self, init: str, seed: int, subset: int, fraction: float, lr: float, trunk: Path, n_labelled: int,
+                 name: str, out_dir: Path) -> DictConfig:
+        ft = self.cfg.finetune
+        steps, every = finetune_steps(self.cfg, n_labelled)
+        arm = self._base({"backbone": "trunk", **container(ft.groups)}, name, seed, out_dir, with_backbone=False)
+        return OmegaConf.merge(arm, container(ft.cfg), {
+            "data": {"label_fraction": float(fraction), "label_seed": int(subset)},
+            "backbone": {"path": str(trunk)},
+            "model": {"optimizer": {"lr": float(lr)}, "scheduler": {"T_max": steps, "interval": "step"}, **self.recipe},
+            "trainer": {"max_epochs": -1, "max_steps": steps, "check_val_every_n_epoch": None, "val_check_interval": every,
+                        "num_sanity_val_steps": 0},
+            "monitor": "val/acc", "monitor_mode": "max", "train": True, "test": False})
+
+    @staticmethod
+    def test_of(candidate: DictConfig, ckpt: Path, name: str, out_dir: Path) -> DictConfig:
+        """The chosen candidate's config, evaluated once on the test split from its best-on-val checkpoint."""
+        arm = OmegaConf.merge(candidate, {"train": False, "test": True, "ckpt_path": str(ckpt), "task_name": name,
+                                          "paths": {"output_dir": str(out_dir)}, "logger": None})
+        return arm
+
+
+def location_free(arm_cfg: DictConfig) -> dict:
+    """The arm config without where it runs (the part its key hashes): a moved or copied run dir keeps its keys."""
+    d = OmegaConf.to_container(arm_cfg, resolve=True)
+    where = {str(d["paths"]["output_dir"]): "<arm dir>", str(d["paths"]["data_dir"]): "<data dir>"}
+    for k in _LOCATION_KEYS:
+        d.pop(k, None)
+    if isinstance(d.get("backbone"), dict):
+        d["backbone"].pop("path", None)  # the trunk's weight fingerprint stands for it
+    text = json.dumps(d, sort_keys=True, default=str)
+    for path, name in where.items():
+        text = text.replace(path, name)
+    return json.loads(text)
+
+
+def write_config(arm_cfg: DictConfig, out_dir: Path) -> Path:
+    from cnnlab.io.files import write_text
+
+    return write_text(Path(out_dir) / "config.yaml", OmegaConf.to_yaml(arm_cfg, resolve=True))

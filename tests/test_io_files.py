@@ -1,0 +1,38 @@
+"""cnnlab.io.files: a failed write leaves the old file whole; a finished one looks like an ordinary file."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from cnnlab.io.files import atomic_save, write_json, write_text
+
+
+def test_failed_write_leaves_previous_file_and_no_temp(tmp_path):
+    target = tmp_path / "metrics.json"
+    write_json(target, {"a": 1})
+    before = target.read_bytes()
+
+    def half_then_fail(tmp):
+        tmp.write_bytes(b"{\"a\": 2, \"trunc")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_save(target, half_then_fail)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_written_file_has_umask_permissions_and_round_trips(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "sub" / "r.json", {"b": [1, 2], "a": 0.5})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert json.loads(path.read_text()) == {"a": 0.5, "b": [1, 2]}
+    write_text(path, "replaced")
+    assert path.read_text() == "replaced"
