@@ -68,16 +68,16 @@ def main() -> None:
     from cnnlab.analysis import embedding as emb
     from cnnlab.analysis import patches as pt
     from cnnlab.analysis.context import AnalysisContext
-    from cnnlab.analysis.subject import Subject, load_subject
     from cnnlab.backbones import VGGCifar
     from cnnlab.data import ImageDataModule
+    from cnnlab.subject import from_backbone, load_subject
 
     if Path(args.ckpt).is_file():
-        subject = load_subject(args.ckpt)
+        subject = load_subject(path=args.ckpt)
     else:
         print(f"{args.ckpt} not found: benchmarking a random VGG trunk")
         torch.manual_seed(0)
-        subject = Subject(VGGCifar(width=64), color_space="rgb", source="random vgg_cifar", method="random")
+        subject = from_backbone(VGGCifar(width=64), color_space="rgb", method="random", source="random vgg_cifar")
     dm = ImageDataModule(name="cifar10", source=args.source, data_dir=args.data_dir, augment=[], progress=False,
                          color_space=subject.color_space)
     cache_dir = Path("outputs/bench_analysis/features")
@@ -86,8 +86,8 @@ def main() -> None:
     ctx = AnalysisContext(subject, dm, "outputs/bench_analysis", limit=args.limit, batch_size=args.batch_size,
                           feature_cache_dir=cache_dir)
     n = len(ctx.dataset())
-    bb = subject.backbone
-    channels, h, w = bb.tap_shapes(32)[args.tap]
+    bb = subject
+    channels, h, w = bb.layer_shapes([args.tap], 32)[args.tap]
     res: dict = {"images": n, "tap": args.tap, "units": channels, "k": args.k, "checkpoint": subject.source,
                  "threads": args.threads, "torch": torch.__version__,
                  # what keeping every feature map of the tap would take, for scale

@@ -69,10 +69,10 @@ def main() -> None:
     import torchattacks
 
     from cnnlab.visualize import attacks as A
-    from cnnlab.visualize.network import load_network
+    from cnnlab.subject import load_subject
 
     torch.set_num_threads(args.threads)
-    net = load_network(checkpoint=args.ckpt)
+    net = load_subject(checkpoint=args.ckpt)
     x, y = _subset(args.data_dir, args.n)
     clean = A.predict(net, x) == y
     out = {"checkpoint": args.ckpt, "n": len(y), "steps": args.steps, "restarts": args.restarts, "threads": args.threads,

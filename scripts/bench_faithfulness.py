@@ -71,17 +71,17 @@ def main() -> None:
     from cnnlab.analysis import faithfulness as F
     from cnnlab.analysis import sanity as S
     from cnnlab.analysis.context import AnalysisContext
-    from cnnlab.analysis.subject import load_subject
     from cnnlab.data import ImageDataModule
+    from cnnlab.subject import load_subject
 
     torch.manual_seed(0)
-    subject = load_subject(args.ckpt)
+    subject = load_subject(path=args.ckpt)
     dm = ImageDataModule(name="cifar10", source=args.source, data_dir=args.data_dir, augment=[], progress=False,
                          color_space=subject.color_space)
     ctx = AnalysisContext(subject, dm, "outputs/bench_faithfulness")
     model = subject.classifier("the benchmark")
     methods = args.methods.split(",")
-    cam_layer = F.module_name(model, subject.backbone.stages[ctx.tap_or_default(None, where="last")])
+    cam_layer = F.module_name(model, subject.layer(ctx.tap_or_default(None, where="last")))
     # as conf/analysis/faithfulness.yaml: integrated gradients from gray, 8-px occluder with stride 4
     explainers = {m: F.Explainer(m, cam_layer, ig_steps=32, ig_baseline=0.5, occlusion_stride=4, occlusion_fill=ctx.gray_fill())
                   for m in F.check_methods(methods)}

@@ -39,14 +39,14 @@ PARAMS = ("pixel", "fourier", "maco")
 
 
 def _reference(ckpt: str):
-    from cnnlab.visualize.network import load_network
+    from cnnlab.subject import load_subject
 
-    return load_network(checkpoint=ckpt)
+    return load_subject(checkpoint=ckpt)
 
 
 def _units_value(net, layer: str, units, images: torch.Tensor) -> list[float]:
     """The activation each image reaches for its unit (logit or mean channel activation), no transforms."""
-    from cnnlab.visualize.hooks import LayerCapture
+    from cnnlab.hooks import LayerCapture
 
     with torch.no_grad():
         if layer == "logits":
@@ -88,7 +88,7 @@ def natural_yardstick(size: int, data_dir: str) -> float:
 def compare(args) -> dict:
     from cnnlab.tracking import save_grid
     from cnnlab.visualize.experiments import Context, render_units
-    from cnnlab.visualize.network import from_torchvision
+    from cnnlab.subject import from_torchvision
 
     torch.set_num_threads(args.threads)
     cases = []
@@ -135,7 +135,7 @@ def horama_check(args) -> dict:
     import horama
 
     from cnnlab.visualize import objectives as O
-    from cnnlab.visualize.hooks import LayerCapture
+    from cnnlab.hooks import LayerCapture
     from cnnlab.visualize.module import ImageOptimization, run_optimization
     from cnnlab.visualize.param import MacoImage
     import numpy as np

@@ -33,9 +33,9 @@ warnings.filterwarnings("ignore")
 
 
 def _network(ckpt: str):
-    from cnnlab.visualize.network import load_network
+    from cnnlab.subject import load_subject
 
-    return load_network(checkpoint=ckpt)
+    return load_subject(checkpoint=ckpt)
 
 
 def _test_split(data_dir: str):
@@ -113,8 +113,7 @@ def _setup(net, workload: str, seed: int = 0):
 
 def plain_loop(net, workload: str, steps: int) -> float:
     """The same steps without Lightning: resample transforms, closure, Adam step, project, record."""
-    from cnnlab.visualize.hooks import LayerCapture
-    from cnnlab.visualize.network import INPUT
+    from cnnlab.hooks import INPUT, LayerCapture
 
     image, obj, transforms = _setup(net, workload)
     opt = torch.optim.Adam(image.parameters(), lr=0.05)
@@ -157,8 +156,8 @@ warnings.filterwarnings("ignore")
 import torch, kornia
 from lucent.optvis import render, param, objectives, transform
 from lucent.modelzoo.util import get_model_layers
-from cnnlab.visualize.network import load_network
-net = load_network(checkpoint=sys.argv[1])
+from cnnlab.subject import load_subject
+net = load_subject(checkpoint=sys.argv[1])
 steps, robust = int(sys.argv[2]), sys.argv[3] == "1"
 torch.set_num_threads(int(sys.argv[4]))  # the same thread count as the cnnlab side
 layer = [n for n in get_model_layers(net) if n.endswith("stages_conv3_1")][0]

@@ -58,3 +58,14 @@ def run_cli(module: str, *overrides: str, cwd: Path | None = None, timeout: int 
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} {' '.join(overrides)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
     return proc
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors: one torch thread is faster than two fighting over a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -147,7 +147,7 @@ def test_bad_inputs_are_one_line_errors(classifier_ckpt, data_dir, tmp_path, mon
         main()
     assert exit_info.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "unknown tap" in errors[0] and "conv3_1" in errors[0], errors
+    assert len(errors) == 1 and "unknown layer 'conv9_9'" in errors[0] and "list_layers=true" in errors[0], errors
 
     base = [f"ckpt={classifier_ckpt}", "data=synthetic", f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path}"]
     with pytest.raises(UserError, match=r"unknown unit\(s\) \[500\]"):
@@ -166,17 +166,29 @@ def test_bad_inputs_are_one_line_errors(classifier_ckpt, data_dir, tmp_path, mon
         run(compose_cfg(*base[1:], f"ckpt={not_a_ckpt}", "analysis=filters"))
 
 
+def test_each_file_is_read_once(classifier_ckpt, colorization_trunk, monkeypatch):
+    from cnnlab.subject import load_subject
+
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
+    clf = load_subject(path=classifier_ckpt)
+    trunk = load_subject(path=colorization_trunk)
+    assert reads == [classifier_ckpt, colorization_trunk]
+    assert clf.has_logits and clf.classes and not trunk.has_logits and trunk.color_space == "L"
+
+
 def test_empty_dataset_is_a_one_line_error(classifier_ckpt, data_dir, tmp_path):
     from cnnlab.analysis.context import AnalysisContext
     from cnnlab.analysis.runners import run_embedding, run_patches
-    from cnnlab.analysis.subject import load_subject
     from cnnlab.data import ImageDataModule
     from cnnlab.data.datamodule import TensorImageDataset
+    from cnnlab.subject import load_subject
 
     dm = ImageDataModule(name="synthetic", data_dir=str(data_dir), augment=[], progress=False)
     dm.setup()
     dm.splits["test"] = TensorImageDataset(dm.splits["test"].images[:0], dm.splits["test"].labels[:0])
-    ctx = AnalysisContext(load_subject(classifier_ckpt), dm, tmp_path)
+    ctx = AnalysisContext(load_subject(path=classifier_ckpt), dm, tmp_path)
     for fn in (run_patches, run_embedding):
         with pytest.raises(UserError, match="split is empty"):
             fn(ctx)
@@ -185,8 +197,8 @@ def test_empty_dataset_is_a_one_line_error(classifier_ckpt, data_dir, tmp_path):
 def test_cifar_features_are_cached_and_reused_between_analyses_and_runs(cifar_dm_kwargs, tmp_path):
     from cnnlab.analysis.context import AnalysisContext
     from cnnlab.analysis.runners import run_embedding, run_patches
-    from cnnlab.analysis.subject import load_subject
     from cnnlab.data import ImageDataModule
+    from cnnlab.subject import load_subject
 
     torch.manual_seed(0)
     trunk = save_trunk(tmp_path / "trunk.pt", VGGCifar(width=8), color_space="rgb", method="random")
@@ -195,7 +207,7 @@ def test_cifar_features_are_cached_and_reused_between_analyses_and_runs(cifar_dm
     dm = ImageDataModule(**cifar_dm_kwargs, augment=[])  # one data module: decoding CIFAR-10 is the slow part
 
     def context(out):
-        return AnalysisContext(load_subject(trunk), dm, tmp_path / out, limit=200, feature_cache_dir=cache)
+        return AnalysisContext(load_subject(path=trunk), dm, tmp_path / out, limit=200, feature_cache_dir=cache)
 
     ctx = context("a")
     res = run_patches(ctx, tap="conv2_2", units=[0, 1], k=3)

@@ -7,9 +7,9 @@ import torch
 
 from cnnlab.errors import UserError
 from cnnlab.visualize import attacks as A
-from tests.test_visualize import net, one_thread  # noqa: F401 - the synthetic-trained VGG and its thread setting
+from tests.test_visualize import net  # noqa: F401 - the synthetic-trained VGG (one_thread comes from conftest)
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
 
 EPS = [1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255]
 

@@ -71,8 +71,12 @@ def test_trunk_round_trip_and_wrong_files(tmp_path):
     with pytest.raises(UserError, match="set data.color_space=L"):
         load_trunk(path, expect_color_space="rgb")
     torch.save({"state_dict": {}, "pytorch-lightning_version": "2"}, tmp_path / "x.ckpt")
-    with pytest.raises(UserError, match="not a cnnlab trunk file.*Lightning checkpoint"):
+    with pytest.raises(UserError, match="not a cnnlab trunk file .a plain Lightning checkpoint"):
         read_trunk(tmp_path / "x.ckpt")
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="cannot read .* not a torch file"):
         read_trunk(tmp_path / "junk.pt")
+    with pytest.raises(UserError, match="is a directory"):
+        read_trunk(tmp_path)
+    with pytest.raises(UserError, match="does not exist"):
+        read_trunk(tmp_path / "missing.pt")

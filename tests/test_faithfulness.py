@@ -150,12 +150,12 @@ def test_runners_write_curves_tables_and_json_for_every_baseline_option(data_dir
 
     from cnnlab.analysis.context import AnalysisContext
     from cnnlab.analysis.runners import run_faithfulness, run_sanity
-    from cnnlab.analysis.subject import Subject
     from cnnlab.backbones import VGGCifar
     from cnnlab.data import ImageDataModule
+    from cnnlab.subject import from_backbone
 
     torch.manual_seed(0)
-    subject = Subject(VGGCifar(width=4), color_space="rgb", source="random", head=nn.Linear(32, 10), method="test")
+    subject = from_backbone(VGGCifar(width=4), "rgb", method="test", source="random", head=nn.Linear(32, 10))
     dm = ImageDataModule(name="synthetic", data_dir=str(data_dir), augment=[], progress=False, synthetic={"n_train": 20, "n_test": 20})
     ctx = AnalysisContext(subject, dm, tmp_path, limit=20)
     before = copy.deepcopy(subject.backbone.state_dict())

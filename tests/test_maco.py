@@ -8,16 +8,16 @@ import torch
 from PIL import Image
 
 from cnnlab.errors import UserError
+from cnnlab.hooks import hook_count
 from cnnlab.visualize import objectives as O
 from cnnlab.visualize.experiments import Context, featviz
-from cnnlab.visualize.hooks import hook_count
 from cnnlab.visualize.module import ImageOptimization, run_optimization
 from cnnlab.visualize.param import MacoImage, make_image
 from cnnlab.visualize.spectrum import mean_magnitude, natural_magnitude, radial_log_power, spectrum_distance
 from cnnlab.visualize.transforms import lucid_transforms
-from tests.test_visualize import net, one_thread  # noqa: F401 - the synthetic-trained VGG and its thread setting
+from tests.test_visualize import net  # noqa: F401 - the synthetic-trained VGG (one_thread comes from conftest)
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
 
 
 def _smooth_images(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:

@@ -2,47 +2,40 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
 
+from cnnlab.analysis.attribution import saliency_map
 from cnnlab.errors import UserError
+from cnnlab.hooks import LayerCapture, hook_count
 from cnnlab.models import Classifier
+from cnnlab.subject import Subject, from_classifier, from_torchvision, load_subject
 from cnnlab.visualize import attacks as A
 from cnnlab.visualize import objectives as O
 from cnnlab.visualize.experiments import Context, actmax, class_model, deepdream, fooling, inversion, style
-from cnnlab.visualize.hooks import LayerCapture, hook_count
 from cnnlab.visualize.images import load_image
 from cnnlab.visualize.module import ImageOptimization, run_optimization
-from cnnlab.visualize.network import Network, from_classifier, from_torchvision
 from cnnlab.visualize.param import FourierImage, PixelImage
 from cnnlab.visualize.regularizers import StepRegularizer, total_variation
-from cnnlab.visualize.saliency import saliency_map
 from cnnlab.visualize.transforms import RandomTransforms, lucid_transforms
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster than two fighting over a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
-def net(one_thread) -> Network:
-    """A small VGG trained for a few seconds on the synthetic shapes (confident, non-trivial gradients)."""
+def net(one_thread) -> Subject:
+    """A small VGG trained for a few seconds on the synthetic shapes (confident, non-trivial gradients).
+
+    It is trained in float64 and then used in float32: float32 training would give weights that depend on the
+    CPU's rounding (its kernels differ between CPUs), float64 leaves differences far below any margin here.
+    """
     from cnnlab.data.synthetic import generate
 
     torch.manual_seed(0)
-    module = Classifier(backbone={"_target_": "cnnlab.backbones.VGGCifar", "width": 8}, num_classes=10)
+    module = Classifier(backbone={"_target_": "cnnlab.backbones.VGGCifar", "width": 8}, num_classes=10).double()
     images, labels = generate(320, 32, 10, seed=0)
-    x, y = torch.from_numpy(images).float() / 255, torch.from_numpy(labels)
+    x, y = torch.from_numpy(images).double() / 255, torch.from_numpy(labels)
     opt = torch.optim.Adam(module.parameters(), lr=0.01)
     module.train()
     for epoch in range(3):
@@ -52,10 +45,10 @@ def net(one_thread) -> Network:
             loss.backward()
             opt.step()
     module.data_info = {"color_space": "rgb", "image_size": 32, "classes": [f"c{i}" for i in range(10)]}
-    return from_classifier(module.eval())
+    return from_classifier(module.float().eval())
 
 
-def _state(net: Network) -> dict:
+def _state(net: Subject) -> dict:
     return {k: v.clone() for k, v in net.state_dict().items()}
 
 
@@ -178,7 +171,9 @@ def test_capture_stops_early_and_removes_hooks(net):
     assert torch.allclose(acts["logits"], net(x))
 
 
-@pytest.mark.parametrize("optimizer,lr", [("adam", 0.05), ("sgd", 0.5), ("lbfgs", 0.5), ("normalized", 0.01)])
+# normalized steps of 0.01 oscillate on this network (the first step overshoots), and whether 8 of them end
+# below the start depended on the CPU; at 0.002 every step is in the first-order regime and the objective falls
+@pytest.mark.parametrize("optimizer,lr", [("adam", 0.05), ("sgd", 0.5), ("lbfgs", 0.5), ("normalized", 0.002)])
 def test_run_improves_objective_and_leaves_network_untouched(net, optimizer, lr):
     before = _state(net)
     obj = O.class_logit(list(range(4))) + 0.01 * O.l2()
@@ -278,8 +273,11 @@ def test_pgd_lowers_accuracy_more_than_noise(net):
     images, _ = generate(16, 32, 10, seed=1)
     x = torch.from_numpy(images).float() / 255
     y = A.predict(net, x)
-    adv = A.pgd(net, x, y, 8 / 255, steps=5, generator=torch.Generator().manual_seed(0))
-    assert (A.predict(net, adv) == y).float().mean() < 0.5
+    g = torch.Generator().manual_seed(0)
+    adv = A.pgd(net, x, y, 8 / 255, steps=10, generator=g)
+    noise = (x + (8 / 255) * torch.randint(0, 2, x.shape, generator=g).float().mul(2).sub(1)).clamp(0, 1)
+    pgd_acc, noise_acc = ((A.predict(net, a) == y).float().mean().item() for a in (adv, noise))
+    assert noise_acc >= 0.75 and pgd_acc <= 0.5 and pgd_acc <= noise_acc - 0.25, (pgd_acc, noise_acc)
 
 
 @pytest.mark.parametrize("eps", [0.0, -0.1, 8.0])
@@ -316,17 +314,18 @@ def test_image_loading_errors(tmp_path):
 
 def test_wrong_kind_of_checkpoint_is_a_user_error(tmp_path, net):
     from cnnlab.backbones import save_trunk
-    from cnnlab.visualize.network import load_network
 
     trunk = save_trunk(tmp_path / "trunk.pt", net.model.backbone, "rgb", "supervised")
     with pytest.raises(UserError, match="trunk file"):
-        load_network(checkpoint=str(trunk))
-    tnet = load_network(trunk=str(trunk))
+        load_subject(checkpoint=str(trunk))
+    tnet = load_subject(trunk=str(trunk))
     assert not tnet.has_logits
     with pytest.raises(UserError, match="no class"):
         LayerCapture(tnet, ["logits"])
     with pytest.raises(UserError, match="exactly one"):
-        load_network()
+        load_subject()
+    with pytest.raises(UserError, match="is a directory"):
+        load_subject(trunk=str(tmp_path))
 
 
 def test_torchvision_network_layer_aliases():
@@ -394,18 +393,23 @@ def test_style_lowers_style_loss(ctx, tmp_path):
 
 
 def test_fooling_experiment_reports_share(ctx):
-    m = fooling(ctx, classes=[1, 2], size=16, steps=20, lr=0.1, confidence=0.9)
-    assert 0.0 <= m["share_confident"] <= 1.0 and math.isfinite(m["mean_confidence"])
+    """The share is the fraction of classes whose fooling image reached the confidence, and it is not 0 when one did."""
+    m = fooling(ctx, classes=[0, 5, "c2"], size=24, steps=60, lr=0.2, confidence=0.6)
+    conf = [m[f"conf/c{i}"] for i in (0, 5, 2)]
+    assert m["share_confident"] == pytest.approx(sum(c >= 0.6 for c in conf) / 3)
+    assert m["mean_confidence"] == pytest.approx(sum(conf) / 3)
+    assert m["share_confident"] >= 1 / 3  # 60 steps reach 0.6 for at least one class (see test_fooling_images_reach_confidence)
+    unreachable = fooling(ctx, classes=[1], size=16, steps=2, lr=1e-4, confidence=0.999999)
+    assert unreachable["share_confident"] == 0.0 and unreachable["mean_steps"] == 2
 
 
 def test_lightness_trunk_works_from_rgb_images(tmp_path):
     """A colorization trunk takes Lab L: the Network converts RGB in its forward path and gradients reach the pixels."""
     from cnnlab.backbones import VGGCifar, save_trunk
-    from cnnlab.visualize.network import load_network
 
     torch.manual_seed(0)
     path = save_trunk(tmp_path / "trunk.pt", VGGCifar(in_channels=1, width=4), "L", "colorization")
-    tnet = load_network(trunk=str(path))
+    tnet = load_subject(trunk=str(path))
     assert tnet.color_space == "L" and "conv2_1" in tnet.layer_names
     ctx = Context(network=tnet, out_dir=tmp_path, progress=False)
     m = actmax(ctx, layer="conv2_1", units=[0, 1], presets=["c"], steps=5, lr=0.5, size=16)

@@ -3,6 +3,8 @@
     cnnlab-analyze ckpt=outputs/reference/supervised_cifar/checkpoints/last.ckpt       # every analysis
     cnnlab-analyze ckpt=<colorization run>/trunk.pt analysis=[filters,patches,color_units]
     cnnlab-analyze ckpt=... analysis=occlusion analyses.occlusion.patch=6 limit=2000
+    cnnlab-analyze network.arch=resnet50 network.weights=<resnet50.pth> network.image_size=96 analysis=[attribution]
+    cnnlab-analyze network.arch=resnet50 list_layers=true                               # the layer names to pick from
 
 Writes ``analysis_*.png`` figures, ``report.html`` and ``analysis.json`` into the run dir, and the
 figures to W&B (offline without credentials).
@@ -32,12 +34,13 @@ def _instantiate_group(group: DictConfig | None) -> list:
 
 
 def build_datamodule(cfg: DictConfig, subject):
-    """The configured data module, set to the checkpoint's colour space (and image size) unless told otherwise."""
+    """The configured data module at the network's image size unless told otherwise.
+
+    Analyses read its uint8 RGB images; the subject converts them to the colour space its model takes.
+    """
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    if cfg.get("follow_checkpoint_data", True):
-        data_cfg["color_space"] = subject.color_space
-        if subject.image_size:
-            data_cfg["image_size"] = int(subject.image_size)
+    if cfg.get("follow_checkpoint_data", True) and subject.image_size:
+        data_cfg["image_size"] = int(subject.image_size)
     data_cfg["augment"] = []
     return hydra.utils.instantiate(data_cfg)
 
@@ -47,12 +50,17 @@ def run(cfg: DictConfig) -> dict:
     from cnnlab.analysis.context import AnalysisContext
     from cnnlab.analysis.report import Report
     from cnnlab.analysis.runners import ORDER, RUNNERS
-    from cnnlab.analysis.subject import load_subject
     from cnnlab.io.files import write_json
+    from cnnlab.subject import load_subject
     from cnnlab.tracking import ensure_wandb_started, finish_wandb
 
-    if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
-        raise UserError("no checkpoint given: pass ckpt=<run dir>/checkpoints/last.ckpt or ckpt=<run dir>/trunk.pt")
+    network = OmegaConf.to_container(cfg.get("network") or {}, resolve=True)
+    ckpt = None if OmegaConf.is_missing(cfg, "ckpt") else cfg.ckpt
+    if not ckpt and not network.get("arch"):
+        raise UserError("no checkpoint given: pass ckpt=<run dir>/checkpoints/last.ckpt, ckpt=<run dir>/trunk.pt "
+                        "or network.arch=<torchvision model>")
+    if ckpt and network.get("arch"):
+        raise UserError(f"both ckpt={ckpt} and network.arch={network['arch']} given: pass one network")
     check_complete(cfg)
     analyses = OmegaConf.to_container(cfg.get("analyses") or {}, resolve=True)
     unknown = [a for a in analyses if a not in RUNNERS]
@@ -62,14 +70,17 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"no analysis selected: pass analysis=[{','.join(ORDER)}] or analysis=all")
     if cfg.device != "cpu" and not torch.cuda.is_available():
         raise UserError(f"device={cfg.device} but CUDA is not available: pass device=cpu")
+    subject = load_subject(path=ckpt, **network)
+    if cfg.get("list_layers"):
+        print(subject.describe_layers())
+        return {}
     torch.manual_seed(int(cfg.seed or 0))
     out_dir = Path(cfg.paths.output_dir)
-    subject = load_subject(cfg.ckpt)
     dm = build_datamodule(cfg, subject)
     loggers = ensure_wandb_started(_instantiate_group(cfg.get("logger")))
-    report = Report(f"cnnlab analyses: {Path(str(cfg.ckpt)).name}",
-                    meta={"checkpoint": cfg.ckpt, "kind": f"{subject.method} ({'classifier' if subject.has_head else 'trunk only'})",
-                          "backbone": subject.backbone.arch, "input": subject.color_space, "data": f"{dm.hparams.name} / {cfg.split}",
+    report = Report(f"cnnlab analyses: {Path(str(ckpt)).name if ckpt else subject.name}",
+                    meta={"checkpoint": ckpt or subject.source, "kind": f"{subject.method} ({'classifier' if subject.has_logits else 'trunk only'})",
+                          "backbone": subject.arch, "input": subject.color_space, "data": f"{dm.hparams.name} / {cfg.split}",
                           "analyses": ", ".join(a for a in ORDER if a in analyses)})
     ctx = AnalysisContext(subject, dm, out_dir, split=cfg.split, limit=cfg.get("limit"), batch_size=int(cfg.batch_size),
                           device=cfg.device, feature_cache_dir=cfg.get("feature_cache_dir"), loggers=loggers,

@@ -67,6 +67,11 @@ class MetricsInCheckpoint(pl.Callback):
         return next((dict(c.restored) for c in trainer.callbacks if isinstance(c, MetricsInCheckpoint)), {})
 
 
+def step_seed(seed: int, step: int, rank: int = 0, modulus: int = 2**31) -> int:
+    """The seed of one training step, a function of (seed, global step, rank) alone: a resumed run repeats it."""
+    return (seed * 1_000_003 + step * 7919 + rank) % modulus
+
+
 class StepSeeder(pl.Callback):
     """Reseed every RNG from (seed, global step, rank) before each training batch.
 
@@ -78,7 +83,7 @@ class StepSeeder(pl.Callback):
         self.seed = seed
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        s = (self.seed * 1_000_003 + trainer.global_step * 7919 + trainer.global_rank) % (2**31)
+        s = step_seed(self.seed, trainer.global_step, trainer.global_rank)
         random.seed(s)
         np.random.seed(s)
         torch.manual_seed(s)

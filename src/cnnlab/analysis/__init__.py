@@ -1,7 +1,8 @@
 """Understanding tools for trained CNNs: filters, top patches, embeddings, occlusion, attributions, colour units.
 
 Pure functions live in one module per analysis; :mod:`cnnlab.analysis.runners` draws each as a
-report section, and ``cnnlab-analyze`` (:mod:`cnnlab.analyze`) runs the configured ones on a checkpoint.
+report section, and ``cnnlab-analyze`` (:mod:`cnnlab.analyze`) runs the configured ones on a
+:class:`~cnnlab.subject.Subject` (a cnnlab checkpoint or trunk file, or any torchvision classifier).
 """
 
 from cnnlab.analysis.attribution import attribute
@@ -9,9 +10,8 @@ from cnnlab.analysis.embedding import mosaic, nearest_neighbours, neighbour_puri
 from cnnlab.analysis.occlusion import occlusion_map
 from cnnlab.analysis.patches import Patch, mine_top_patches, receptive_fields
 from cnnlab.analysis.report import Report
-from cnnlab.analysis.subject import Subject, load_subject
 
 __all__ = [
-    "Patch", "Report", "Subject", "attribute", "load_subject", "mine_top_patches", "mosaic", "nearest_neighbours",
+    "Patch", "Report", "attribute", "mine_top_patches", "mosaic", "nearest_neighbours",
     "neighbour_purity", "occlusion_map", "receptive_fields", "tsne_embed",
 ]

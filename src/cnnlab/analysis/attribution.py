@@ -1,7 +1,8 @@
 """Input attributions through Captum: gradient saliency, deconvnet, guided backprop, integrated gradients, Grad-CAM.
 
 Deconvnet and guided backprop replace the backward rule of every ``nn.ReLU`` with hooks, so the model
-must use out-of-place ReLUs (:class:`~cnnlab.analysis.subject.Subject` switches them off).
+must use out-of-place ReLUs (:class:`~cnnlab.subject.Subject` switches them off). Simonyan's saliency map
+is :func:`saliency_map`, used by ``cnnlab-visualize viz=saliency`` as well.
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ def attribute(model: nn.Module, images: torch.Tensor, target: torch.Tensor | int
     return _FNS[method](model, x, target, **kwargs).detach()
 
 
-def captum_saliency_map(model: nn.Module, images: torch.Tensor, target: torch.Tensor | int) -> torch.Tensor:
-    """Simonyan saliency ``(B, H, W)``: ``max_c |d score_target / d x|`` (Captum's gradient)."""
+def saliency_map(model: nn.Module, images: torch.Tensor, target: torch.Tensor | int) -> torch.Tensor:
+    """Simonyan saliency ``(B, H, W)``: ``max_c |d score_target / d x|`` of the score before softmax (Captum's gradient)."""
     return attribute(model, images, target, "saliency").abs().amax(dim=1)
 
 

@@ -6,14 +6,12 @@ import logging
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 
 from cnnlab.analysis.report import Report, Section
-from cnnlab.analysis.subject import Subject
-from cnnlab.color import convert
 from cnnlab.errors import UserError
 from cnnlab.features import cached_features, extract_features, state_fingerprint
+from cnnlab.subject import Subject
 
 log = logging.getLogger("cnnlab")
 
@@ -68,19 +66,15 @@ class AnalysisContext:
 
     @property
     def classes(self) -> list[str]:
-        return self.subject.classes or list(getattr(self.dm, "classes", []))
+        """The names of the data's labels (a torchvision subject's ImageNet classes name its outputs, not these)."""
+        self.dataset()
+        return list(getattr(self.dm, "classes", None) or []) or self.subject.classes
 
     def sample_indices(self, n: int) -> torch.Tensor:
         """``n`` dataset indices spread over the classes (round robin, first images of each class): the example images."""
-        labels = self.labels
-        per_class = [torch.nonzero(labels == c).flatten() for c in torch.unique(labels)]
-        picked, rank = [], 0
-        while len(picked) < min(n, len(labels)):
-            for idx in per_class:
-                if rank < len(idx) and len(picked) < n:
-                    picked.append(int(idx[rank]))
-            rank += 1
-        return torch.tensor(picked, dtype=torch.long)
+        from cnnlab.data.datamodule import round_robin_by_class
+
+        return round_robin_by_class(self.labels, n)
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         ds = self.dataset()
@@ -91,35 +85,35 @@ class AnalysisContext:
         return -(-len(self.dataset()) // self.batch_size)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(B, 3, H, W)`` -> model input in the subject's colour space, on the device."""
-        return convert(images.to(self.device).float() / 255, self.subject.color_space)
+        """uint8 ``(B, 3, H, W)`` -> RGB in [0, 1] on the device (the subject converts to what its model takes)."""
+        return images.to(self.device).float() / 255
 
     def gray_fill(self) -> torch.Tensor:
-        """Mid-gray RGB (0.5) in model-input space, ``(C,)``: the occluder colour."""
-        return convert(torch.full((1, 3, 1, 1), 0.5), self.subject.color_space).view(-1)
+        """Mid-gray RGB ``(3,)`` (0.5): the occluder and baseline colour, in the same space as :meth:`preprocess`."""
+        return torch.full((3,), 0.5)
 
     def tap_or_default(self, tap: str | None, where: str = "middle") -> str:
-        taps = self.subject.backbone.default_taps or self.subject.backbone.tap_names
         if tap is None:
+            taps = self.subject.default_taps or self.subject.tap_names
             return taps[len(taps) // 2] if where == "middle" else taps[-1]
-        return self.subject.check_tap(tap)
+        return self.subject.check_taps([tap])[0]
 
     # ----------------------------------------------------------------------------- features
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            self._fingerprint = state_fingerprint(self.subject.backbone)
+            self._fingerprint = state_fingerprint(self.subject)
         return self._fingerprint
 
     def features(self, tap: str, target_dims: int | None = None) -> dict[str, torch.Tensor]:
         """``{tap: (N, D), "labels": (N,)}`` pooled features of the dataset, from memory, the disk cache or one pass."""
-        tap = self.subject.check_tap(tap)
+        tap = self.subject.check_taps([tap])[0]
         n = len(self.dataset())
         key = (tap, target_dims)
         if key not in self._features:
             tag = f"{self.fingerprint()}_{self.dm.hparams.name}_{self.split}_{n}_{self.seed}_{tap}_{target_dims or 'gap'}"
             self._features[key] = cached_features(
                 self.feature_cache_dir / f"{tag}.pt", tag,
-                lambda: extract_features(self.subject.backbone, self.batches(), [tap], preprocess=self.preprocess,
+                lambda: extract_features(self.subject, self.batches(), [tap], preprocess=self.preprocess,
                                          target_dims=target_dims, device=self.device, dtype=torch.float32,
                                          progress=f"features {tap}", total=self.num_batches()),
             )
@@ -167,6 +161,3 @@ def _figure(path: Path, caption: str):
 
     return Figure(path, caption)
 
-
-def as_numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

@@ -9,27 +9,32 @@ from cnnlab.backbones import Backbone
 from cnnlab.errors import UserError
 
 
-def conv_layers(backbone: Backbone) -> list[tuple[str, nn.Conv2d]]:
-    """Every ``nn.Conv2d`` of the backbone's stages in execution order, named ``<tap>.<path>``."""
-    out = []
-    for tap, stage in backbone.stages.items():
-        for name, m in stage.named_modules():
-            if isinstance(m, nn.Conv2d):
-                out.append((f"{tap}.{name}" if name else tap, m))
-    return out
+def conv_layers(model) -> list[tuple[str, nn.Conv2d]]:
+    """Every ``nn.Conv2d`` in execution order.
+
+    ``model``: a cnnlab :class:`Backbone` or a :class:`~cnnlab.subject.Subject` built on one (names
+    ``<tap>.<path>``), or any other subject (its module names, e.g. ``layer1.0.conv1``).
+    """
+    backbone = model if isinstance(model, Backbone) else model.backbone
+    if backbone is None:
+        return [(name, m) for name, m in model.model.named_modules() if isinstance(m, nn.Conv2d)]
+    return [(f"{tap}.{name}" if name else tap, m) for tap, stage in backbone.stages.items()
+            for name, m in stage.named_modules() if isinstance(m, nn.Conv2d)]
 
 
-def find_conv(backbone: Backbone, layer: str | None = None) -> tuple[str, nn.Conv2d]:
-    """The conv named ``layer`` (a full name, or a tap whose first conv is meant); ``None``: the first conv."""
-    convs = conv_layers(backbone)
+def find_conv(model, layer: str | None = None) -> tuple[str, nn.Conv2d]:
+    """The conv named ``layer`` (a full name, or a layer whose first conv is meant); ``None``: the first conv."""
+    convs = conv_layers(model)
     if not convs:
-        raise UserError(f"{backbone.arch} has no Conv2d layers to draw")
+        raise UserError(f"{model.arch} has no Conv2d layers to draw")
     if layer is None:
         return convs[0]
     for name, m in convs:
-        if name == layer or name.split(".")[0] == layer:
+        if name == layer or name.startswith(f"{layer}."):
             return name, m
-    raise UserError(f"unknown conv layer {layer!r}: choose a tap {backbone.tap_names} or one of {[n for n, _ in convs][:12]} ...")
+    from cnnlab.backbones.tv import close_matches
+
+    raise UserError(close_matches(layer, [n for n, _ in convs], "conv layer", of=model.arch) + " (or a layer that contains one)")
 
 
 def normalize_filters(weight: torch.Tensor, per_filter: bool = True) -> torch.Tensor:
@@ -55,7 +60,3 @@ def kernel_images(weight: torch.Tensor, max_out: int = 16, max_in: int = 16) -> 
     w = normalize_filters(weight[:max_out, :max_in])
     return w.reshape(-1, 1, *w.shape[2:])
 
-
-def upscale(images: torch.Tensor, factor: int) -> torch.Tensor:
-    """Nearest-neighbour enlargement so 3x3 kernels are visible in a figure."""
-    return images.repeat_interleave(factor, dim=-1).repeat_interleave(factor, dim=-2)

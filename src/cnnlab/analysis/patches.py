@@ -4,7 +4,8 @@ The dataset is streamed in batches; only a running top-k of (activation, image i
 unit is kept, so memory is ``O(k * units)`` whatever the dataset size. Crops are cut afterwards from
 the dataset by index. A crop contains the unit's whole receptive field (clipped at the image border)
 and starts on the tap's stride grid, so running the backbone on the crop alone reproduces the
-recorded activation at :attr:`Patch.pos_in_crop`.
+recorded activation at :attr:`Patch.pos_in_crop`. For networks without an analytic description (any
+torchvision model) the receptive field is measured from the input gradient instead.
 """
 
 from __future__ import annotations
@@ -63,6 +64,38 @@ def receptive_fields(backbone: Backbone) -> dict[str, ReceptiveField]:
     return out
 
 
+def receptive_field(model, tap: str, image_size: int) -> ReceptiveField:
+    """The receptive field of ``tap``: analytic for a cnnlab backbone (or a subject built on one), else measured."""
+    backbone = model if isinstance(model, Backbone) else getattr(model, "backbone", None)
+    if backbone is not None:
+        return receptive_fields(backbone)[tap]
+    return measured_receptive_field(model, tap, image_size)
+
+
+@torch.enable_grad()
+def measured_receptive_field(subject, tap: str, image_size: int, samples: int = 4) -> ReceptiveField:
+    """The field of the centre unit of ``tap`` (along the height) from the pixels its gradient reaches.
+
+    The gradient is summed over a few random images, so that ReLUs switched off in one image do not hide part
+    of the field; a field cut by the image border is extended symmetrically about the unit's centre.
+    """
+    device = next(subject.model.parameters()).device
+    x = torch.rand(samples, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device).requires_grad_(True)
+    fmap = subject.forward_taps(x, [tap])[tap]
+    if fmap.dim() != 4:
+        raise UserError(f"layer {tap!r} of {subject.name} has no spatial map (shape {tuple(fmap.shape)}): choose a convolutional layer")
+    i, j = fmap.shape[2] // 2, fmap.shape[3] // 2
+    (grad,) = torch.autograd.grad(fmap[:, :, i, j].sum(), x)
+    rows = torch.nonzero(grad.abs().sum(dim=(0, 1, 3)) > 0).flatten()
+    jump = max(1, round(image_size / fmap.shape[2]))
+    centre = (i + 0.5) * jump
+    if len(rows) == 0:
+        return ReceptiveField(1, jump, centre - 0.5 - i * jump)
+    lo, hi = int(rows.min()), int(rows.max()) + 1
+    size = int(math.ceil(2 * max(hi - centre, centre - lo)))
+    return ReceptiveField(size, jump, centre - size / 2 - i * jump)
+
+
 @dataclass(frozen=True)
 class Patch:
     unit: int
@@ -109,7 +142,7 @@ class TopK:
 
 @torch.no_grad()
 def mine_top_patches(
-    backbone: Backbone,
+    backbone,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     tap: str,
     units: Sequence[int] | None = None,
@@ -122,12 +155,12 @@ def mine_top_patches(
 ) -> dict[int, list[Patch]]:
     """Top-``k`` patches per unit of ``tap`` (each image counts once per unit: its strongest position).
 
-    ``batches`` yield ``(uint8 images (B, 3, H, W), labels)`` in dataset order. Returns ``{unit: [Patch, ...]}``
+    ``backbone``: a cnnlab :class:`Backbone` or a :class:`~cnnlab.subject.Subject` (anything with
+    ``check_taps`` and ``forward_taps``); ``preprocess`` turns uint8 batches into its input. ``batches`` yield ``(uint8 images (B, 3, H, W), labels)`` in dataset order. Returns ``{unit: [Patch, ...]}``
     best first.
     """
     backbone.check_taps([tap])
     backbone.eval().to(device)
-    rf = receptive_fields(backbone)[tap]
     it = batches
     if progress:
         from rich.progress import track
@@ -152,6 +185,7 @@ def mine_top_patches(
         seen += len(images)
     if top is None:
         raise UserError("the dataset is empty: nothing to mine patches from; check data.source and the split")
+    rf = receptive_field(backbone, tap, size[0])
     out: dict[int, list[Patch]] = {}
     for col, unit in enumerate(units):
         patches = []

@@ -22,6 +22,7 @@ from cnnlab.analysis import patches as pt
 from cnnlab.analysis import sanity as san
 from cnnlab.analysis.context import AnalysisContext
 from cnnlab.errors import UserError
+from cnnlab.tiles import enlarge, upscale
 
 
 def _plt():
@@ -41,19 +42,19 @@ def _display_rgb(ctx: AnalysisContext, images: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------- filters
 def run_filters(ctx: AnalysisContext, layer: str | None = None, higher_layers=(), max_out: int = 16, max_in: int = 16,
                 scale: int = 8) -> dict:
-    bb = ctx.subject.backbone
+    bb = ctx.subject
     name, conv = flt.find_conv(bb, layer)
     sec = ctx.section("filters", "Filters", f"Weights of {name}, shape {tuple(conv.weight.shape)}: 0.5 gray is a zero weight; each filter is scaled on its own.")
     w = conv.weight
     if w.shape[1] in (1, 3):
-        imgs = flt.upscale(flt.first_layer_images(w), scale)
+        imgs = upscale(flt.first_layer_images(w), scale)
         ctx.save_figure(sec, "filters_first", imgs, f"{name}: all {w.shape[0]} filters ({'RGB' if w.shape[1] == 3 else 'lightness'} input, {w.shape[2]}x{w.shape[3]} px)",
                         nrow=int(np.ceil(np.sqrt(w.shape[0]))))
     else:
         higher_layers = [layer, *higher_layers]
     for lay in higher_layers:
         lname, lconv = flt.find_conv(bb, lay)
-        k = flt.upscale(flt.kernel_images(lconv.weight, max_out, max_in), scale)
+        k = upscale(flt.kernel_images(lconv.weight, max_out, max_in), scale)
         n_in = min(max_in, lconv.weight.shape[1])
         ctx.save_figure(sec, f"filters_{lname.replace('.', '_')}", k,
                         f"{lname}: first {min(max_out, lconv.weight.shape[0])} output filters (rows) x first {n_in} input channels (columns)", nrow=n_in)
@@ -68,27 +69,22 @@ def _units(units, channels: int) -> list[int]:
 
 
 def run_patches(ctx: AnalysisContext, tap: str | None = None, units=8, k: int = 9) -> dict:
-    bb = ctx.subject.backbone
+    bb = ctx.subject
     tap = ctx.tap_or_default(tap)
     size = ctx.images.shape[-1]
-    channels = bb.tap_shapes(size)[tap][0]
+    channels = bb.layer_shapes([tap], size)[tap][0]
     unit_list = _units(units, channels)
     found = pt.mine_top_patches(bb, ctx.batches(), tap, unit_list, k=k, preprocess=ctx.preprocess, device=ctx.device,
                                 progress=f"top patches {tap}", total=ctx.num_batches())
-    rf = pt.receptive_fields(bb)[tap]
+    rf = pt.receptive_field(bb, tap, size)
     sec = ctx.section("patches", "Maximally activating patches",
                       f"For units of {tap} (receptive field {rf.size} px, stride {rf.jump}): the {k} images of the {ctx.split} split "
                       f"({len(ctx.dataset())} images) where the unit's strongest response is largest, cropped to its receptive field.")
     grid = pt.patch_grid_images(found, ctx.images, rf.size, size)
-    ctx.save_figure(sec, f"patches_{tap}", pt_upscale(grid), f"{tap}: one row per unit ({unit_list}), strongest first", nrow=k)
+    ctx.save_figure(sec, f"patches_{tap}", enlarge(grid, 48), f"{tap}: one row per unit ({unit_list}), strongest first", nrow=k)
     rows = [[u, *(f"{p.activation:.2f}" for p in found[u][:min(k, 5)])] for u in unit_list]
     sec.tables.append((["unit", *(f"#{i + 1}" for i in range(min(k, 5)))], rows))
     return {"tap": tap, "units": unit_list, "patches": found}
-
-
-def pt_upscale(imgs: torch.Tensor, min_side: int = 48) -> torch.Tensor:
-    f = max(1, int(np.ceil(min_side / imgs.shape[-1])))
-    return flt.upscale(imgs, f) if f > 1 else imgs
 
 
 # --------------------------------------------------------------------------------------------- embedding
@@ -115,7 +111,7 @@ def run_embedding(ctx: AnalysisContext, tap: str | None = None, target_dims: int
     q_idx = q_idx[q_idx < n]
     idx, sims = emb.nearest_neighbours(x_e, x_e[q_idx], k=neighbours + 1)
     tiles = torch.cat([ctx.images[idx[r]] for r in range(len(q_idx))]).float() / 255
-    ctx.save_figure(sec, "embedding_neighbours", pt_upscale(tiles),
+    ctx.save_figure(sec, "embedding_neighbours", enlarge(tiles, 48),
                     f"nearest neighbours by cosine similarity of {tap} features: first column is the query, then its {neighbours} nearest", nrow=neighbours + 1)
     return {"tap": tap, "coords": coords, "purity": purity}
 
@@ -186,7 +182,7 @@ def run_attribution(ctx: AnalysisContext, images: int = 4, methods=attr_mod.METH
     rgb = _display_rgb(ctx, imgs)
     rows, results = [rgb], {}
     for m in methods:
-        kw = {"layer": ctx.subject.backbone.stages[cam_tap]} if m == "grad_cam" else {"steps": ig_steps, "baseline": ig_baseline}
+        kw = {"layer": ctx.subject.layer(cam_tap)} if m == "grad_cam" else {"steps": ig_steps, "baseline": ig_baseline}
         a = attr_mod.attribute(model, x, tgt, m, **kw).cpu()
         results[m] = a
         if m in ("guided_backprop", "deconvnet") and a.shape[1] == 3:
@@ -198,14 +194,14 @@ def run_attribution(ctx: AnalysisContext, images: int = 4, methods=attr_mod.METH
                       f"Rows: image, then {', '.join(methods)} for the target class ({target}: {names}). Saliency and integrated gradients "
                       f"show max |attribution| over channels; deconvnet and guided backprop are drawn around gray; Grad-CAM at {cam_tap}.")
     grid = torch.cat(rows)
-    ctx.save_figure(sec, "attribution", pt_upscale(grid, 64), f"rows: image, {', '.join(methods)}", nrow=len(imgs))
+    ctx.save_figure(sec, "attribution", enlarge(grid, 64), f"rows: image, {', '.join(methods)}", nrow=len(imgs))
     return {"targets": tgt.cpu(), **results}
 
 
 # --------------------------------------------------------------------------------------------- colour vs object units
 def run_color_units(ctx: AnalysisContext, tap: str | None = None, top_cells: int = 500, colour_threshold: float = 0.5,
                     class_threshold: float = 0.3, show_units: int = 4, k: int = 8) -> dict:
-    bb = ctx.subject.backbone
+    bb = ctx.subject
     tap = ctx.tap_or_default(tap)
     classes = ctx.classes
     num_classes = max(len(classes), int(ctx.labels.max()) + 1 if len(ctx.labels) else 0)
@@ -232,9 +228,9 @@ def run_color_units(ctx: AnalysisContext, tap: str | None = None, top_cells: int
     picked = [int(u) for u in colour_units + object_units]
     found = pt.mine_top_patches(bb, ctx.batches(), tap, picked, k=k, preprocess=ctx.preprocess, device=ctx.device,
                                 progress=f"top patches {tap}", total=ctx.num_batches())
-    rf = pt.receptive_fields(bb)[tap]
+    rf = pt.receptive_field(bb, tap, ctx.images.shape[-1])
     grid = pt.patch_grid_images({u: found[u] for u in picked}, ctx.images, rf.size, ctx.images.shape[-1])
-    ctx.save_figure(sec, "color_units_patches", pt_upscale(grid),
+    ctx.save_figure(sec, "color_units_patches", enlarge(grid, 48),
                     f"top patches (in colour, though the trunk saw {ctx.subject.color_space}): first {len(colour_units)} rows the most colour-specific units "
                     f"{[int(u) for u in colour_units]}, then the most class-selective {[int(u) for u in object_units]}", nrow=k)
     header = ["unit", "kind", "hue consistency", "chroma ratio", "corr(act, chroma)", "hue (deg)", "class selectivity", "preferred class"]
@@ -260,7 +256,7 @@ def _explainers(ctx: AnalysisContext, model, methods, grad_cam_tap, ig_steps, ig
                 occlusion_stride) -> dict[str, faith.Explainer]:
     methods = faith.check_methods(methods)
     cam_tap = ctx.tap_or_default(grad_cam_tap, where="last")
-    cam_layer = faith.module_name(model, ctx.subject.backbone.stages[cam_tap])
+    cam_layer = faith.module_name(model, ctx.subject.layer(cam_tap))
     fill = ctx.gray_fill().to(ctx.device)
     return {m: faith.Explainer(m, cam_layer, ig_steps, ig_baseline, occlusion_patch, occlusion_stride, fill) for m in methods}
 
@@ -282,7 +278,7 @@ _BASELINES = ("zero", "gray", "mean", "blur")
 
 
 def _dataset_mean(ctx: AnalysisContext) -> torch.Tensor:
-    """Per-channel mean of the split in model-input space ``(C,)``."""
+    """Per-channel mean of the split ``(3,)`` in RGB, the space the analyses feed the subject in."""
     total, n = 0.0, 0
     for imgs, _ in ctx.batches():
         x = ctx.preprocess(imgs)
@@ -370,7 +366,7 @@ def run_faithfulness(ctx: AnalysisContext, images: int = 256, methods=faith.METH
 def _layer_label(ctx: AnalysisContext, model, name: str) -> str:
     """``0.stages.conv4_2.1`` -> ``conv4_2.1 BatchNorm2d`` (the stage name, and what was randomized)."""
     kind = type(model.get_submodule(name)).__name__
-    for part, label in ((ctx.subject.backbone.stages, ""), (getattr(ctx.subject, "head", None), "head")):
+    for part, label in ((getattr(ctx.subject.backbone, "stages", None), ""), (ctx.subject.head, "head")):
         if part is None:
             continue
         prefix = faith.module_name(model, part)
@@ -435,7 +431,7 @@ def run_sanity(ctx: AnalysisContext, images: int = 32, methods=faith.METHODS, ta
     for m in explainers:
         t = torch.stack(shown[m])
         rows += [rgb, (t / t.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1))[:, None].expand(-1, 3, -1, -1)]
-    ctx.save_figure(sec, "sanity_maps", pt_upscale(torch.cat(rows)),
+    ctx.save_figure(sec, "sanity_maps", enlarge(torch.cat(rows), 48),
                     f"one row per method ({', '.join(explainers)}): the image, |map| of the trained model, then after randomizing "
                     f"down to each of the {len(layers)} layers (columns as in the curves)", nrow=len(depth_names) + 1)
     for k in ("spearman_abs", "spearman", "ssim"):

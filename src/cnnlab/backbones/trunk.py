@@ -51,17 +51,9 @@ def save_trunk(path: str | Path, backbone: Backbone, color_space: str, method: s
 
 def read_trunk(path: str | Path) -> dict[str, Any]:
     """Load and validate a trunk file's dict; raises a one-line :class:`UserError` if it is not one."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"trunk file {path} does not exist: pass the trunk.pt written by a cnnlab-train run")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        raise UserError(f"cannot read {path} as a trunk file ({type(err).__name__}); pass a trunk.pt from a cnnlab-train run") from err
-    if not isinstance(data, dict) or data.get("format") != TRUNK_FORMAT:
-        hint = " (this is a Lightning checkpoint: pass the run's trunk.pt instead)" if isinstance(data, dict) and "pytorch-lightning_version" in data else ""
-        raise UserError(f"{path} is not a cnnlab trunk file{hint}")
-    return data
+    from cnnlab.io.checkpoints import TRUNK, read_cnnlab_file
+
+    return read_cnnlab_file(path, expect=TRUNK)[1]
 
 
 def load_trunk(path: str | Path, expect_arch: str | None = None, expect_color_space: str | None = None,
@@ -69,10 +61,12 @@ def load_trunk(path: str | Path, expect_arch: str | None = None, expect_color_sp
     """Rebuild the backbone stored in a trunk file; returns ``(backbone, metadata)``.
 
     ``expect_*`` make a mismatch a clear error instead of a shape error deep in a run. ``data``: the file's
-    dict when the caller has already read it (it is not read again).
+    dict when the caller has already read it (``read_trunk``, ``read_cnnlab_file``): the file is not read again.
     """
-    if data is None or data.get("format") != TRUNK_FORMAT:
+    if data is None:
         data = read_trunk(path)
+    elif data.get("format") != TRUNK_FORMAT:
+        raise UserError(f"{path} is not a cnnlab trunk file: pass the trunk.pt written by a cnnlab-train run")
     if expect_arch is not None and data["arch"] != expect_arch:
         raise UserError(f"{path} holds a {data['arch']} trunk but {expect_arch} was asked for: pass a matching trunk or backbone")
     if expect_color_space is not None and data["color_space"] != expect_color_space:

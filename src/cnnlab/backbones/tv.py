@@ -1,11 +1,13 @@
-"""torchvision architectures (VGG-16-BN, AlexNet, ResNet-18) cut into named stages.
+"""torchvision classifiers: any architecture by name, and VGG-16(-BN), AlexNet, ResNet-18 cut into named stages.
 
 Weights come from a local state-dict file (no network needed), or from torchvision's download
-(``weights=DEFAULT``) where a network is available.
+(``weights=DEFAULT`` or a weight name such as ``IMAGENET1K_V2``) where a network is available. The
+ImageNet class names come with torchvision's weight metadata, which is part of the package (no download).
 """
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import torch
@@ -15,45 +17,120 @@ from torch import nn
 from cnnlab.backbones.base import Backbone, no_inplace_relu
 from cnnlab.errors import UserError
 
+#: the architectures with named stages (``TorchvisionBackbone``, trainable as a cnnlab backbone)
 TV_ARCHS = ("vgg16_bn", "vgg16", "alexnet", "resnet18")
+_WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+
+
+def close_matches(name: str, choices, what: str, of: str = "") -> str:
+    """``"unknown <what> 'x'[ of <of>]: did you mean a, b?"`` (or the first choices when nothing is close): one line."""
+    choices = [str(c) for c in choices]
+    near = difflib.get_close_matches(str(name), choices, n=5, cutoff=0.5)
+    hint = f"did you mean {', '.join(near)}?" if near else f"choose one of {', '.join(choices[:12])}{' ...' if len(choices) > 12 else ''}"
+    return f"unknown {what} {name!r}{f' of {of}' if of else ''}: {hint}"
+
+
+def torchvision_archs() -> list[str]:
+    """Every torchvision classification model name (``torchvision.models.list_models``)."""
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def check_arch(arch: str) -> str:
+    if arch not in torchvision_archs():
+        raise UserError(close_matches(arch, torchvision_archs(), "torchvision architecture") +
+                        " (the full list: torchvision.models.list_models(module=torchvision.models))")
+    return arch
+
+
+def weight_enum(arch: str, name: str):
+    """``DEFAULT``, a member name (``IMAGENET1K_V1``) or a full name (``ResNet50_Weights.IMAGENET1K_V1``) -> the enum value."""
+    enum = torchvision.models.get_model_weights(check_arch(arch))
+    member = str(name).rsplit(".", 1)[-1]
+    if member not in enum.__members__:
+        raise UserError(close_matches(member, list(enum.__members__), f"weights for {arch}") +
+                        " (or pass a local state_dict file as weights=<path>)")
+    return enum[member]
+
+
+def imagenet_classes(arch: str, weights: str | None = None) -> list[str] | None:
+    """The class names in the weights' metadata (the DEFAULT weights' when ``weights`` is a file or None)."""
+    enum = torchvision.models.get_model_weights(check_arch(arch))
+    named = weights and not _is_weight_file(weights) and str(weights).rsplit(".", 1)[-1] in enum.__members__
+    meta = (weight_enum(arch, weights) if named else enum.DEFAULT).meta
+    return list(meta["categories"]) if meta.get("categories") else None
+
+
+def _is_weight_file(weights: str) -> bool:
+    return Path(str(weights)).expanduser().exists() or str(weights).endswith(_WEIGHT_FILE_SUFFIXES) or "/" in str(weights)
 
 
 def load_torchvision_model(arch: str, weights: str | None = None, num_classes: int = 1000) -> nn.Module:
-    """A full torchvision classifier with out-of-place ReLUs.
+    """Any torchvision classifier, in eval mode, with out-of-place ReLUs.
 
-    ``weights``: None (random init), a path to a ``state_dict`` file, or a torchvision weight name
-    such as ``DEFAULT`` (downloaded by torchvision; needs a network).
+    ``weights``: None (random init), a path to a ``state_dict`` file, or a torchvision weight name such as
+    ``DEFAULT`` (downloaded by torchvision; needs a network).
     """
-    if arch not in TV_ARCHS:
-        raise UserError(f"unknown torchvision architecture {arch!r}: choose one of {list(TV_ARCHS)}")
-    builder = getattr(torchvision.models, arch)
-    if weights and not Path(str(weights)).expanduser().exists() and not str(weights).endswith((".pt", ".pth", ".ckpt")):
+    check_arch(arch)
+    if weights and not _is_weight_file(weights):
+        chosen = weight_enum(arch, weights)
         try:
-            model = builder(weights=weights)
+            model = torchvision.models.get_model(arch, weights=chosen)
         except Exception as err:  # noqa: BLE001 - download errors come in many types
             raise UserError(
-                f"could not get torchvision weights {weights!r} for {arch} ({type(err).__name__}: {err}); "
+                f"could not get torchvision weights {chosen} for {arch} ({type(err).__name__}: {err}); "
                 "without a network, pass a local state_dict file as weights=<path>"
             ) from err
-        return no_inplace_relu(model)
-    model = builder(weights=None, num_classes=num_classes)
+        return no_inplace_relu(model).eval()
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     if weights:
-        path = Path(str(weights)).expanduser()
-        if not path.is_file():
-            raise UserError(f"weights file {path} does not exist: pass a torchvision state_dict saved with torch.save")
+        _load_state_file(model, arch, Path(str(weights)).expanduser())
+    return no_inplace_relu(model).eval()
+
+
+def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """Parameter-name prefixes of the class-score layers (the last ``nn.Linear``, and auxiliary heads)."""
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    aux = [name for name, _ in model.named_children() if name.lower().startswith("aux")]
+    return tuple(f"{n}." for n in linears[-1:] + aux)
+
+
+def _load_state_file(model: nn.Module, arch: str, path: Path) -> None:
+    """Load a ``state_dict`` file into ``model``; a head of another size (other classes) is left at its init."""
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist: pass a torchvision state_dict saved with torch.save")
+    try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        head_keys = [k for k in state if k.startswith(("classifier.", "fc."))]
-        if num_classes != 1000 or any(state[k].shape != model.state_dict()[k].shape for k in head_keys if k in model.state_dict()):
-            state = {k: v for k, v in state.items() if k not in head_keys}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        trunk_missing = [k for k in missing if not k.startswith(("classifier.", "fc."))]
-        if trunk_missing or unexpected:
-            raise UserError(
-                f"{path} does not match torchvision {arch}: missing {trunk_missing[:3]}, unexpected {unexpected[:3]}; "
-                "pass a state_dict of that architecture"
-            )
-    return no_inplace_relu(model)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
+        raise UserError(f"cannot read {path} as a state_dict ({type(err).__name__}): pass a file saved with torch.save(model.state_dict())") from err
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise UserError(f"{path} does not hold a state_dict: pass a file saved with torch.save(model.state_dict())")
+    own, head = model.state_dict(), _head_prefixes(model)
+    resized = [k for k, v in state.items() if k in own and getattr(v, "shape", None) != own[k].shape]
+    state = {k: v for k, v in state.items() if k not in resized}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    trunk_missing = [k for k in missing if not k.startswith(head)]
+    wrong = [k for k in resized if not k.startswith(head)]
+    if trunk_missing or unexpected or wrong:
+        raise UserError(
+            f"{path} does not match torchvision {arch}: missing {trunk_missing[:3]}, unexpected {unexpected[:3]}, "
+            f"other shapes {wrong[:3]}; pass a state_dict of that architecture"
+        )
+
+
+def vgg_aliases(features: nn.Sequential) -> dict[str, nn.Module]:
+    """``conv{b}_{i}`` -> the ReLU after that conv, ``pool{b}`` -> the b-th max-pool of a torchvision VGG."""
+    out, block, idx, pending = {}, 1, 1, False
+    for layer in features:
+        if isinstance(layer, nn.Conv2d):
+            pending = True
+        elif isinstance(layer, nn.ReLU) and pending:
+            out[f"conv{block}_{idx}"] = layer
+            idx, pending = idx + 1, False
+        elif isinstance(layer, nn.MaxPool2d):
+            out[f"pool{block}"] = layer
+            block, idx = block + 1, 1
+    return out
 
 
 def _to_one_channel(conv: nn.Conv2d) -> nn.Conv2d:
@@ -75,6 +152,8 @@ class TorchvisionBackbone(Backbone):
 
     def __init__(self, arch: str = "resnet18", in_channels: int = 3, weights: str | None = None):
         super().__init__(in_channels)
+        if arch not in TV_ARCHS:
+            raise UserError(f"no named stages for torchvision {arch!r} as a trainable backbone: choose one of {list(TV_ARCHS)}")
         self.arch = arch
         self.arch_kwargs = {"arch": arch}
         model = load_torchvision_model(arch, weights)

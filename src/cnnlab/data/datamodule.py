@@ -81,6 +81,19 @@ def balanced_subset(labels: np.ndarray, fraction: float | None = None, count: in
     return np.sort(np.concatenate(picked))
 
 
+def round_robin_by_class(labels: torch.Tensor, count: int, offset: int = 0) -> torch.Tensor:
+    """``count`` indices cycling through the classes in label order: the first image of each class, then the second...
+
+    ``offset`` skips that many images of every class first. Fewer come back when the classes run out.
+    """
+    per_class = [torch.nonzero(labels == c).flatten()[offset:] for c in torch.unique(labels)]
+    picked, rank = [], 0
+    while len(picked) < count and any(rank < len(idx) for idx in per_class):
+        picked += [int(idx[rank]) for idx in per_class if rank < len(idx)]
+        rank += 1
+    return torch.tensor(picked[:count], dtype=torch.long)
+
+
 def build_augment(names: Sequence[str], image_size: int, crop_padding: int = 4) -> nn.Module:
     """kornia augmentations by name: ``crop`` (pad + random crop), ``flip``, ``resized_crop``, ``jitter``."""
     table = {
@@ -259,5 +272,7 @@ class ImageDataModule(pl.LightningDataModule):
         if trainer is None or not trainer.training:
             return self.preprocess(images), labels
         # augmentation is a function of (seed, step, rank) alone, so a resumed run repeats it exactly
-        seed = (self.hparams.shuffle_seed * 1_000_003 + trainer.global_step * 7919 + trainer.global_rank) % (2**63)
+        from cnnlab.callbacks import step_seed
+
+        seed = step_seed(self.hparams.shuffle_seed, trainer.global_step, trainer.global_rank, modulus=2**63)
         return self.preprocess(images, train=True, seed=seed), labels

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import json
 import logging
 import math
@@ -55,27 +54,6 @@ def finetune_steps(cfg: DictConfig, n_labelled: int) -> tuple[int, int]:
     return every * int(ft.evals), every
 
 
-_RECIPE_DEFAULTS = {"trunk_lr_mult": 1.0, "warmup_steps": 0, "head_only_steps": 0}
-
-
-def recipe_node(recipe: dict) -> tuple[dict, dict]:
-    """``(model node, skipped)``: the fine-tune recipe options the Classifier accepts, and those it does not.
-
-    TRANSITIONAL: the recipe options (lower trunk lr, warm-up, LP-FT) arrive with the Classifier's fine-tune
-    options; until then a non-default value is reported as skipped rather than failing the run.
-    """
-    from cnnlab.models import Classifier
-
-    accepted = set(inspect.signature(Classifier.__init__).parameters)
-    node, skipped = {}, {}
-    for k, v in recipe.items():
-        if k in accepted:
-            node[k] = v
-        elif v != _RECIPE_DEFAULTS.get(k):
-            skipped[k] = v
-    return node, skipped
-
-
 class ArmConfigs:
     """Builds the composed config of every ``cnnlab-train`` arm of one gap run."""
 
@@ -85,7 +63,7 @@ class ArmConfigs:
         for k in ("label_fraction", "label_seed", "shuffle_seed"):
             self.data.pop(k, None)
         self.backbone = OmegaConf.to_container(cfg.backbone, resolve=False)  # in_channels follows the arm's data
-        self.recipe, self.recipe_skipped = recipe_node(container(cfg.finetune.recipe))
+        self.recipe = container(cfg.finetune.recipe)
         self._composed: dict[tuple, DictConfig] = {}
 
     def _base(self, groups: dict, name: str, seed: int, out_dir: Path, with_backbone: bool) -> DictConfig:

@@ -63,7 +63,7 @@ def _per_tap(probe: dict, inits, taps, family: str, units_of: dict) -> dict:
 def summarize(collected: dict, inits: Sequence[str], fractions: Sequence[float], taps: Sequence[str] = ()) -> dict:
     """Accuracies, paired differences and the gap closed from the finished arms (see :meth:`Runner.collect`).
 
-    ``collected["probe"][init][unit]`` is a probe result (``cnnlab.gap.probing``), ``collected["finetune"][init]
+    ``collected["probe"][init][unit]`` is a probe result (``cnnlab.probes.cached.probe_trunk_cached``), ``collected["finetune"][init]
     [fraction][unit]`` a fine-tune choice (``{"lr", "step", "val", "test", "grid"}``); ``unit = (seed, subset)``.
     """
     probe, finetune = collected["probe"], collected["finetune"]

@@ -267,15 +267,15 @@ class Runner:
         return {"fingerprint": state_fingerprint(backbone)}
 
     def _run_probe(self, arm: A.Arm, d: Path) -> dict:
-        from cnnlab.gap.probing import probe_trunk
+        from cnnlab.probes.cached import probe_trunk_cached
 
         p = self.cfg.probe
         dm = self.datamodule(float(p.label_fraction), arm.subset or 0)
-        res = probe_trunk(self.trunk_path(arm), dm, taps=list(p.taps) if p.taps else None, target_dims=p.target_dims,
-                          cache_dir=self.root / "arms" / arm.trunk_arm / "features", weight_decays=list(p.weight_decays),
-                          max_iter=int(p.max_iter), knn_k=int(p.knn.k), knn_temperature=float(p.knn.temperature),
-                          device=_device(p.device), expect_arch=self.arch, expect_arch_kwargs=self.arch_kwargs,
-                          progress=sys.stdout.isatty(), sgd_epochs=int(p.sgd_epochs), seed=int(arm.seed))
+        res = probe_trunk_cached(self.trunk_path(arm), dm, taps=list(p.taps) if p.taps else None, target_dims=p.target_dims,
+                                 cache_dir=self.root / "arms" / arm.trunk_arm / "features", weight_decays=tuple(p.weight_decays),
+                                 max_iter=int(p.max_iter), knn_k=int(p.knn.k), knn_temperature=float(p.knn.temperature),
+                                 device=_device(p.device), expect_arch=self.arch, expect_arch_kwargs=self.arch_kwargs,
+                                 progress=sys.stdout.isatty())
         write_json(d / "probe.json", res)
         return {"n_train": res["n_train"]}
 
@@ -283,7 +283,7 @@ class Runner:
         self._train_in_process(self.arm_config(arm), d)
         best = best_checkpoint(d)
         write_json(d / "candidate.json", {"lr": arm.lr, **best})
-        return {"val": best["val"], "step": best["step"], "recipe_skipped": self.configs.recipe_skipped}
+        return {"val": best["val"], "step": best["step"]}
 
     def _run_finetune_test(self, arm: A.Arm, d: Path) -> dict:
         cands = {self.by_name[n].lr: json.loads((self.by_name[n].dir(self.root) / "candidate.json").read_text()) for n in arm.needs}
@@ -324,7 +324,7 @@ class Runner:
         res["budget"] = str(c.budget_name)
         res["grids"] = {"finetune_lr": [float(x) for x in c.finetune.lrs], "probe_weight_decay": [float(x) for x in c.probe.weight_decays],
                         "knn": {"k": int(c.probe.knn.k), "temperature": float(c.probe.knn.temperature)}}
-        res["recipe"] = {"finetune": OmegaConf.to_container(c.finetune, resolve=True), "skipped_recipe_options": self.configs.recipe_skipped,
+        res["recipe"] = {"finetune": OmegaConf.to_container(c.finetune, resolve=True),
                          "pretrain": OmegaConf.to_container(c.pretrain, resolve=True)}
         res["protocol"] = {
             "pretraining_pool": "every training image outside the validation split" + (f" (limited to {c.data.train_limit})" if c.data.get("train_limit") else ""),

@@ -1,15 +1,15 @@
 """Image-as-parameter visualizations and attacks (``cnnlab-visualize``).
 
 The building blocks live in submodules (import what you need; this file stays cheap to import so
-the console script starts fast):
+the console script starts fast). The network they inspect is a :class:`cnnlab.subject.Subject`
+(shared with ``cnnlab-analyze``), its layers read through :mod:`cnnlab.hooks`; saliency maps are
+:func:`cnnlab.analysis.attribution.saliency_map` (Captum).
 
-- ``network``: a frozen network seen from RGB images in [0, 1], with named layers
 - ``param``: pixel, Fourier (decorrelated colour) and MACO (fixed natural magnitude, phase only) images
 - ``spectrum``: natural-image Fourier magnitudes (cached) and the spectrum distance to natural images
 - ``objectives`` / ``regularizers`` / ``transforms``: what to optimize and how to keep it natural
-- ``hooks``: forward hooks by layer name, always removed
 - ``module``: ``ImageOptimization``, the LightningModule whose only parameter is the image
-- ``saliency``, ``attacks``: pure functions (saliency maps, FGSM/PGD with restarts/robustness curves/minimal perturbations/fooling)
+- ``attacks``: pure functions (FGSM/PGD with restarts/robustness curves/minimal perturbations/fooling)
 - ``experiments``: the configured experiments run by ``cli``
 """
 

@@ -1,6 +1,6 @@
 """Adversarial and fooling images as pure functions.
 
-``model`` maps RGB images ``(B, 3, H, W)`` in [0, 1] to class scores ``(B, K)`` (a ``Network``, whose
+``model`` maps RGB images ``(B, 3, H, W)`` in [0, 1] to class scores ``(B, K)`` (a ``cnnlab.subject.Subject``, whose
 forward path does any colour conversion and normalization). Every returned image is in [0, 1];
 L-infinity attacks stay within ``eps`` of the original. Gradients are taken with respect to the
 images only (``torch.autograd.grad``): the model's parameters never accumulate gradients.

@@ -4,6 +4,7 @@
     cnnlab-visualize viz=style viz.style_image=<painting>  # neural style
     cnnlab-visualize viz=inversion network.trunk=<trunk.pt> viz.layers=[conv2_1,conv3_1]
     cnnlab-visualize viz=deepdream network.arch=vgg16 network.weights=<vgg16.pth> viz.layer=conv4_3
+    cnnlab-visualize network.arch=resnet50 list_layers=true    # any torchvision classifier: its layer names
 """
 
 from __future__ import annotations
@@ -34,13 +35,13 @@ def _device(name: str) -> str:
 
 
 def build_network(cfg: DictConfig):
-    from cnnlab.visualize.network import load_network
+    """The :class:`~cnnlab.subject.Subject` of ``cfg.network``; an explicit trunk or torchvision arch replaces the default checkpoint."""
+    from cnnlab.subject import load_subject
 
     net = dict(OmegaConf.to_container(cfg, resolve=True))
-    # an explicit trunk or torchvision arch replaces the default checkpoint
     if net.get("trunk") or net.get("arch"):
         net["checkpoint"] = None
-    return load_network(**net)
+    return load_subject(**net)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -57,6 +58,9 @@ def run(cfg: DictConfig) -> dict:
         pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     print_config_tree(cfg, order=("viz", "network", "logger", "paths"), save_to=out_dir / "config_tree.log")
     network = build_network(cfg.network)
+    if cfg.get("list_layers"):
+        print(network.describe_layers())
+        return {}
     loggers = ensure_wandb_started([hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()
                                     if isinstance(c, DictConfig) and "_target_" in c])
     experiment = hydra.utils.instantiate(cfg.viz, _convert_="all")

@@ -8,7 +8,6 @@ dict of scalar results that the entry point writes to ``metrics.json``.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -16,17 +15,18 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from cnnlab.analysis.attribution import saliency_map
 from cnnlab.errors import UserError
+from cnnlab.hooks import LOGITS, LayerCapture
+from cnnlab.subject import Subject
+from cnnlab.tiles import enlarge
 from cnnlab.tracking import save_grid
 from cnnlab.visualize import attacks as A
 from cnnlab.visualize import objectives as O
-from cnnlab.visualize.hooks import LayerCapture
 from cnnlab.visualize.images import cifar_test_images, load_image, resize
 from cnnlab.visualize.module import ImageOptimization, run_optimization
-from cnnlab.visualize.network import LOGITS, Network
 from cnnlab.visualize.param import PixelImage, make_image
 from cnnlab.visualize.regularizers import YOSINSKI_PRESETS, StepRegularizer
-from cnnlab.visualize.saliency import saliency_map
 from cnnlab.visualize.transforms import RandomTransforms, lucid_transforms
 
 log = logging.getLogger("cnnlab")
@@ -36,7 +36,7 @@ log = logging.getLogger("cnnlab")
 class Context:
     """What every experiment needs: the network, where to write, whom to log to."""
 
-    network: Network
+    network: Subject
     out_dir: Path
     loggers: list = field(default_factory=list)
     data_dir: str = "data"
@@ -61,9 +61,7 @@ class Context:
         images = images.detach().float().cpu().clamp(0, 1)
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
-        h = images.shape[-2]
-        if h < min_tile:
-            images = F.interpolate(images, scale_factor=math.ceil(min_tile / h), mode="nearest")
+        images = enlarge(images, min_tile)
         path = save_grid(images, self.out_dir / "images" / f"{key}.png", nrow=nrow)
         from pytorch_lightning.loggers import WandbLogger
         from torchvision.utils import make_grid

@@ -70,14 +70,9 @@ def cifar_test_images(count: int = 10, data_dir: str | None = None, per_class: b
     test = dm.splits["test"]
     labels = test.labels
     if per_class:
-        k = len(dm.classes)
-        order = []
-        for rank in range(offset, offset + (count + k - 1) // k):
-            for c in range(k):
-                idx = torch.nonzero(labels == c).flatten()
-                if rank < len(idx):
-                    order.append(int(idx[rank]))
-        idx = torch.tensor(order[:count])
+        from cnnlab.data.datamodule import round_robin_by_class
+
+        idx = round_robin_by_class(labels, count, offset)
     else:
         idx = torch.arange(offset, min(offset + count, len(labels)))
     return test.images[idx].float() / 255.0, labels[idx].long(), list(dm.classes)

@@ -1,6 +1,6 @@
 """``ImageOptimization``: a LightningModule whose only trainable parameter is the image.
 
-The network is frozen in eval mode for good (``Network.train`` is a no-op), the Trainer drives the
+The network is frozen in eval mode for good (``Subject.train`` is a no-op), the Trainer drives the
 optimization over a dummy loader of N steps, and each step:
 
 1. draws the robustness transforms' random parameters once (fixed inside the step, so L-BFGS's
@@ -23,8 +23,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cnnlab.errors import UserError
-from cnnlab.visualize.hooks import LayerCapture
-from cnnlab.visualize.network import INPUT, Network
+from cnnlab.hooks import INPUT, LayerCapture
+from cnnlab.subject import Subject
 from cnnlab.visualize.objectives import Objective
 from cnnlab.visualize.transforms import RandomTransforms
 
@@ -81,7 +81,7 @@ class ImageOptimization(pl.LightningModule):
     ``<tag>/objective`` per step at ``step_offset + step`` (so several runs share one W&B history).
     """
 
-    def __init__(self, network: Network, image: nn.Module, objective: Objective, transforms: RandomTransforms | None = None,
+    def __init__(self, network: Subject, image: nn.Module, objective: Objective, transforms: RandomTransforms | None = None,
                  optimizer: str = "adam", lr: float = 0.05, optimizer_kwargs: dict | None = None,
                  post_steps: Sequence[Callable] = (), tag: str = "image", loggers: Sequence = (), step_offset: int = 0,
                  seed: int = 0):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.visualize import regularizers as R
-from cnnlab.visualize.network import INPUT, LOGITS
+from cnnlab.hooks import INPUT, LOGITS
 
 Acts = Mapping[str, torch.Tensor]
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from cnnlab.visualize.network import INPUT, LOGITS, Network
+if TYPE_CHECKING:
+    from cnnlab.subject import Subject
+
+#: the pseudo-layer holding the network output
+LOGITS = "logits"
+#: the pseudo-layer holding the image before robustness transforms (for image regularizers)
+INPUT = "input"
 
 
 class _StopForward(Exception):
@@ -14,17 +20,19 @@ class _StopForward(Exception):
 
 
 class LayerCapture:
-    """Record the outputs of named layers during ``run(x)``.
+    """Record the outputs of named layers of a :class:`~cnnlab.subject.Subject` during ``run(x)``.
 
     A context manager: hooks exist only between ``__enter__`` and ``__exit__`` (``close``), which
     runs even if the body raises. When the output (``logits``) is not needed, the forward pass
-    stops at the deepest requested layer (DeepDream, inversion and style never pay for the head).
+    stops once every requested layer has fired (DeepDream, inversion, style and feature analyses never
+    pay for the head). A layer that runs more than once per forward pass keeps its last output (ResNet blocks
+    call one ``relu`` module twice: pick ``layer1.0`` or ``layer1.0.bn2`` rather than ``layer1.0.relu``).
     """
 
-    def __init__(self, network: Network, layers: Sequence[str], stop_early: bool = True):
+    def __init__(self, subject: "Subject", layers: Sequence[str], stop_early: bool = True):
         names = [n for n in dict.fromkeys(layers) if n != INPUT]
-        self.network = network
-        self.layers = network.check_layers(names)
+        self.subject = subject
+        self.layers = subject.check_layers(names)
         self.hooked = [n for n in self.layers if n != LOGITS]
         self.need_output = LOGITS in self.layers
         self.stop_early = stop_early and not self.need_output
@@ -33,7 +41,8 @@ class LayerCapture:
 
     def _hook(self, name: str):
         def hook(_module, _inputs, output):
-            self.acts[name] = output
+            # a copy: torchvision blocks add in place to some outputs (ResNet's ``out += identity`` after bn2)
+            self.acts[name] = output.clone() if isinstance(output, torch.Tensor) else output
             if self.stop_early and len(self.acts) == len(self.hooked):
                 raise _StopForward
 
@@ -41,7 +50,7 @@ class LayerCapture:
 
     def open(self) -> "LayerCapture":
         if not self._handles:
-            self._handles = [self.network.layer(n).register_forward_hook(self._hook(n)) for n in self.hooked]
+            self._handles = [self.subject.layer(n).register_forward_hook(self._hook(n)) for n in self.hooked]
         return self
 
     def close(self) -> None:
@@ -57,12 +66,12 @@ class LayerCapture:
         self.close()
 
     def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Forward ``x`` (RGB in [0, 1]); ``{layer: activation}`` for every requested layer."""
+        """Forward ``x`` (RGB in [0, 1]); ``{layer: activation}`` for every requested layer that ran."""
         if self.hooked and not self._handles:
             raise RuntimeError("LayerCapture.run outside its context: use `with LayerCapture(...) as cap:`")
         self.acts = {}
         try:
-            out = self.network(x)
+            out = self.subject(x)
         except _StopForward:
             out = None
         acts = dict(self.acts)
