@@ -153,7 +153,7 @@ def lightning_vs_plain(steps: int, repeats: int = 2, hidden: int = 256) -> dict:
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader, TensorDataset
 
-    from cnnlab.callbacks import StepTimer
+    from steptimer import StepTimer
     from cnnlab.models.colorizer import Colorizer
 
     backbone, size, batch = CASES["vgg_cifar@32"]

@@ -27,7 +27,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from cnnlab.callbacks import StepTimer
+from steptimer import StepTimer
 from cnnlab.io.files import write_json
 from cnnlab.data import ImageDataModule
 from cnnlab.models import Classifier

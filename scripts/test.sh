@@ -1,6 +1,15 @@
 #!/usr/bin/env bash
-# Set up .venv and run the test suite. Integration tests need CNNLAB_DATA=<dir with cifar10-jpg.tar.gz>.
+# Set up .venv and run the test suite: the README's test command and what CI (.ci/run) runs.
+# Integration tests need CNNLAB_DATA=<dir with cifar10-jpg.tar.gz>. Extra arguments go to pytest
+# (e.g. -m "not slow" for the quick loop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# headless Chromium renders the analysis report in tests (tests/test_analysis_cli.py): install it when missing,
+# so this command and CI run the same tests
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
+  ($SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium) >/dev/null 2>&1 \
+    || echo "warning: could not install chromium (apt-get install chromium); the report rendering test will fail" >&2
+fi
 bash scripts/setup.sh
 .venv/bin/python -m pytest -q "$@"

@@ -282,12 +282,3 @@ def test_an_image_added_to_a_class_directory_builds_a_new_cache(tmp_path):
     assert second.path != first.path and len(second.splits["train"].labels) == len(first.splits["train"].labels) + 1
 
 
-
-def test_a_run_dir_that_cannot_be_created_is_one_line(tmp_path, data_dir):
-    a_file = tmp_path / "a_file"
-    a_file.write_text("not a directory\n")
-    proc = run_cli("cnnlab.train", *B, f"paths.data_dir={data_dir}", f"hydra.run.dir={a_file}", check=False)
-    assert proc.returncode == 2
-    (line,) = error_lines(proc)
-    assert f"cannot use {a_file} as the run directory" in line, line
-    assert a_file.read_text() == "not a directory\n"

@@ -16,21 +16,30 @@ import logging
 import time
 from pathlib import Path
 
-import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.config import CONF_DIR, check_complete, hydra_task
-from cnnlab.errors import UserError, exit_on_user_error
+from cnnlab.cli import hydra_main, instantiate, instantiate_group, resolve_device
+from cnnlab.errors import UserError
 
 log = logging.getLogger("cnnlab")
 
 
-def _instantiate_group(group: DictConfig | None) -> list:
-    """Every ``_target_`` config of a group (the logger group) built."""
-    if not group:
-        return []
-    return [hydra.utils.instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+def _network(cfg: DictConfig) -> tuple[str | None, dict]:
+    """``(checkpoint path or None, network options)``: the network to inspect."""
+    network = OmegaConf.to_container(cfg.get("network") or {}, resolve=True)
+    ckpt = None if OmegaConf.is_missing(cfg, "ckpt") else cfg.ckpt
+    return ckpt or None, network
+
+
+def check(cfg: DictConfig) -> None:
+    """What ``cnnlab-analyze`` can refuse before any work."""
+    ckpt, network = _network(cfg)
+    if not ckpt and not network.get("arch"):
+        raise UserError("no checkpoint given: pass ckpt=<run dir>/checkpoints/last.ckpt, ckpt=<run dir>/trunk.pt "
+                        "or network.arch=<torchvision model>")
+    if ckpt and network.get("arch"):
+        raise UserError(f"both ckpt={ckpt} and network.arch={network['arch']} given: pass one network")
+    resolve_device(cfg.device)
 
 
 def build_datamodule(cfg: DictConfig, subject):
@@ -42,11 +51,13 @@ def build_datamodule(cfg: DictConfig, subject):
     if cfg.get("follow_checkpoint_data", True) and subject.image_size:
         data_cfg["image_size"] = int(subject.image_size)
     data_cfg["augment"] = []
-    return hydra.utils.instantiate(data_cfg)
+    return instantiate(data_cfg)
 
 
 def run(cfg: DictConfig) -> dict:
-    """Run every analysis under ``cfg.analyses`` on ``cfg.ckpt``; returns ``{name: summary}``."""
+    """Run every analysis under ``cfg.analyses`` on the configured network; returns ``{name: summary}``."""
+    import torch
+
     from cnnlab.analysis.context import AnalysisContext
     from cnnlab.analysis.report import Report
     from cnnlab.analysis.runners import ORDER, RUNNERS
@@ -54,36 +65,29 @@ def run(cfg: DictConfig) -> dict:
     from cnnlab.subject import load_subject
     from cnnlab.tracking import ensure_wandb_started, finish_wandb
 
-    network = OmegaConf.to_container(cfg.get("network") or {}, resolve=True)
-    ckpt = None if OmegaConf.is_missing(cfg, "ckpt") else cfg.ckpt
-    if not ckpt and not network.get("arch"):
-        raise UserError("no checkpoint given: pass ckpt=<run dir>/checkpoints/last.ckpt, ckpt=<run dir>/trunk.pt "
-                        "or network.arch=<torchvision model>")
-    if ckpt and network.get("arch"):
-        raise UserError(f"both ckpt={ckpt} and network.arch={network['arch']} given: pass one network")
-    check_complete(cfg)
+    check(cfg)
     analyses = OmegaConf.to_container(cfg.get("analyses") or {}, resolve=True)
     unknown = [a for a in analyses if a not in RUNNERS]
     if unknown:
         raise UserError(f"unknown analysis {unknown}: choose from {ORDER} (analysis=[...])")
     if not analyses:
         raise UserError(f"no analysis selected: pass analysis=[{','.join(ORDER)}] or analysis=all")
-    if cfg.device != "cpu" and not torch.cuda.is_available():
-        raise UserError(f"device={cfg.device} but CUDA is not available: pass device=cpu")
+    device = resolve_device(cfg.device)
+    torch.manual_seed(int(cfg.seed or 0))
+    out_dir = Path(cfg.paths.output_dir)
+    ckpt, network = _network(cfg)
     subject = load_subject(path=ckpt, **network)
     if cfg.get("list_layers"):
         print(subject.describe_layers())
         return {}
-    torch.manual_seed(int(cfg.seed or 0))
-    out_dir = Path(cfg.paths.output_dir)
     dm = build_datamodule(cfg, subject)
-    loggers = ensure_wandb_started(_instantiate_group(cfg.get("logger")))
+    loggers = ensure_wandb_started(instantiate_group(cfg.get("logger")))
     report = Report(f"cnnlab analyses: {Path(str(ckpt)).name if ckpt else subject.name}",
                     meta={"checkpoint": ckpt or subject.source, "kind": f"{subject.method} ({'classifier' if subject.has_logits else 'trunk only'})",
                           "backbone": subject.arch, "input": subject.color_space, "data": f"{dm.hparams.name} / {cfg.split}",
                           "analyses": ", ".join(a for a in ORDER if a in analyses)})
     ctx = AnalysisContext(subject, dm, out_dir, split=cfg.split, limit=cfg.get("limit"), batch_size=int(cfg.batch_size),
-                          device=cfg.device, feature_cache_dir=cfg.get("feature_cache_dir"), loggers=loggers,
+                          device=device, feature_cache_dir=cfg.get("feature_cache_dir"), loggers=loggers,
                           seed=int(cfg.seed or 0), report=report)
     summary = {}
     for name in ORDER:
@@ -102,15 +106,9 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="analyze")
-@hydra_task
-def _hydra_entry(cfg: DictConfig) -> None:
+@hydra_main("analyze", check=check)
+def main(cfg: DictConfig) -> None:
     run(cfg)
-
-
-@exit_on_user_error
-def main() -> None:
-    _hydra_entry()
 
 
 if __name__ == "__main__":

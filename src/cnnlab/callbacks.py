@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from pathlib import Path
 from signal import SIGTERM
 
@@ -103,30 +102,3 @@ class InterruptAfter(pl.Callback):
             os.kill(os.getpid(), SIGTERM)  # Lightning's handler notes it; the loop stops at the next batch
         else:
             raise KeyboardInterrupt
-
-
-class StepTimer(pl.Callback):
-    """Time the training steps after ``warmup`` steps (for benchmarks): ``seconds``, ``steps``, ``samples``.
-
-    ``clock`` is ``time.process_time`` (this process's CPU time: robust on a shared machine) or
-    ``time.perf_counter`` (wall time).
-    """
-
-    def __init__(self, warmup: int = 3, clock=time.process_time):
-        self.warmup, self.clock = warmup, clock
-        self.start = self.end = None
-        self.steps = self.samples = 0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup:
-            self.start = self.clock()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.start is not None:
-            self.steps += 1
-            self.samples += len(batch[0])
-            self.end = self.clock()
-
-    @property
-    def seconds(self) -> float:
-        return (self.end - self.start) if self.start is not None else float("nan")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import shlex
@@ -86,10 +85,16 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+#: config groups whose state a resumed run takes from its checkpoint, not from the command line
+_RESTORED_GROUPS = ("model", "backbone")
+
+
 def resume_argv(argv: list[str]) -> list[str]:
     """Expand ``resume=<run dir>`` into the run's saved overrides plus ``hydra.run.dir=<run dir>``.
 
-    Overrides given next to ``resume=`` win over the saved ones with the same key.
+    Overrides given next to ``resume=`` win over the saved ones with the same key, and are listed on stderr.
+    Those of the model (``model.*``, ``backbone.*``) are refused: the model, its optimizer and scheduler
+    state come back from the checkpoint, so a new value would be ignored (an lr) or clash (a width).
     """
     resume = [a for a in argv if a.startswith("resume=")]
     if not resume:
@@ -103,8 +108,19 @@ def resume_argv(argv: list[str]) -> list[str]:
             "pass the run directory of an earlier cnnlab-train run"
         )
     extra = [a for a in argv if not a.startswith("resume=")]
+    restored = [a for a in extra if _key(a).split(".")[0] in _RESTORED_GROUPS or _key(a) in _RESTORED_GROUPS]
+    if restored:
+        raise UserError(
+            f"cannot change {' '.join(restored)} when resuming: the model, optimizer and scheduler are restored from "
+            f"{run_dir}/checkpoints/last.ckpt, so the change would not take effect; drop it, or start a new run"
+        )
     extra_keys = {_key(a) for a in extra}
-    old = [o for o in yaml.safe_load(saved.read_text()) or [] if _key(o) not in extra_keys and _key(o) != "resume"]
+    saved_overrides = yaml.safe_load(saved.read_text()) or []
+    old = [o for o in saved_overrides if _key(o) not in extra_keys and _key(o) != "resume"]
+    if extra:
+        was = {_key(o): o for o in saved_overrides}
+        changes = ", ".join(f"{a} (was {was[_key(a)]})" if _key(a) in was else a for a in extra)
+        print(f"resuming {run_dir} with {changes}", file=sys.stderr)
     return old + extra + [f"resume={run_dir.resolve()}", f"hydra.run.dir={shlex.quote(str(run_dir.resolve()))}"]
 
 
@@ -113,24 +129,3 @@ def in_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def hydra_task(fn):
-    """Wrap a Hydra task function: a :class:`UserError` becomes one ``error:`` line and exit code 2.
-
-    Inside a multirun the error is re-raised instead, so the sweeper records that job as failed
-    and goes on with the next one.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(cfg):
-        try:
-            return fn(cfg)
-        except UserError as err:
-            log.error("error: %s", err)
-            if in_multirun():
-                raise
-            print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
-
-    return wrapper

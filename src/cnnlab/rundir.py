@@ -24,7 +24,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cnnlab.config import is_rank_zero
-from cnnlab.errors import UserError, exit_on_user_error
+from cnnlab.cli import exit_on_user_error
+from cnnlab.errors import UserError
 
 log = logging.getLogger("cnnlab")
 

@@ -1,9 +1,9 @@
-"""Experiment tracking: the W&B logger factory and image-grid logging.
+"""Experiment tracking: the W&B logger factory and image logging (the one home for both).
 
 W&B is the default logger. Without credentials it runs offline into the run dir (upload later with
-``wandb sync <run dir>/wandb/offline-run-*``); a W&B failure never stops training, it falls back to
-offline mode with a warning. The run id lives in ``<run dir>/wandb_id.txt`` so a resumed run
-continues the same W&B run.
+``wandb sync <run dir>/wandb/offline-run-*``); a W&B failure never stops training: it falls back to
+offline mode with a warning (after at most ``init_timeout`` seconds), and if even that fails the run goes
+on without W&B. The run id lives in ``<run dir>/wandb_id.txt`` so a resumed run continues the same W&B run.
 """
 
 from __future__ import annotations
@@ -54,6 +54,13 @@ def run_id(save_dir: str | Path) -> str:
     return new_id
 
 
+def _drop_empty_wandb_env() -> None:
+    """An empty ``WANDB_*`` variable (``WANDB_SILENT=``) means unset to a user, but W&B rejects it."""
+    for var in [v for v, value in os.environ.items() if v.startswith("WANDB_") and not value.strip()]:
+        log.warning("ignoring the empty environment variable %s", var)
+        del os.environ[var]
+
+
 def make_wandb_logger(
     save_dir: str,
     project: str = "cnnlab",
@@ -64,9 +71,14 @@ def make_wandb_logger(
     tags: Sequence[str] | None = None,
     entity: str | None = None,
     job_type: str | None = None,
+    init_timeout: float = 30.0,
 ) -> WandbLogger:
+    """A W&B logger for ``save_dir``; ``init_timeout`` bounds the wait for the server (``$WANDB_INIT_TIMEOUT`` wins)."""
+    import wandb
+
     factory_kwargs = dict(save_dir=save_dir, project=project, name=name, log_model=log_model, group=group,
-                          tags=tags, entity=entity, job_type=job_type)
+                          tags=tags, entity=entity, job_type=job_type, init_timeout=init_timeout)
+    _drop_empty_wandb_env()
     mode = resolve_wandb_mode(mode)
     if mode == "offline":
         log.info("W&B: offline run in %s (upload later with `wandb sync`)", save_dir)
@@ -74,29 +86,39 @@ def make_wandb_logger(
         save_dir=save_dir, project=project, name=name, id=run_id(save_dir), offline=mode == "offline",
         mode=mode if mode == "disabled" else None, log_model=log_model, group=group or None,
         tags=list(tags or []), entity=entity, job_type=job_type,
+        settings=wandb.Settings(init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT") or init_timeout)),
     )
     logger._cnnlab_factory_kwargs = factory_kwargs  # what the offline fallback rebuilds from
     return logger
 
 
 def ensure_wandb_started(loggers: list[Logger]) -> list[Logger]:
-    """Start each W&B run now (rank 0); if that fails, warn and swap in an offline run."""
+    """Start each W&B run now (rank 0); if that fails, warn and swap in an offline run, or go on without it."""
     out = []
     for lg in loggers:
         if isinstance(lg, WandbLogger) and rank_zero_only.rank == 0:
             try:
                 lg.experiment  # noqa: B018 - forces wandb.init
             except Exception as err:  # noqa: BLE001 - network and auth errors come in many types
-                first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-                warnings.warn(f"W&B failed to start ({type(err).__name__}: {first_line}); continuing offline", stacklevel=2)
+                warnings.warn(f"W&B failed to start ({_first_line(err)}); continuing offline", stacklevel=2)
                 import wandb
 
                 wandb.teardown()  # drop the half-initialised online session before starting an offline one
                 os.environ["WANDB_MODE"] = "offline"
-                lg = make_wandb_logger(**{**getattr(lg, "_cnnlab_factory_kwargs", {}), "mode": "offline"})
-                lg.experiment  # noqa: B018
+                try:
+                    lg = make_wandb_logger(**{**getattr(lg, "_cnnlab_factory_kwargs", {}), "mode": "offline"})
+                    lg.experiment  # noqa: B018
+                except Exception as err2:  # noqa: BLE001 - a broken W&B set-up must not stop the run
+                    warnings.warn(f"W&B cannot run offline either ({_first_line(err2)}); continuing without W&B", stacklevel=2)
+                    wandb.teardown()
+                    continue
         out.append(lg)
     return out
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
 def finish_wandb() -> None:
@@ -117,6 +139,23 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, padding: in
     return path
 
 
+def log_images(loggers: Sequence[Logger], key: str, images: Sequence[torch.Tensor | str | Path],
+               caption: str | None = None, step: int | None = None) -> None:
+    """Send images (``(3, H, W)`` tensors in [0, 1], or image files) to every image-capable logger (W&B,
+    TensorBoard). A tracking failure is a warning: it never stops the work that made the images."""
+    for lg in loggers:
+        try:
+            if isinstance(lg, WandbLogger):
+                items = [str(im) if isinstance(im, Path) else im for im in images]
+                lg.log_image(key=key, images=items, caption=[caption] * len(items) if caption else None, step=step)
+            elif hasattr(getattr(lg, "experiment", None), "add_image"):
+                for im in images:
+                    if torch.is_tensor(im):
+                        lg.experiment.add_image(key, im, global_step=step or 0)
+        except Exception as err:  # noqa: BLE001 - loggers fail in many ways
+            log.warning("image logging to %s failed for %s: %s", type(lg).__name__, key, _first_line(err))
+
+
 @rank_zero_only
 def log_image_grid(trainer, key: str, images: torch.Tensor, nrow: int = 8, caption: str | None = None,
                    normalize: bool = False, out_dir: str | Path | None = None) -> Path | None:
@@ -124,9 +163,5 @@ def log_image_grid(trainer, key: str, images: torch.Tensor, nrow: int = 8, capti
     root = Path(out_dir or trainer.default_root_dir)
     path = save_grid(images, root / "images" / key.replace("/", "_") / f"step_{trainer.global_step:07d}.png", nrow, normalize=normalize)
     grid = make_grid(images.detach().float().cpu(), nrow=nrow, normalize=normalize).clamp(0, 1)
-    for lg in trainer.loggers:
-        if isinstance(lg, WandbLogger):
-            lg.log_image(key=key, images=[grid], caption=[caption] if caption else None, step=trainer.global_step)
-        elif hasattr(lg, "experiment") and hasattr(lg.experiment, "add_image"):
-            lg.experiment.add_image(key, grid, global_step=trainer.global_step)
+    log_images(trainer.loggers, key, [grid], caption, step=trainer.global_step)
     return path

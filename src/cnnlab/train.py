@@ -14,24 +14,16 @@ import math
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
-import hydra
-import hydra.errors
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cnnlab.config import CONF_DIR, check_complete, hydra_task, in_multirun, is_rank_zero, print_config_tree, resume_argv
-from cnnlab.errors import UserError, exit_on_user_error
+from cnnlab.cli import hydra_main, instantiate, instantiate_group
+from cnnlab.config import check_complete, in_multirun, is_rank_zero, print_config_tree, resume_argv
+from cnnlab.errors import UserError
 
 # torch, Lightning and W&B are imported inside run(): a config mistake is reported in a second or two
 
 log = logging.getLogger("cnnlab")
-
-
-def _instantiate_group(group: DictConfig | None) -> list[Any]:
-    if not group:
-        return []
-    return [hydra.utils.instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
 def _refuse_multirun_ddp(cfg: DictConfig) -> None:
@@ -66,7 +58,7 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list):
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     from cnnlab import checkpoint_io
 
-    return checkpoint_io.install(hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False))
+    return checkpoint_io.install(instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False))
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -100,23 +92,18 @@ def run(cfg: DictConfig) -> float | None:
         pl.seed_everything(int(cfg.seed), workers=True)
     print_config_tree(cfg, save_to=out_dir / "config_tree.log")
 
-    callbacks = _instantiate_group(cfg.get("callbacks"))
-    loggers = ensure_wandb_started(_instantiate_group(cfg.get("logger")))
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = ensure_wandb_started(instantiate_group(cfg.get("logger")))
     trainer = build_trainer(cfg, callbacks, loggers)
 
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     model_cfg = cfg.model
     if "num_classes" in model_cfg and model_cfg.num_classes is None:
         model_cfg = model_cfg.copy()
         with open_dict(model_cfg):
             model_cfg.num_classes = datamodule.num_classes
-    try:
-        model = hydra.utils.instantiate(model_cfg, _recursive_=False)
-    except hydra.errors.InstantiationException as err:
-        if isinstance(err.__cause__, UserError):  # a model's own one-line error, not a config-system failure
-            raise err.__cause__ from None
-        raise
+    model = instantiate(model_cfg, _recursive_=False)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
@@ -177,16 +164,9 @@ def _resume_hint(out_dir: Path) -> None:
         print(f"interrupted: continue this run with `cnnlab-train resume={out_dir}`", file=sys.stderr)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-@hydra_task
-def _hydra_entry(cfg: DictConfig) -> float | None:
+@hydra_main("train", argv=resume_argv)
+def main(cfg: DictConfig) -> float | None:
     return run(cfg)
-
-
-@exit_on_user_error
-def main() -> None:
-    sys.argv = [sys.argv[0], *resume_argv(sys.argv[1:])]
-    _hydra_entry()
 
 
 if __name__ == "__main__":

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from cnnlab.config import CONF_DIR
-from cnnlab.errors import exit_on_user_error
+from cnnlab.cli import hydra_main
 
 
 def run(cfg: DictConfig, out_dir: str | Path | None = None, choices: dict | None = None) -> dict:
@@ -39,22 +37,9 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, choices: dict | None
     return Runner(cfg, Path(out_dir), choices).run()
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="gap")
-def _hydra_entry(cfg: DictConfig) -> None:
-    import sys
-
-    from cnnlab.errors import UserError
-
-    try:
-        run(cfg)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)  # one line instead of Hydra's traceback
-        raise SystemExit(2) from None
-
-
-@exit_on_user_error
-def main() -> None:
-    _hydra_entry()
+@hydra_main("gap")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
 
 
 __all__ = ["main", "run"]

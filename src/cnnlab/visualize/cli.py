@@ -13,25 +13,14 @@ import logging
 import warnings
 from pathlib import Path
 
-import hydra
-import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.io.files import write_json
-from cnnlab.config import CONF_DIR, check_complete, hydra_task, print_config_tree
-from cnnlab.errors import UserError, exit_on_user_error
-from cnnlab.tracking import ensure_wandb_started, finish_wandb
+from cnnlab.cli import hydra_main, instantiate, instantiate_group, resolve_device
+from cnnlab.config import print_config_tree
+
+# torch, Lightning and W&B are imported inside run(): a config mistake is reported in a second
 
 log = logging.getLogger("cnnlab")
-
-
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda but no GPU is visible: use device=cpu or device=auto")
-    return name
 
 
 def build_network(cfg: DictConfig):
@@ -46,9 +35,13 @@ def build_network(cfg: DictConfig):
 
 def run(cfg: DictConfig) -> dict:
     """Build the network and loggers, run ``cfg.viz``, write ``metrics.json``; returns the metrics."""
+    import pytorch_lightning as pl
+    import torch
+
+    from cnnlab.io.files import write_json
+    from cnnlab.tracking import ensure_wandb_started, finish_wandb
     from cnnlab.visualize.experiments import Context
 
-    check_complete(cfg)
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     out_dir = Path(cfg.paths.output_dir)
@@ -61,11 +54,10 @@ def run(cfg: DictConfig) -> dict:
     if cfg.get("list_layers"):
         print(network.describe_layers())
         return {}
-    loggers = ensure_wandb_started([hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()
-                                    if isinstance(c, DictConfig) and "_target_" in c])
-    experiment = hydra.utils.instantiate(cfg.viz, _convert_="all")
+    loggers = ensure_wandb_started(instantiate_group(cfg.get("logger")))
+    experiment = instantiate(cfg.viz, _convert_="all")
     ctx = Context(network=network, out_dir=out_dir, loggers=loggers, data_dir=str(cfg.paths.data_dir),
-                  seed=int(cfg.get("seed") or 0), progress=bool(cfg.get("progress", True)), device=_device(cfg.get("device", "auto")))
+                  seed=int(cfg.get("seed") or 0), progress=bool(cfg.get("progress", True)), device=resolve_device(cfg.get("device", "auto")))
     metrics = experiment(ctx)
     metrics = {"network": network.name, **metrics}
     write_json(out_dir / "metrics.json", metrics)
@@ -76,15 +68,9 @@ def run(cfg: DictConfig) -> dict:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="visualize")
-@hydra_task
-def _hydra_entry(cfg: DictConfig) -> None:
+@hydra_main("visualize", check=lambda cfg: resolve_device(cfg.get("device", "auto")))
+def main(cfg: DictConfig) -> None:
     run(cfg)
-
-
-@exit_on_user_error
-def main() -> None:
-    _hydra_entry()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,295 @@
+"""The one entry-point layer: every console script starts here.
+
+- :func:`user_errors` turns a :class:`~cnnlab.errors.UserError` (found anywhere in an exception's
+  cause chain, so one raised inside ``hydra.utils.instantiate`` or a resolver counts) into one
+  ``error:`` line and exit code 2; ``CNNLAB_TRACEBACK=1`` prints the traceback first.
+- :func:`hydra_main` makes a Hydra command. Before Hydra creates the run directory it composes the
+  config once itself and checks it (unknown group options and keys, value types and ranges, resolvers,
+  missing values, a writable run directory), so a mistake costs a second and touches nothing. Inside a
+  multirun a job's ``UserError`` is re-raised instead, so the sweeper records that job as failed.
+- :func:`instantiate` / :func:`instantiate_group` build ``_target_`` configs with the same unwrapping.
+- :func:`resolve_device` is the one reading of ``device=auto|cpu|cuda``.
+
+torch is imported only by :func:`resolve_device`: a config mistake is reported before any heavy import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.config import CONF_DIR, check_complete, in_multirun
+from cnnlab.errors import UserError
+from cnnlab.validation import check_values
+
+log = logging.getLogger("cnnlab")
+
+#: Hydra flags that do not run the task (help, config printing, completion): nothing to check first
+_NO_RUN_FLAGS = ("help", "hydra_help", "info", "shell_completion", "cfg", "experimental_rerun")
+
+
+# --------------------------------------------------------------------------------------------- errors
+def user_error_of(exc: BaseException) -> UserError | None:
+    """The :class:`UserError` that caused ``exc`` (``exc`` itself, or one in its ``__cause__``/``__context__`` chain)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UserError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def exit_with(err: BaseException, cause: BaseException | None = None) -> None:
+    """Print ``error: <err>`` (after the traceback of ``cause`` when ``CNNLAB_TRACEBACK`` is set) and exit 2."""
+    if os.environ.get("CNNLAB_TRACEBACK"):
+        traceback.print_exception(cause or err)
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Run the body; a user mistake ends as one ``error:`` line and exit code 2."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - only a UserError in the chain is handled, the rest re-raised
+        err = user_error_of(exc)
+        if err is None:
+            raise
+        exit_with(err, exc)
+
+
+def exit_on_user_error(fn: Callable) -> Callable:
+    """Decorate a plain (argparse) entry point with :func:`user_errors`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with user_errors():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------------------------- building
+def instantiate(cfg: Any, *args, **kwargs) -> Any:
+    """``hydra.utils.instantiate`` whose failures caused by a :class:`UserError` raise that error itself."""
+    import hydra.utils
+
+    try:
+        return hydra.utils.instantiate(cfg, *args, **kwargs)
+    except Exception as exc:
+        err = user_error_of(exc)
+        if err is None or err is exc:
+            raise
+        raise err from None
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Every ``_target_`` config of a group (callbacks, loggers), built in order; ``None`` entries are skipped."""
+    if not group:
+        return []
+    return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without a GPU is a :class:`UserError`."""
+    import torch
+
+    name = str(name)
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} but no GPU is visible: pass device=cpu (or device=auto)")
+    return name
+
+
+# --------------------------------------------------------------------------------------------- checks
+def check_config(cfg: DictConfig, check: Callable[[DictConfig], None] | None = None) -> None:
+    """Everything that can be checked without doing work: value types and ranges, the command's own check,
+    resolvers and mandatory values (``???``); cheapest first."""
+    try:
+        check_values(cfg)
+        if check is not None:
+            check(cfg)
+        check_complete(cfg)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - OmegaConf's resolution errors
+        err = user_error_of(exc)
+        if err is not None:
+            raise err from None
+        from omegaconf.errors import MissingMandatoryValue
+
+        if isinstance(exc, MissingMandatoryValue):
+            key = getattr(exc, "full_key", "") or "a value"
+            raise UserError(f"{key} is not set: pass {key}=<value>") from None
+        raise UserError(f"the config does not resolve: {_one_line(exc)}") from None
+
+
+def check_run_dir(path: str | Path) -> None:
+    """The run directory must be a directory we can create and write; tried with a temporary directory
+    in its nearest existing ancestor, which is removed again (permissions alone miss read-only mounts)."""
+    import tempfile
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"hydra.run.dir={path} is a file: pass a directory for the run (hydra.run.dir=<dir>)")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot create the run directory {path}: {parent} is a file; pass hydra.run.dir=<a directory>")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".cnnlab-write-test-", dir=parent))
+    except OSError as err:
+        raise UserError(f"cannot write the run directory {path}: {parent} is not writable ({err.strerror}); "
+                        "pass hydra.run.dir=<a writable directory>") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _config_system_error(exc: BaseException, loader) -> UserError:
+    """A Hydra composition failure as one line that names what the user can choose from."""
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    if isinstance(exc, MissingConfigException) and getattr(exc, "missing_cfg_file", None):
+        group, _, name = str(exc.missing_cfg_file).rpartition("/")
+        options = loader.get_group_options(group) if group else []
+        if options:
+            return UserError(f"{group}={name} is not an option: choose one of {', '.join(options)} (conf/{group}/)")
+    cause = exc.__cause__
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and getattr(cause, "full_key", None):
+        key = cause.full_key
+        parent = key.rpartition(".")[0]
+        node = getattr(cause, "parent_node", None)
+        keys = sorted(str(k) for k in node.keys() if not str(k).startswith("_")) if isinstance(node, DictConfig) else []
+        where = f" of {parent}" if parent else ""
+        valid = f": choose from {', '.join(keys)}" if keys else ""
+        return UserError(f"{key} is not a key{where}{valid} (prefix + to add a new key: +{key}=...)")
+    return UserError(_one_line(exc))
+
+
+def precheck(config_name: str, argv: Sequence[str], check: Callable[[DictConfig], None] | None = None) -> None:
+    """Compose the config of ``argv`` as Hydra will and run :func:`check_config` and :func:`check_run_dir` on it,
+    before Hydra creates the run directory. A multirun is only composed (its sweeps unexpanded: unknown options
+    and keys are found); each of its jobs checks its values inside the job. Hydra's informational flags
+    (``--help``, ``--cfg``) are left to Hydra."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_automatic_config_search_path, get_args_parser
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.types import RunMode
+
+    try:
+        args = get_args_parser().parse_args(list(argv))
+    except SystemExit:
+        return  # argparse already printed its usage error; Hydra will again
+    if any(getattr(args, f, None) for f in _NO_RUN_FLAGS):
+        return
+    try:
+        overrides = OverridesParser.create().parse_overrides(args.overrides)
+    except Exception as exc:  # noqa: BLE001 - Hydra's override syntax errors
+        raise UserError(f"cannot parse the overrides: {_one_line(exc)}") from None
+    sweep = args.multirun or any(o.is_sweep_override() for o in overrides)
+    search_path = create_automatic_config_search_path(None, None, args.config_path or CONF_DIR)
+    if args.config_dir:
+        config_dir = Path(args.config_dir).resolve()
+        if not config_dir.is_dir():
+            raise UserError(f"--config-dir {config_dir} is not a directory")
+        search_path.prepend(provider="command-line", path=f"file://{config_dir}", anchor=SearchPathQuery(provider="schema"))
+    GlobalHydra.instance().clear()
+    hydra = Hydra.create_main_hydra2(task_name=config_name, config_search_path=search_path)
+    try:
+        try:
+            cfg = hydra.compose_config(args.config_name or config_name, list(args.overrides),
+                                       run_mode=RunMode.MULTIRUN if sweep else RunMode.RUN, with_log_configuration=False)
+        except Exception as exc:  # noqa: BLE001 - every composition failure is the user's config
+            raise _config_system_error(exc, hydra.config_loader) from None
+        if sweep or str(cfg.hydra.get("mode")) == "MULTIRUN":
+            return
+        HydraConfig.instance().set_config(cfg)
+        run_dir = Path(str(cfg.hydra.run.dir)).expanduser().resolve()
+        with _open(cfg.hydra.runtime):
+            cfg.hydra.runtime.output_dir = str(run_dir)
+        check_run_dir(run_dir)
+        with _open(cfg):
+            del cfg["hydra"]  # what the task sees
+        check_config(cfg, check)
+    finally:
+        HydraConfig.instance().cfg = None
+        GlobalHydra.instance().clear()
+
+
+@contextlib.contextmanager
+def _open(cfg: DictConfig) -> Iterator[None]:
+    """Writable, and open to new keys (Hydra's config is read-only and struct)."""
+    from omegaconf import open_dict, read_write
+
+    with read_write(cfg), open_dict(cfg):
+        yield
+
+
+def _module_name(fn: Callable) -> str:
+    """``fn``'s module; for ``python -m cnnlab.train`` the module name rather than ``__main__``."""
+    if fn.__module__ != "__main__":
+        return fn.__module__
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    return spec.name if spec is not None else fn.__module__
+
+
+def hydra_main(config_name: str, argv: Callable[[list[str]], list[str]] | None = None,
+               check: Callable[[DictConfig], None] | None = None) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+    """Make ``task(cfg)`` a console script on ``conf/<config_name>.yaml``.
+
+    ``argv`` rewrites the command line first (``resume=`` expansion); ``check(cfg)`` is the command's own
+    cheap check, run before any work (before the run dir exists, and again inside each multirun job).
+    """
+    import hydra
+
+    def decorate(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        @functools.wraps(task)
+        def job(cfg: DictConfig) -> Any:
+            try:
+                check_config(cfg, check)
+                return task(cfg)
+            except Exception as exc:  # noqa: BLE001 - only a UserError in the chain is handled here
+                err = user_error_of(exc)
+                if err is None:
+                    raise
+                log.error("error: %s", err)
+                if in_multirun():
+                    raise err from exc  # the sweeper records this job as failed and goes on
+                exit_with(err, exc)  # before Hydra's own reporting turns it into a traceback and exit 1
+
+        # Hydra names the job (and its log file) after the task's module, not after this one
+        job.__module__ = _module_name(task)
+        hydra_job = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(job)
+
+        @functools.wraps(task)
+        def main() -> Any:
+            with user_errors():
+                args = sys.argv[1:]
+                if argv is not None:
+                    args = argv(args)
+                precheck(config_name, args, check)
+                sys.argv = [sys.argv[0], *args]
+                return hydra_job()
+
+        main.task = task  # type: ignore[attr-defined]
+        return main
+
+    return decorate
