@@ -1,9 +1,11 @@
-"""Callbacks: trunk export, per-step reseeding for exact resumes, and a test interrupt."""
+"""Callbacks: trunk export, metrics kept in checkpoints, per-step reseeding for exact resumes, and a test interrupt."""
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
+from signal import SIGTERM
 
 import numpy as np
 import pytorch_lightning as pl
@@ -43,6 +45,27 @@ class ExportTrunk(pl.Callback):
                     lg.experiment.log_artifact(art)
 
 
+class MetricsInCheckpoint(pl.Callback):
+    """Keep the latest scalar metrics in every checkpoint, so that a resumed run with nothing left to train
+    (stopped after its last epoch, e.g. during testing) still reports its training and validation metrics."""
+
+    KEY = "cnnlab_metrics"
+
+    def __init__(self):
+        self.restored: dict[str, float] = {}
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[self.KEY] = scalar_metrics(trainer)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self.restored = dict(checkpoint.get(self.KEY, {}))
+
+    @staticmethod
+    def restored_from(trainer: pl.Trainer) -> dict[str, float]:
+        """The metrics the resumed checkpoint carried (empty for a fresh run)."""
+        return next((dict(c.restored) for c in trainer.callbacks if isinstance(c, MetricsInCheckpoint)), {})
+
+
 def step_seed(seed: int, step: int, rank: int = 0, modulus: int = 2**31) -> int:
     """The seed of one training step, a function of (seed, global step, rank) alone: a resumed run repeats it."""
     return (seed * 1_000_003 + step * 7919 + rank) % modulus
@@ -66,11 +89,16 @@ class StepSeeder(pl.Callback):
 
 
 class InterruptAfter(pl.Callback):
-    """Interrupt training (as Ctrl-C would) at the start of epoch ``epochs``; for testing resume."""
+    """Interrupt training at the start of epoch ``epochs``, for testing resume: as Ctrl-C would
+    (``signal: INT``), or by sending this process a real ``SIGTERM`` (``signal: TERM``, as a scheduler would)."""
 
-    def __init__(self, epochs: int = 1):
-        self.epochs = epochs
+    def __init__(self, epochs: int = 1, signal: str = "INT"):
+        self.epochs, self.signal = epochs, signal.upper()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch >= self.epochs:
+        if trainer.current_epoch < self.epochs:
+            return
+        if self.signal == "TERM":
+            os.kill(os.getpid(), SIGTERM)  # Lightning's handler notes it; the loop stops at the next batch
+        else:
             raise KeyboardInterrupt

@@ -101,9 +101,10 @@ def resume_argv(argv: list[str]) -> list[str]:
         return argv
     run_dir = Path(resume[-1].split("=", 1)[1]).expanduser()
     saved = run_dir / ".hydra" / "overrides.yaml"
-    if not (run_dir / "checkpoints" / "last.ckpt").is_file() or not saved.is_file():
+    # any checkpoint will do: cnnlab.rundir.resume_checkpoint falls back from a damaged or missing last.ckpt
+    if not any((run_dir / "checkpoints").glob("*.ckpt")) or not saved.is_file():
         raise UserError(
-            f"cannot resume {run_dir}: it needs .hydra/overrides.yaml and checkpoints/last.ckpt; "
+            f"cannot resume {run_dir}: it needs .hydra/overrides.yaml and a checkpoint in checkpoints/; "
             "pass the run directory of an earlier cnnlab-train run"
         )
     extra = [a for a in argv if not a.startswith("resume=")]

@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
 import sys
 from pathlib import Path
 
@@ -54,7 +56,9 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list):
         callbacks.append(StepSeeder(cfg.get("seed") or 0))
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    from cnnlab import checkpoint_io
+
+    return checkpoint_io.install(instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False))
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -62,9 +66,22 @@ def run(cfg: DictConfig) -> float | None:
     _quiet_non_zero_rank()
     check_complete(cfg)
     _refuse_multirun_ddp(cfg)
+    from cnnlab import rundir
+
+    ckpt_path = None
+    if cfg.get("resume"):
+        ckpt_path = rundir.resume_checkpoint(Path(cfg.resume))
+        finished = rundir.finished_message(Path(cfg.resume), ckpt_path, cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps"))
+        if finished:
+            log.warning(finished)
+            return _saved_metric(Path(cfg.resume), cfg)
+        log.info("resuming from %s", ckpt_path)
+        ckpt_path = str(ckpt_path)
+    elif cfg.get("ckpt_path"):
+        ckpt_path = cfg.ckpt_path
     import pytorch_lightning as pl
 
-    from cnnlab.callbacks import scalar_metrics
+    from cnnlab.callbacks import MetricsInCheckpoint, scalar_metrics
     from pytorch_lightning.utilities import rank_zero_only
 
     from cnnlab.io.files import write_json
@@ -90,30 +107,17 @@ def run(cfg: DictConfig) -> float | None:
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    ckpt_path = None
-    if cfg.get("resume"):
-        ckpt_path = str(Path(cfg.resume) / "checkpoints" / "last.ckpt")
-        log.info("resuming from %s", ckpt_path)
-    elif cfg.get("ckpt_path"):
-        ckpt_path = cfg.ckpt_path
-
     if cfg.get("train", True):
-        try:
+        with _interruption_exits_non_zero(trainer, out_dir):
             # our own checkpoints hold config containers, which torch's weights-only loader refuses
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
-        except SystemExit:
-            # Lightning exits on Ctrl-C / SIGTERM after a graceful shutdown: say how to go on
-            if trainer.interrupted:
-                _resume_hint(out_dir)
-            raise
-        if trainer.interrupted:
-            _resume_hint(out_dir)
-            raise SystemExit(1)
-    train_metrics = scalar_metrics(trainer)
+    train_metrics = {**MetricsInCheckpoint.restored_from(trainer), **scalar_metrics(trainer)}
     test_metrics = {}
     if cfg.get("test", False):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if cfg.get("train", True) else ""
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or (None if cfg.get("train", True) else ckpt_path), weights_only=False)
+        best = rundir.in_run_dir(best, out_dir)
+        with _interruption_exits_non_zero(trainer, out_dir):
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or (None if cfg.get("train", True) else ckpt_path), weights_only=False)
         test_metrics = scalar_metrics(trainer)
     metrics = {**train_metrics, **test_metrics}
     rank_zero_only(write_json)(out_dir / "metrics.json", metrics)
@@ -123,6 +127,36 @@ def run(cfg: DictConfig) -> float | None:
     if value is not None and not math.isfinite(value):
         log.warning("optimized metric %s is %s", cfg.optimized_metric, value)
     return value
+
+
+#: the exit code after SIGTERM (the shell's 128 + signal number), so schedulers and scripts see an unfinished run
+SIGTERM_EXIT = 128 + signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _interruption_exits_non_zero(trainer, out_dir: Path):
+    """Lightning stops gracefully on Ctrl-C (exit 1) and SIGTERM (exit 143, not its own 0); both say how to go on."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    try:
+        yield
+    except SIGTERMException:
+        _resume_hint(out_dir)
+        raise SystemExit(SIGTERM_EXIT) from None
+    except SystemExit:
+        if trainer.interrupted:
+            _resume_hint(out_dir)
+        raise
+    if trainer.interrupted:
+        _resume_hint(out_dir)
+        raise SystemExit(1)
+
+
+def _saved_metric(run_dir: Path, cfg: DictConfig) -> float | None:
+    """``cfg.optimized_metric`` from a finished run's ``metrics.json`` (what sweepers get back)."""
+    import json
+
+    return json.loads((run_dir / "metrics.json").read_text()).get(cfg.get("optimized_metric") or "")
 
 
 def _resume_hint(out_dir: Path) -> None:

@@ -24,6 +24,7 @@ import torch
 
 from cnnlab.backbones.base import Backbone
 from cnnlab.errors import UserError
+from cnnlab.io.files import atomic_save
 
 TRUNK_FORMAT, TRUNK_VERSION = "cnnlab-trunk", 1
 
@@ -45,12 +46,7 @@ def trunk_dict(backbone: Backbone, color_space: str, method: str, info: dict | N
 
 def save_trunk(path: str | Path, backbone: Backbone, color_space: str, method: str, info: dict | None = None) -> Path:
     """Write ``backbone`` as a trunk file (atomically: a temp file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(trunk_dict(backbone, color_space, method, info), tmp)
-    tmp.replace(path)
-    return path
+    return atomic_save(path, lambda tmp: torch.save(trunk_dict(backbone, color_space, method, info), tmp))
 
 
 def read_trunk(path: str | Path) -> dict[str, Any]:

@@ -7,9 +7,12 @@ CIFAR-10 / STL-10 files, the synthetic generator) ends up as the same on-disk la
     <cache_dir>/<key>/<split>_images.npy   uint8, (N, 3, S, S), memory-mapped on load
     <cache_dir>/<key>/<split>_labels.npy   int64, (N,)
 
-The key hashes the source (path, size, mtime) and the image size, so a changed source or size
-builds a new cache and an unchanged one is reused. Writes go to a temporary directory that is
-renamed into place, so concurrent builders (DDP ranks) never see a half-written cache.
+The key hashes the source (path, size, mtime; for a directory also every subdirectory's mtime, which
+changes when an image is added, removed or renamed) and the image size, so a changed source or size
+builds a new cache and an unchanged one is reused. The images skipped as corrupt are recorded in
+``meta.json``, so a cached run reports them (or fails on them with ``on_corrupt=fail``) exactly as the
+run that built the cache did. Writes go to a temporary directory that is renamed into place
+(:func:`cnnlab.io.files.atomic_dir`), so concurrent builders (DDP ranks) never see a half-written cache.
 """
 
 from __future__ import annotations
@@ -18,10 +21,7 @@ import hashlib
 import io
 import json
 import logging
-import os
-import shutil
 import tarfile
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cnnlab.errors import UserError
+from cnnlab.io.files import atomic_dir
 from cnnlab.io.images import IMAGE_SUFFIXES, rgb_image
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ def cache_key(name: str, source: Path | None, image_size: int, extra: str = "") 
     if source is not None:
         st = source.stat()
         h.update(f"{source.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode())
+        if source.is_dir():  # the top directory's mtime misses images added to a class directory
+            for d in sorted(p for p in source.rglob("*") if p.is_dir()):
+                h.update(f"|{d.relative_to(source)}|{d.stat().st_mtime_ns}".encode())
     return f"{name}-{image_size}px-{h.hexdigest()[:10]}"
 
 
@@ -80,23 +84,18 @@ def load_cache(path: Path) -> CachedDataset:
 
 
 def write_cache(path: Path, classes: list[str], splits: dict[str, CachedSplit], meta: dict) -> CachedDataset:
-    """Atomically write a cache directory (temp dir + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    """Atomically write a cache directory (temp dir + rename: a cache is several files, not one)."""
     try:
-        for s, split in splits.items():
-            np.save(tmp / f"{s}_images.npy", np.ascontiguousarray(split.images, dtype=np.uint8))
-            np.save(tmp / f"{s}_labels.npy", np.asarray(split.labels, dtype=np.int64))
-        meta = dict(meta, classes=classes, splits=sorted(splits), version=CACHE_VERSION,
-                    counts={s: int(len(v.labels)) for s, v in splits.items()})
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        try:
-            os.replace(tmp, path)
-        except OSError:  # another process finished first: keep theirs
-            if not (path / "meta.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(path) as tmp:
+            for s, split in splits.items():
+                np.save(tmp / f"{s}_images.npy", np.ascontiguousarray(split.images, dtype=np.uint8))
+                np.save(tmp / f"{s}_labels.npy", np.asarray(split.labels, dtype=np.int64))
+            meta = dict(meta, classes=classes, splits=sorted(splits), version=CACHE_VERSION,
+                        counts={s: int(len(v.labels)) for s, v in splits.items()})
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    except OSError:  # another process finished first: keep theirs
+        if not (path / "meta.json").exists():
+            raise
     return load_cache(path)
 
 
@@ -174,7 +173,9 @@ def build_imagefolder_cache(
         raise UserError(f"data.on_corrupt must be 'skip' or 'fail', got {on_corrupt!r}")
     path = Path(cache_dir) / cache_key(name, source, image_size)
     if (path / "meta.json").exists():
-        return load_cache(path)
+        cached = load_cache(path)
+        _report_corrupt(cached.meta.get("corrupt_skipped", []), source, on_corrupt)
+        return cached
 
     items = _iter_directory(source) if source.is_dir() else _iter_archive(source)
     per_split: dict[str, list[tuple[str, np.ndarray]]] = {}
@@ -190,9 +191,7 @@ def build_imagefolder_cache(
             img = decode_image(data, image_size)
         except (UnidentifiedImageError, OSError, ValueError) as err:
             if on_corrupt == "fail":
-                raise UserError(
-                    f"corrupt image {'/'.join(parts)} in {source} ({err}); remove it or set data.on_corrupt=skip"
-                ) from err
+                raise _corrupt_error("/".join(parts), source, str(err)) from err
             corrupt.append("/".join(parts))
             continue
         per_split.setdefault(split or "train", []).append((cls, img))
@@ -201,8 +200,7 @@ def build_imagefolder_cache(
             f"{source} holds no images in ImageFolder layout (<class>/<image> or <split>/<class>/<image>): "
             "point data.source at an ImageFolder"
         )
-    if corrupt:
-        log.warning("skipped %d corrupt image(s) in %s, e.g. %s", len(corrupt), source, corrupt[0])
+    _report_corrupt(corrupt, source, on_corrupt)
 
     class_sets = {s: sorted({c for c, _ in v}) for s, v in per_split.items()}
     classes = class_sets.get("train") or next(iter(class_sets.values()))
@@ -223,6 +221,18 @@ def build_imagefolder_cache(
     }
     meta = {"source": str(source.resolve()), "image_size": image_size, "name": name, "corrupt_skipped": corrupt}
     return write_cache(path, classes, splits, meta)
+
+
+def _corrupt_error(name: str, source: Path, reason: str) -> UserError:
+    return UserError(f"corrupt image {name} in {source} ({reason}); remove it or set data.on_corrupt=skip")
+
+
+def _report_corrupt(corrupt: list[str], source: Path, on_corrupt: str) -> None:
+    """What the images skipped as corrupt mean for this run: an error with ``on_corrupt=fail``, else a warning."""
+    if corrupt and on_corrupt == "fail":
+        raise _corrupt_error(corrupt[0], source, f"one of {len(corrupt)} that do not decode")
+    if corrupt:
+        log.warning("skipped %d corrupt image(s) in %s, e.g. %s", len(corrupt), source, corrupt[0])
 
 
 def _progress(items: Iterable, description: str, enabled: bool) -> Iterable:

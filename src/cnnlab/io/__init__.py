@@ -2,7 +2,7 @@
 
 Submodules, imported directly (``from cnnlab.io.files import write_json``):
 
-- ``files``: atomic writes (temp file in the same directory, fsync, rename) and JSON.
+- ``files``: atomic writes of files and directories (temp beside the target, fsync, rename) and JSON.
 - ``images``: reading user images (any PIL mode, EXIF orientation), ``IMAGE_SUFFIXES``, PNG writing.
 - ``checkpoints``: ``read_cnnlab_file``, the one ``torch.load`` for cnnlab's own files.
 - ``progress``: the one optional progress-bar wrapper.
