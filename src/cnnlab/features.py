@@ -14,9 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -25,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.backbones import Backbone
-from cnnlab.io.files import atomic_save, write_json
+from cnnlab.io.files import atomic_dir, atomic_save, write_json
 from cnnlab.io.progress import progress as show_progress
 
 
@@ -170,9 +168,9 @@ class FeatureStore:
 
     def write(self, name: str, key: str, features: Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]], n: int) -> Path:
         """Stream ``features`` (``({tap: (B, D)}, labels (B,))`` batches, ``n`` rows in all) into entry ``name``."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.root))
-        try:
+        final = self.path(name)
+        shutil.rmtree(final, ignore_errors=True)  # an entry for another key: stale, and atomic_dir renames onto an empty place
+        with atomic_dir(final) as tmp:
             arrays: dict[str, np.ndarray] = {}
             labels = np.empty(n, dtype=np.int64)
             i = 0
@@ -194,14 +192,7 @@ class FeatureStore:
             dims = {t: int(a.shape[1]) for t, a in arrays.items()}
             del arrays
             write_json(tmp / "meta.json", {"key": key, "taps": list(dims), "dims": dims, "n": n, "dtype": "float16"})
-            final = self.path(name)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            return final
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        return final
 
     def get(self, name: str, key: str, taps: Sequence[str], compute: Callable[[], Iterable], n: int) -> dict[str, np.ndarray]:
         """The stored features of ``name`` for ``key``; computed with ``compute()`` (batches) and stored first if absent."""

@@ -49,8 +49,9 @@ def run_id(save_dir: str | Path) -> str:
         return path.read_text().strip()
     new_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
     if rank_zero_only.rank == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(new_id)
+        from cnnlab.io.files import write_text
+
+        write_text(path, new_id)
     return new_id
 
 
