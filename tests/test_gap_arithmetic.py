@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from cnnlab.gap.arithmetic import (NEGATIVE_DENOMINATOR, ZERO_DENOMINATOR, format_acc, format_gap, gap_closed, gap_interval,
@@ -43,8 +44,13 @@ def test_bootstrap_gap_against_a_hand_computed_case():
     # percentiles are 0.5 and 1.0; the point estimate is the ratio of the means, 0.15 / 0.2
     g = gap_interval([0.3, 0.4], [0.2, 0.2], [0.4, 0.4])
     assert g["mean"] == pytest.approx(0.75) and g["n"] == 2
-    assert g["low"] == pytest.approx(0.5) and g["high"] == pytest.approx(1.0)
-    assert format_gap(g) == "75% [50%, 100%], n = 2"
+    assert g["bootstrap_low"] == pytest.approx(0.5) and g["bootstrap_high"] == pytest.approx(1.0)
+    # the reported interval is Fieller's: with a constant denominator it is mean(num) / b ± t * se(num) / b,
+    # t(0.975, 1) = 12.706, se = sd([0.1, 0.2]) / sqrt(2) = 0.05: 0.75 ± 12.706 * 0.05 / 0.2 = [-2.4265, 3.9265]
+    assert g["low"] == pytest.approx(0.75 - 12.7062 * 0.05 / 0.2, abs=1e-3)
+    assert g["high"] == pytest.approx(0.75 + 12.7062 * 0.05 / 0.2, abs=1e-3)
+    assert format_gap(g) == "75% [-243%, 393%], n = 2"
+    # far wider than the bootstrap's [50%, 100%], which with two runs is only the spread of the two ratios
     bad = gap_interval([0.3], [0.5], [0.4])
     assert bad["mean"] is None and format_gap(bad) == "n/a (supervised < random)"
     # the mean denominator is positive, but (2/3)^3 = 30% of the resamples miss the one run where supervised
@@ -53,6 +59,19 @@ def test_bootstrap_gap_against_a_hand_computed_case():
     assert shaky["mean"] == pytest.approx(0.1 / ((0.1 + 0.1 + 0.9) / 3 - 0.2)) and shaky["low"] is None
     assert "resamples have supervised <= random" in shaky["note"] and "no interval" in format_gap(shaky)
     assert gap_interval([0.3, None], [0.2, 0.2], [0.4, 0.4])["n"] == 1
+
+
+def test_fieller_interval_is_unbounded_when_the_denominator_is_not_distinguishable_from_zero():
+    # supervised - random = 0.01 and 0.31: mean 0.16, se 0.15, t(0.975, 1) * se = 1.9 > 0.16
+    g = gap_interval([0.25, 0.35], [0.2, 0.2], [0.21, 0.51])
+    assert g["mean"] == pytest.approx(0.1 / 0.16) and g["low"] is None and g["high"] is None
+    assert "not distinguishable from 0" in g["note"] and "no interval" in format_gap(g)
+    # six tight paired runs: a finite interval that contains the point estimate and tightens with n
+    rng = np.random.default_rng(0)
+    r = 0.4 + 0.01 * rng.standard_normal(6)
+    c, s_ = r + 0.1 + 0.01 * rng.standard_normal(6), r + 0.2 + 0.01 * rng.standard_normal(6)
+    g6 = gap_interval(list(c), list(r), list(s_))
+    assert g6["low"] < g6["mean"] < g6["high"] and g6["high"] - g6["low"] < 0.5
 
 
 def test_choices_read_only_validation_numbers():

@@ -1,12 +1,16 @@
-"""Gap arithmetic over paired runs: differences with a t-interval, the gap closed with a bootstrap interval.
+"""Gap arithmetic over paired runs: differences with a t-interval, the gap closed with Fieller's interval.
 
 A *paired run* is one (pretraining seed, label subset) unit: the three inits of a unit share the seed, the
 labelled subset and the data order, so their differences cancel what the unit shares. With accuracies
 ``c_i, r_i, s_i`` (colorization, random, supervised) of unit ``i``:
 
 - paired difference ``d_i = c_i - r_i``: mean, 95% t-interval ``mean ± t(0.975, n-1) * sd / sqrt(n)``;
-- gap closed ``sum_i (c_i - r_i) / sum_i (s_i - r_i)`` (the ratio of the mean differences), with a 95%
-  percentile interval from a paired bootstrap (units resampled with replacement, all three inits together).
+- gap closed ``sum_i (c_i - r_i) / sum_i (s_i - r_i)`` (the ratio of the mean differences), with Fieller's 95%
+  interval for a ratio of two correlated means (the same t(0.975, n-1) as the differences). It is the interval
+  reported. A paired percentile bootstrap (units resampled with replacement, all three inits together) is kept
+  beside it as ``bootstrap_low``/``bootstrap_high``; it is not reported on its own because with few units it
+  cannot be wider than the spread of the per-unit ratios (with n = 2 it is the two ratios themselves), which is
+  exactly the "spread of two values" a confidence interval must not be.
 
 When supervised pretraining does not beat the random init (a zero or negative denominator) the ratio
 means nothing: it is reported as undefined with the reason, never as a division error or a huge number.
@@ -80,15 +84,17 @@ def paired_difference(a: Sequence[float | None], b: Sequence[float | None], conf
 
 def gap_interval(colorization: Sequence[float | None], random: Sequence[float | None], supervised: Sequence[float | None],
                  resamples: int = 10_000, seed: int = 0, confidence: float = CONFIDENCE) -> dict:
-    """The gap closed over paired runs, with a paired-bootstrap percentile interval.
+    """The gap closed over paired runs, with Fieller's interval (and the paired bootstrap beside it).
 
-    Returns ``{"mean", "low", "high", "n", "note", "undefined_resamples"}``: ``mean`` is the ratio of the
-    mean differences (None with ``note`` when undefined); the interval is None for n < 2, and also when more
-    than ``1 - confidence`` of the resamples have a denominator <= 0 (the interval would then hide them).
+    Returns ``{"mean", "low", "high", "method", "n", "note", "bootstrap_low", "bootstrap_high",
+    "undefined_resamples"}``: ``mean`` is the ratio of the mean differences (None with ``note`` when undefined);
+    the interval is None for n < 2, when more than ``1 - confidence`` of the bootstrap resamples have a
+    denominator <= 0, and when Fieller's set is unbounded (the denominator is not distinguishable from 0).
     """
     units = [(c, r, s) for c, r, s in zip(colorization, random, supervised) if _finite(c) and _finite(r) and _finite(s)]
     n = len(units)
-    out = {"mean": None, "low": None, "high": None, "n": n, "note": "", "undefined_resamples": 0, "resamples": 0}
+    out = {"mean": None, "low": None, "high": None, "method": "Fieller, t(0.975, n-1)", "n": n, "note": "",
+           "bootstrap_low": None, "bootstrap_high": None, "undefined_resamples": 0, "resamples": 0}
     if not units:
         out["note"] = MISSING
         return out
@@ -107,8 +113,30 @@ def gap_interval(colorization: Sequence[float | None], random: Sequence[float | 
         return out
     ratios = nums[defined] / dens[defined]
     tail = 100 * (1 - confidence) / 2
-    out["low"], out["high"] = (float(v) for v in np.percentile(ratios, [tail, 100 - tail]))
+    out["bootstrap_low"], out["bootstrap_high"] = (float(v) for v in np.percentile(ratios, [tail, 100 - tail]))
+    out["low"], out["high"], why = fieller_interval(num, den, confidence)
+    if out["low"] is None:
+        out["note"] = why
     return out
+
+
+def fieller_interval(num: np.ndarray, den: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float | None, float | None, str]:
+    """Fieller's interval for ``mean(num) / mean(den)`` over ``n`` paired units: ``(low, high, "")``.
+
+    The set of ratios ``rho`` with ``|mean(num) - rho * mean(den)| <= t * se(num - rho * den)``, t with n - 1
+    degrees of freedom. ``(None, None, reason)`` when the denominator is not distinguishable from zero at this n
+    (the set is then unbounded: no finite interval exists).
+    """
+    n = len(num)
+    t = t_critical(n, confidence)
+    a, b = float(num.mean()), float(den.mean())
+    cov = np.cov(np.stack([num, den]), ddof=1) / n
+    v11, v12, v22 = float(cov[0, 0]), float(cov[0, 1]), float(cov[1, 1])
+    qa, qb, qc = b * b - t * t * v22, a * b - t * t * v12, a * a - t * t * v11
+    if qa <= 0:
+        return None, None, f"no interval: supervised - random is not distinguishable from 0 at n = {n} (Fieller)"
+    half = math.sqrt(max(0.0, qb * qb - qa * qc))
+    return (qb - half) / qa, (qb + half) / qa, ""
 
 
 def _short(note: str) -> str:

@@ -3,7 +3,7 @@
 Every accuracy in the tables was read on the test split once, with choices made on validation (the best tap
 per init, the probe weight decay per tap, the fine-tune learning rate and checkpoint); the validation numbers
 behind those choices are in ``gap_results.json``. Intervals: 95% t-intervals over paired runs for accuracies
-and differences, a paired bootstrap for the gap closed (see :mod:`cnnlab.gap.arithmetic`).
+and differences, Fieller's interval for the gap closed (see :mod:`cnnlab.gap.arithmetic`).
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def markdown_tables(res: dict) -> str:
     lines = ["Every number: top-1 % on the test split, read once per final arm; mean [95% CI], n = paired runs "
              "(pretraining seed × label subset). Choices (best tap, weight decay, learning rate, checkpoint) were made "
              "on the validation split; differences use a paired t-interval, the gap closed "
-             "= (colorization − random) / (supervised − random) a paired bootstrap.", ""]
+             "= (colorization − random) / (supervised − random) uses Fieller's interval for a ratio of paired means (the paired bootstrap is in gap_results.json).", ""]
     best = pr.get("best_tap", {})
     lines += ["### Linear probes per tap (weight decay chosen on val per tap)", "",
               "| init | " + " | ".join(taps) + " | best tap (chosen on val) |", "|---" * (len(taps) + 2) + "|"]
@@ -250,7 +250,7 @@ def plot(res: dict, path: str | Path, title: str = "") -> Path:
         ax.set_xticks(fx, [f"{100 * f:g}%" for f in fx])
         ax.set_xlabel("labels used")
     if title:
-        fig.suptitle(title + "\nerror bars: 95% CI over paired runs; orange: gap closed [95% bootstrap CI]", fontsize=9)
+        fig.suptitle(title + "\nerror bars: 95% CI over paired runs; orange: gap closed [95% Fieller CI]", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
