@@ -32,11 +32,23 @@ def test_train_lab_bins_writes_trunk_panels_and_metrics(lab_run):
     for key in ("test/auc", "test/auc_gray", "test/auc_prior", "test/auc_rebal", "test/auc_rebal_gray", "test/psnr",
                 "test/psnr_gray", "test/psnr_prior", "test/loss"):
         assert np.isfinite(metrics[key]), key
+    for key in ("test/auc", "test/auc_gray", "test/auc_prior", "test/auc_rebal", "test/auc_rebal_gray"):
+        assert 0.0 <= metrics[key] <= 1.0, key  # an area under a CDF normalised to [0, 1]
+    assert all(metrics[k] > 0 for k in ("test/psnr", "test/psnr_gray", "test/psnr_prior"))
     backbone, meta = load_trunk(lab_run / "trunk.pt")
     assert meta["method"] == "colorization" and meta["in_channels"] == 1 and meta["color_space"] == "L"
-    assert backbone(torch.rand(2, 1, 32, 32)).shape[0] == 2
-    assert list((lab_run / "images" / "val_panels").glob("step_*.png"))
-    assert list((lab_run / "images" / "test_panels").glob("step_*.png"))
+    # the exported trunk is the trained backbone: every tensor equals the one in the final checkpoint
+    ckpt = torch.load(lab_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    trained = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
+    exported = backbone.state_dict()
+    assert trained.keys() == exported.keys()
+    assert all(torch.equal(trained[k], exported[k]) for k in exported)
+    assert backbone.eval()(torch.rand(2, 1, 32, 32)).shape[0] == 2
+    for split in ("val_panels", "test_panels"):
+        panels = sorted((lab_run / "images" / split).glob("step_*.png"))
+        assert panels, split
+        with Image.open(panels[-1]) as im:
+            assert im.mode == "RGB" and min(im.size) >= 32, (split, im.mode, im.size)
 
 
 def _checksums(folder):

@@ -138,11 +138,13 @@ def test_transforms_fixed_between_resamples():
     t = lucid_transforms(32)
     x = torch.rand(2, 3, 32, 32)
     t.resample(2, torch.Generator().manual_seed(0))
-    assert torch.equal(t(x), t(x))
+    a = t(x)
+    assert torch.equal(a, t(x)), "parameters stay fixed until the next resample"
     t.resample(2, torch.Generator().manual_seed(1))
     y = t(x)
+    assert not torch.equal(a, y), "another seed draws other parameters"
     t.resample(2, torch.Generator().manual_seed(0))
-    assert not torch.equal(t(x), y)
+    assert torch.equal(t(x), a), "the same seed reproduces the same transform"
     r = RandomTransforms(roll=4)
     r.resample(2, torch.Generator().manual_seed(3))
     assert torch.equal(r(x), r(x)) and r(x).shape == x.shape
@@ -310,6 +312,21 @@ def test_image_loading_errors(tmp_path):
         load_image("skimage:nothing")
     img = load_image("skimage:chelsea", 33)
     assert img.shape[0] == 1 and img.shape[1] == 3 and min(img.shape[-2:]) == 33
+
+
+def test_user_photo_is_bounded_unless_a_size_is_asked(tmp_path):
+    from PIL import Image
+
+    from cnnlab.visualize.images import MAX_SIDE
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (MAX_SIDE + 476, MAX_SIDE // 2), (10, 200, 30)).save(path)
+    img = load_image(str(path))
+    assert img.shape[-1] == MAX_SIDE and img.shape[-2] == round((MAX_SIDE // 2) * MAX_SIDE / (MAX_SIDE + 476))
+    assert load_image(str(path), (MAX_SIDE, 2 * MAX_SIDE)).shape[-2:] == (MAX_SIDE, 2 * MAX_SIDE)
+    small = tmp_path / "small.png"
+    Image.new("RGB", (40, 30)).save(small)
+    assert load_image(str(small)).shape[-2:] == (30, 40)
 
 
 def test_wrong_kind_of_checkpoint_is_a_user_error(tmp_path, net):

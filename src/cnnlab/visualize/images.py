@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -11,7 +12,13 @@ import torch.nn.functional as F
 
 from cnnlab.errors import UserError
 
+log = logging.getLogger("cnnlab")
+
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera")
+#: ``size=None`` keeps a user's image as it is only up to this long side: the optimizations and attributions run a
+#: network with gradients on the whole image, whose memory grows with the pixel count: a phone photo would not fit.
+#: An explicit ``size`` is always honoured.
+MAX_SIDE = 1024
 
 
 def _to_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -36,10 +43,23 @@ def resize(img: torch.Tensor, size: int | Sequence[int] | None) -> torch.Tensor:
 
 
 def load_image(spec: str, size: int | Sequence[int] | None = None) -> torch.Tensor:
-    """``spec`` -> ``(1, 3, H, W)`` in [0, 1].
+    """``spec`` -> ``(1, 3, H, W)`` in [0, 1], resized by :func:`resize` (``size=None``: long side at most ``MAX_SIDE``).
 
     ``spec``: an image file path, or ``skimage:<name>`` (astronaut, chelsea, coffee, ...).
     """
+    return _bounded(_read(spec), size)
+
+
+def _bounded(img: torch.Tensor, size: int | Sequence[int] | None) -> torch.Tensor:
+    h, w = img.shape[-2:]
+    if size is None and max(h, w) > MAX_SIDE:
+        out = (max(1, round(h * MAX_SIDE / max(h, w))), max(1, round(w * MAX_SIDE / max(h, w))))
+        log.warning("image of %dx%d px runs at %dx%d (long side %d); pass viz.size=<px> for another size", w, h, out[1], out[0], MAX_SIDE)
+        return resize(img, out)
+    return resize(img, size)
+
+
+def _read(spec: str) -> torch.Tensor:
     spec = str(spec)
     if spec.startswith("skimage:"):
         import skimage.data
@@ -47,13 +67,13 @@ def load_image(spec: str, size: int | Sequence[int] | None = None) -> torch.Tens
         name = spec.split(":", 1)[1]
         if name not in SKIMAGE_PHOTOS:
             raise UserError(f"unknown scikit-image photo {name!r}: choose one of {list(SKIMAGE_PHOTOS)}")
-        return resize(_to_tensor(getattr(skimage.data, name)()), size)
+        return _to_tensor(getattr(skimage.data, name)())
     path = Path(spec).expanduser()
     if not path.is_file():
         raise UserError(f"image {path} does not exist: pass an image file or skimage:<name> ({', '.join(SKIMAGE_PHOTOS)})")
     from cnnlab.io.images import open_image
 
-    return resize(_to_tensor(np.asarray(open_image(path))), size)
+    return _to_tensor(np.asarray(open_image(path)))
 
 
 def cifar_test_images(count: int = 10, data_dir: str | None = None, per_class: bool = True, offset: int = 0,
