@@ -299,7 +299,7 @@ def _log_metrics(ctx: AnalysisContext, metrics: dict[str, float]) -> None:
 
 def run_faithfulness(ctx: AnalysisContext, images: int = 256, methods=faith.METHODS, target: str = "pred", steps: int = 32,
                      deletion_fill: str = "gray", insertion_start: str = "blur", blur_sigma: float = 3.0, reduce: str = "auto",
-                     batch: int = 16, grad_cam_tap: str | None = None, ig_steps: int = 32, ig_baseline: float | str = 0.5,
+                     batch: int = 16, grad_cam_tap: str | None = None, ig_steps: int = 32, ig_baseline: float | str = "blur",
                      occlusion_patch: int = 8, occlusion_stride: int = 4) -> dict:
     model = ctx.subject.classifier("faithfulness").to(ctx.device)
     explainers = _explainers(ctx, model, methods, grad_cam_tap, ig_steps, ig_baseline, occlusion_patch, occlusion_stride, blur_sigma)
