@@ -22,7 +22,8 @@ ALL = ["filters", "patches", "embedding", "occlusion", "attribution", "color_uni
 FAST = ["analyses.embedding.max_iter=250", "analyses.occlusion.images=2", "analyses.occlusion.stride=4",
         "analyses.attribution.images=2", "analyses.attribution.ig_steps=8", "analyses.patches.units=4",
         "analyses.faithfulness.images=4", "analyses.faithfulness.steps=8", "analyses.faithfulness.ig_steps=4",
-        "analyses.sanity.images=2", "analyses.sanity.max_layers=3", "analyses.sanity.ig_steps=4"]
+        "analyses.sanity.images=2", "analyses.sanity.max_layers=3", "analyses.sanity.ig_steps=4",
+        "analyses.sanity.draws=1"]
 
 
 @pytest.fixture(scope="module")

@@ -377,7 +377,7 @@ def _layer_label(ctx: AnalysisContext, model, name: str) -> str:
 
 
 def run_sanity(ctx: AnalysisContext, images: int = 32, methods=faith.METHODS, target: str = "pred", seed: int = 0,
-               draws: int = 1, max_layers: int | None = None, batch: int = 32, grad_cam_tap: str | None = None, ig_steps: int = 32,
+               draws: int = 5, max_layers: int | None = None, batch: int = 32, grad_cam_tap: str | None = None, ig_steps: int = 32,
                ig_baseline: float | str = 0.0, occlusion_patch: int = 8, occlusion_stride: int = 4) -> dict:
     model = ctx.subject.classifier("the sanity check").to(ctx.device)
     explainers = _explainers(ctx, model, methods, grad_cam_tap, ig_steps, ig_baseline, occlusion_patch, occlusion_stride)
