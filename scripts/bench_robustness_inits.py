@@ -205,7 +205,7 @@ def markdown(summary: dict, eps255: list[float], n_units: int, n_images: int, n_
               "pgd_common": f"PGD, accuracy % on the {n_common} images every model classifies correctly",
               "fgsm_common": f"FGSM, accuracy % on the {n_common} images every model classifies correctly"}
     for m in ("pgd", "fgsm", "pgd_rel", "fgsm_rel", "pgd_common", "fgsm_common"):
-        lines = [f"**{titles[m]}** (mean [95% t-interval], n = {n_units} paired runs; {n_images} test images)\n", head]
+        lines = [f"**{titles[m]}** (mean [95% t-interval], n = {n_units} paired runs; {n_images} test images)\n\n", head]
         for init in INITS:
             lines.append(f"| {init} | " + " | ".join(_ci(c) for c in summary["per_init"][init][m]) + " |\n")
         for name, d in summary["differences"].items():
@@ -213,7 +213,7 @@ def markdown(summary: dict, eps255: list[float], n_units: int, n_images: int, n_
         blocks.append("".join(lines))
     if "median_radius_255" in summary["per_init"]["random"]:
         lines = ["**Median minimal PGD L-inf radius** over each model's correctly classified images, in /255 (mean [95% t-interval] over "
-                 f"{n_units} paired runs)\n", "| | /255 |\n|---|---|\n"]
+                 f"{n_units} paired runs)\n\n", "| | /255 |\n|---|---|\n"]
         for init in INITS:
             lines.append(f"| {init} | {_ci(summary['per_init'][init]['median_radius_255'], 1, 2)} |\n")
         for name, d in summary["differences"].items():
@@ -286,7 +286,7 @@ def main() -> None:
     print(f"{len(ckpts)} paired runs x {len(INITS)} inits; {len(y)} images {tuple(x.shape[1:])} in {color_space}; key {key}", flush=True)
 
     results: dict[tuple[int, int], dict[str, dict[str, np.ndarray]]] = {}
-    timings, new = [], 0
+    new = 0
     for unit, by_init in ckpts.items():
         for init, ckpt in by_init.items():
             path = out / "models" / f"{init}_f{args.fraction:g}_seed{unit[0]}_sub{unit[1]}_{key}.npz"
@@ -300,12 +300,13 @@ def main() -> None:
                                     "compare classifiers of one gap run")
                 t = time.perf_counter()
                 res = attack_model(model, x, y, args)
-                timings.append(time.perf_counter() - t)
+                res["seconds"] = np.array(time.perf_counter() - t)
                 save_npz(path, res)
                 new += 1
                 print(f"{init} seed{unit[0]} sub{unit[1]}: clean {res['pgd'][:, 0].mean():.3f}, PGD {np.round(res['pgd'].mean(0), 3).tolist()} "
-                      f"({timings[-1]:.0f} s)", flush=True)
+                      f"({float(res['seconds']):.0f} s)", flush=True)
             results.setdefault(unit, {})[init] = res
+    timings = [float(r["seconds"]) for by in results.values() for r in by.values() if "seconds" in r]
     missing = sum(len(INITS) - len(results.get(u, {})) for u in ckpts)
     if missing:
         print(f"{missing} models still to attack (cached under {out / 'models'}): rerun the same command to continue", flush=True)
@@ -325,7 +326,7 @@ def main() -> None:
         "minimal_search": args.minimal_search, "n_common": int(common.sum()), "threads": args.threads,
         "checkpoints": {f"seed{u[0]}_sub{u[1]}": {i: str(c) for i, c in by.items()} for u, by in ckpts.items()},
         "models": {f"seed{u[0]}_sub{u[1]}": by for u, by in models.items()}, "summary": summary,
-        "seconds_per_model": float(np.mean(timings)) if timings else None,
+        "seconds_per_model": float(np.mean(timings)) if timings else None,  # None: timed before timings were cached
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     write_json(out / "robustness_inits.json", report)
