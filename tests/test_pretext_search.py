@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -26,6 +27,7 @@ def _test_numbers(node, path=""):
     return found
 
 
+@pytest.mark.slow  # two real processes (the second only resumes): ~25 s idle, more on a loaded machine
 def test_search_on_the_smoke_budget_reads_validation_only_and_resumes(tmp_path, data_dir):
     out = tmp_path / "search"
     cmd = [sys.executable, str(PROJECT_ROOT / "scripts" / "pretext_search.py"), "--budget", "smoke", "--out", str(out),
