@@ -22,7 +22,8 @@ ALL = ["filters", "patches", "embedding", "occlusion", "attribution", "color_uni
 FAST = ["analyses.embedding.max_iter=250", "analyses.occlusion.images=2", "analyses.occlusion.stride=4",
         "analyses.attribution.images=2", "analyses.attribution.ig_steps=8", "analyses.patches.units=4",
         "analyses.faithfulness.images=4", "analyses.faithfulness.steps=8", "analyses.faithfulness.ig_steps=4",
-        "analyses.sanity.images=2", "analyses.sanity.max_layers=3", "analyses.sanity.ig_steps=4"]
+        "analyses.sanity.images=2", "analyses.sanity.max_layers=3", "analyses.sanity.ig_steps=4",
+        "analyses.sanity.draws=1"]
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +165,35 @@ def test_bad_inputs_are_one_line_errors(classifier_ckpt, data_dir, tmp_path, mon
     torch.save({"weights": torch.zeros(2)}, not_a_ckpt)
     with pytest.raises(UserError, match="neither a cnnlab Lightning checkpoint nor a trunk file"):
         run(compose_cfg(*base[1:], f"ckpt={not_a_ckpt}", "analysis=filters"))
+
+
+def test_split_val_is_the_split_the_checkpoints_run_held_out(classifier_ckpt, data_dir, tmp_path, monkeypatch, capsys):
+    from cnnlab.analyze import build_datamodule, main
+    from cnnlab.data import ImageDataModule
+    from cnnlab.subject import load_subject
+
+    subject = load_subject(path=classifier_ckpt)
+    assert subject.data_split == {"name": "synthetic", "source": None, "val_fraction": 0.1, "split_seed": 0}
+    trained = ImageDataModule(name="synthetic", data_dir=str(data_dir), augment=[], progress=False)  # as the fixture trained
+    trained.setup()
+    base = [f"ckpt={classifier_ckpt}", "data=synthetic", f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path}",
+            "data.val_fraction=0.3", "data.split_seed=5"]
+    dm = build_datamodule(compose_cfg(*base, "split=val"), subject)
+    dm.setup()
+    assert torch.equal(dm.splits["val"].images, trained.splits["val"].images)
+    assert torch.equal(dm.splits["train"].images, trained.splits["train"].images)
+    own = build_datamodule(compose_cfg(*base, "split=val", "follow_checkpoint_data=false"), subject)
+    assert (own.hparams.val_fraction, own.hparams.split_seed) == (0.3, 5)
+    with pytest.raises(UserError, match="data.val_fraction is 0"):
+        build_datamodule(compose_cfg(*base, "split=val", "follow_checkpoint_data=false", "data.val_fraction=0"), subject)
+    monkeypatch.setattr("sys.argv", ["cnnlab-analyze", *base[:3], f"hydra.run.dir={tmp_path / 'r'}", "logger=none",
+                                     "analysis=sanity", "split=validation"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "split must be one of ['test', 'val', 'train']" in errors[0], errors
+    assert not (tmp_path / "r").exists(), "refused before the run dir was made"
 
 
 def test_each_file_is_read_once(classifier_ckpt, colorization_trunk, monkeypatch):

@@ -77,6 +77,24 @@ def test_exact_attribution_of_a_linear_model_beats_random_order_on_deletion_and_
     assert (exact_c["deletion"] < rand_c["deletion"]).float().mean() > 0.8
 
 
+@pytest.mark.parametrize("baseline", [0.0, 0.5, "blur"])
+def test_integrated_gradients_add_up_to_the_logit_change_from_their_baseline(baseline):
+    """Completeness on a linear model: the attributions sum to ``f(x) - f(baseline)``, the blurred image included."""
+    model = linear_model(seed=2)
+    x, target = torch.rand(2, 3, 8, 8), torch.tensor([1, 3])
+    ex = F.Explainer("integrated_gradients", ig_steps=8, ig_baseline=baseline, blur_sigma=1.0)
+    start = F.blur(x, 1.0) if baseline == "blur" else torch.full_like(x, baseline)
+    with torch.no_grad():
+        change = (model(x) - model(start))[torch.arange(2), target]
+    torch.testing.assert_close(ex.attribution(model, x, target).sum((1, 2, 3)), change, atol=1e-4, rtol=1e-4)
+
+
+def test_bad_integrated_gradients_baseline_is_a_user_error():
+    for bad in ("white", 1.5, -0.1, True):
+        with pytest.raises(UserError, match="ig_baseline must be a value in"):
+            F.Explainer("integrated_gradients", ig_baseline=bad)
+
+
 def test_every_method_gives_one_map_per_image_and_bad_names_are_user_errors():
     model = small_cnn()
     x = torch.rand(2, 3, 8, 8)

@@ -10,7 +10,7 @@ from cnnlab.gap.arithmetic import (NEGATIVE_DENOMINATOR, ZERO_DENOMINATOR, forma
                                    mean_ci, paired_difference, t_critical)
 from cnnlab.gap.arms import plan_arms
 from cnnlab.gap.report import markdown_tables, summarize, write_report
-from cnnlab.gap.select import best_learning_rate, best_tap
+from cnnlab.gap.select import best_candidate, best_tap
 
 
 def test_gap_closed_values_and_undefined_denominators():
@@ -75,10 +75,12 @@ def test_fieller_interval_is_unbounded_when_the_denominator_is_not_distinguishab
 
 
 def test_choices_read_only_validation_numbers():
-    assert best_learning_rate({0.01: 0.40, 0.05: 0.45, 0.1: 0.45}) == 0.05, "ties go to the smaller rate"
+    assert best_candidate({0.01: 0.40, 0.05: 0.45, 0.1: 0.45}) == 0.05, "ties go to the earlier (smaller) rate"
+    assert best_candidate({"lr0.1": 0.45, "lr0.05": 0.45}, order=["lr0.05", "lr0.1"]) == "lr0.05", "ties follow the given order"
+    assert best_candidate({"a": None, "b": 0.1}) == "b"
     assert best_tap({"a": [0.3, 0.5], "b": [0.4, 0.4], "c": [None, 0.2]}, ["a", "b", "c"]) == "a"
     with pytest.raises(ValueError):
-        best_learning_rate({0.01: None})
+        best_candidate({0.01: None})
 
 
 def _probe(val: dict, test: dict, wd=1e-4) -> dict:

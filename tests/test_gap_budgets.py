@@ -6,8 +6,8 @@ from hydra import compose, initialize_config_dir
 from cnnlab.config import CONF_DIR
 from cnnlab.gap.runner import Runner, validate
 
-EXPECT = {  # budget: (seeds, label subsets, label fractions, learning rates, probe subsets)
-    "smoke": (1, 2, 1, 2, 2),
+EXPECT = {  # budget: (seeds, label subsets, label fractions, fine-tune candidates = lrs x recipe variants, probe subsets)
+    "smoke": (1, 2, 1, 4, 2),
     "quick": (2, 2, 1, 2, 2),
     "standard": (3, 2, 2, 2, 2),
     "gpu_check": (1, 2, 1, 2, 2),
@@ -26,10 +26,10 @@ def test_budget_composes_and_plans_every_arm_kind(budget, tmp_path):
     validate(cfg)
     runner = Runner(cfg, tmp_path, {"data": "synthetic" if budget == "smoke" else "cifar10", "backbone": "vgg_cifar"})
     plan = runner.plan()
-    seeds, subsets, fractions, lrs, probe_subsets = EXPECT[budget]
+    seeds, subsets, fractions, cands, probe_subsets = EXPECT[budget]
     kinds = [a.kind for a in plan.arms]
     assert kinds.count("trunk") == 3 * seeds and kinds.count("probe") == 3 * seeds * probe_subsets
-    assert kinds.count("finetune") == 3 * seeds * subsets * fractions * lrs
+    assert kinds.count("finetune") == 3 * seeds * subsets * fractions * cands
     assert kinds.count("finetune_test") == 3 * seeds * subsets * fractions
     assert set(plan.status.values()) == {"to run"}, "nothing is done in an empty run dir"
     # the pretraining arms are composed train configs: the gap's data (lightness, val split) and backbone

@@ -19,7 +19,8 @@ def _choices(res: dict) -> dict:
     pr = res["probe"]
     return {"best_tap": {i: b["tap"] for i, b in pr["best_tap"].items()},
             "weight_decay": {i: {t: pr["linear"][i][t]["weight_decay_chosen"] for t in res["taps"]} for i in res["inits"]},
-            "lr": {f: {i: (e[i]["lr_chosen"], e[i]["step_chosen"]) for i in res["inits"]} for f, e in res["finetune"].items()}}
+            "lr": {f: {i: (e[i]["lr_chosen"], e[i]["variant_chosen"], e[i]["step_chosen"]) for i in res["inits"]}
+                   for f, e in res["finetune"].items()}}
 
 
 def _compose(*overrides):
@@ -60,15 +61,23 @@ def test_gap_smoke_end_to_end_resume_and_test_labels_change_no_choice(tmp_path, 
             base = arms / f"finetune_{init}_f0.5_seed0_sub{k}"
             choice = json.loads((base / "choice.json").read_text())
             assert choice["val"] == max(choice["grid"].values()) and choice["lr"] in (0.01, 0.05)
+            assert len(choice["grid"]) == 4 and choice["variant"] in ("plain", "lpft"), "the grid is lr x recipe variant"
+            assert choice["lr_at_grid_edge"], "with two rates every choice is at the grid's edge, and says so"
             assert choice["step"] in (2, 4), "a checkpoint of one of the two validations (every 2 of 4 steps)"
+            assert choice["step_is_last"] == (choice["step"] == 4)
             for lr in ("0.01", "0.05"):
-                cand = arms / f"finetune_{init}_f0.5_seed0_sub{k}_lr{lr}"
-                metrics = json.loads((cand / "metrics.json").read_text())
-                assert not any(key.startswith("test/") for key in metrics), "a candidate never reads the test split"
-                c = OmegaConf.load(cand / "config.yaml")
-                assert c.data.label_seed == k and c.data.label_fraction == 0.5 and c.model.optimizer.lr == float(lr)
-                assert [p.name for p in (cand / "checkpoints").iterdir()] == [Path(json.loads((cand / "candidate.json").read_text())["path"]).name]
+                for variant, head_only in (("plain", 0), ("lpft", 2)):
+                    cand = arms / f"finetune_{init}_f0.5_seed0_sub{k}_lr{lr}_{variant}"
+                    metrics = json.loads((cand / "metrics.json").read_text())
+                    assert not any(key.startswith("test/") for key in metrics), "a candidate never reads the test split"
+                    c = OmegaConf.load(cand / "config.yaml")
+                    assert c.data.label_seed == k and c.data.label_fraction == 0.5 and c.model.optimizer.lr == float(lr)
+                    assert c.model.head_only_steps == head_only and c.model.warmup_steps == 1, "the variant over the recipe"
+                    assert [p.name for p in (cand / "checkpoints").iterdir()] == [Path(json.loads((cand / "candidate.json").read_text())["path"]).name]
+                    clock = json.loads((cand / "clock.json").read_text())
+                    assert clock["train_batch_count"] == 4 and 0 < clock["train_batches"] and clock["test"] == 0
             assert "test/acc" in json.loads((base / "metrics.json").read_text())
+            assert json.loads((base / "clock.json").read_text())["test"] > 0, "the test run's files are in the test arm's dir"
     gap = res["finetune"]["0.5"]["gap"]
     for block in (gap, res["probe"]["linear_gap"]["best"], *res["probe"]["knn_gap"].values()):
         g = block["gap_closed"]
@@ -78,9 +87,13 @@ def test_gap_smoke_end_to_end_resume_and_test_labels_change_no_choice(tmp_path, 
     md = (out / "gap_table.md").read_text()
     assert "| gap closed |" in md and "n = 2" in md and "±" not in md and "chosen on val" in md
     assert "budget smoke" in md.splitlines()[0] and "{" not in md.splitlines()[0], "the setup in words"
+    assert "recipe variant chosen on val" in md and "at the grid's edge" in md and "Where the time went" in md
+    t = res["timing"]
+    assert 0 < t["train_batch_seconds"] < t["arm_seconds"] <= t["wall_seconds"] and 0 < t["train_share_of_arms"] < 1
+    assert t["by_kind"]["finetune"]["arms"] == 24 and t["by_kind"]["finetune"]["validation"] > 0
     assert (out / "gap.png").stat().st_size > 10_000
     assert list((out / "wandb").glob("offline-run-*")), "the table and plot go to an offline W&B run"
-    assert "27 arms, 0 already done" in proc.stdout
+    assert "39 arms, 0 already done" in proc.stdout
     for name in ("supervised_seed0", "colorization_seed0"):
         assert (arms / name / "trunk.pt").is_file() and (arms / name / "metrics.json").is_file()
         assert OmegaConf.load(arms / name / "config.yaml").trainer.max_epochs == 1, "each pretraining ran from its composed config"
@@ -95,7 +108,7 @@ def test_gap_smoke_end_to_end_resume_and_test_labels_change_no_choice(tmp_path, 
     shutil.rmtree(arms / "probe_colorization_seed0_sub0")
     shutil.rmtree(arms / "random_seed0")
     proc = run_cli("cnnlab.gap", *args)
-    assert "27 arms, 17 already done" in proc.stdout and "arms: ran 2, reused 25" in proc.stdout
+    assert "39 arms, 25 already done" in proc.stdout and "arms: ran 2, reused 37" in proc.stdout
     after = {p.parent.name: p.stat().st_mtime_ns for p in arms.glob("*/gap_arm.json")}
     rerun = {k for k in after if after[k] != stamps.get(k)}
     assert rerun == {"probe_colorization_seed0_sub0", "random_seed0"}, f"only the deleted arms run again, not {rerun}"
@@ -133,6 +146,7 @@ def test_gap_smoke_end_to_end_resume_and_test_labels_change_no_choice(tmp_path, 
     ("inits=[random,imagenet]", "unknown init(s) ['imagenet']"),
     ("data.val_fraction=0", "every choice of the gap is made on the validation split"),
     ("finetune.lrs=[]", "finetune.lrs is empty"),
+    ("+finetune.variants.fast={lr:1.0}", "a variant sets fine-tune recipe options only"),
 ])
 def test_gap_bad_input_is_one_line_error(tmp_path, data_dir, override, message):
     if override.startswith("label"):  # one real process for the exit code and the one-line message

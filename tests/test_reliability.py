@@ -178,3 +178,13 @@ def test_value_rules_read_types_and_bounds_as_stated():
     cfg.data.batch_size = 0
     with pytest.raises(UserError, match=r"^data.batch_size=0 is not valid: data.batch_size must be an integer >= 1$"):
         check_values(cfg)
+
+
+def test_a_mistake_found_inside_the_job_is_one_console_line_and_a_log_record(tmp_path):
+    """Found once the run dir exists (the data module's own check): one `error:` line on the console, the same
+    record in the run's log file, exit 2."""
+    proc = run_cli("cnnlab.train", "data=imagefolder", "logger=none", f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode == 2
+    console = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "error" in ln.lower()]
+    assert console == ["error: data=imagefolder needs data.source=<ImageFolder directory or .tar.gz/.zip archive>"], console
+    assert "[ERROR] - error: data=imagefolder needs data.source" in (tmp_path / "train.log").read_text()

@@ -40,16 +40,38 @@ def check(cfg: DictConfig) -> None:
     if ckpt and network.get("arch"):
         raise UserError(f"both ckpt={ckpt} and network.arch={network['arch']} given: pass one network")
     resolve_device(cfg.device)
+    if cfg.get("split", "test") not in SPLITS:
+        raise UserError(f"split must be one of {list(SPLITS)}, got {cfg.split!r} (val to choose settings, test to report)")
+
+
+#: the splits an analysis can read; ``val`` is the training run's held-out split (see ``build_datamodule``)
+SPLITS = ("test", "val", "train")
 
 
 def build_datamodule(cfg: DictConfig, subject):
     """The configured data module at the network's image size unless told otherwise.
 
+    With ``split=val`` on a checkpoint that records its data split (same dataset), the validation split is the
+    one that run held out (its ``val_fraction`` and ``split_seed``), so choices made on it never saw training images.
     Analyses read its uint8 RGB images; the subject converts them to the colour space its model takes.
     """
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    if cfg.get("follow_checkpoint_data", True) and subject.image_size:
+    follow = cfg.get("follow_checkpoint_data", True)
+    if follow and subject.image_size:
         data_cfg["image_size"] = int(subject.image_size)
+    trained = subject.data_split
+    if cfg.get("split") == "val" and follow and trained and trained["name"] == data_cfg.get("name"):
+        for key in ("val_fraction", "split_seed"):
+            if data_cfg.get(key) != trained[key]:
+                log.info("split=val: data.%s=%s as the checkpoint's run held out (not %s)", key, trained[key], data_cfg.get(key))
+                data_cfg[key] = trained[key]
+    elif cfg.get("split") == "val" and subject.data_split is None:
+        log.warning("split=val: %s does not record its data split; the val images are data.val_fraction=%s, "
+                    "data.split_seed=%s of %s", subject.source, data_cfg.get("val_fraction"), data_cfg.get("split_seed"),
+                    data_cfg.get("name"))
+    if cfg.get("split") == "val" and not data_cfg.get("val_fraction"):
+        raise UserError("split=val but data.val_fraction is 0: there is no validation split; set data.val_fraction "
+                        "(the training run's value) or analyse split=test")
     data_cfg["augment"] = []
     return instantiate(data_cfg)
 

@@ -102,3 +102,62 @@ class InterruptAfter(pl.Callback):
             os.kill(os.getpid(), SIGTERM)  # Lightning's handler notes it; the loop stops at the next batch
         else:
             raise KeyboardInterrupt
+
+
+class StageClock(pl.Callback):
+    """Wall time spent inside training batches (forward, backward, optimizer step), validation and test loops,
+    written to ``<run dir>/<filename>`` after fit and after test.
+
+    What is left of a run's wall time (start-up, data set-up, loading batches, checkpoint writes, logging) is
+    overhead; the gap reports the share of its time that is training compute from these files.
+    """
+
+    STAGES = ("train_batches", "validation", "test")
+
+    def __init__(self, filename: str = "clock.json"):
+        self.filename = filename
+        self.seconds = dict.fromkeys(self.STAGES, 0.0)
+        self.batches = 0
+        self._t0: dict[str, float] = {}
+
+    def _start(self, stage: str) -> None:
+        import time
+
+        self._t0[stage] = time.perf_counter()
+
+    def _stop(self, stage: str) -> None:
+        import time
+
+        if stage in self._t0:
+            self.seconds[stage] += time.perf_counter() - self._t0.pop(stage)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._start("train_batches")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._stop("train_batches")
+        self.batches += 1
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._start("validation")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._stop("validation")
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._start("test")
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._stop("test")
+        self._write(trainer)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._write(trainer)
+
+    @rank_zero_only
+    def _write(self, trainer) -> None:
+        from cnnlab.io.files import write_json
+
+        write_json(Path(trainer.default_root_dir) / self.filename,
+                   {**{k: round(v, 3) for k, v in self.seconds.items()}, "train_batch_count": self.batches})

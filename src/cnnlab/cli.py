@@ -243,6 +243,14 @@ def _open(cfg: DictConfig) -> Iterator[None]:
         yield
 
 
+def _log_to_files(message: str) -> None:
+    """``message`` as an error record in the run's log files only: the console gets the one ``error:`` line."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers + log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def _module_name(fn: Callable) -> str:
     """``fn``'s module; for ``python -m cnnlab.train`` the module name rather than ``__main__``."""
     if fn.__module__ != "__main__":
@@ -270,7 +278,7 @@ def hydra_main(config_name: str, argv: Callable[[list[str]], list[str]] | None =
                 err = user_error_of(exc)
                 if err is None:
                     raise
-                log.error("error: %s", err)
+                _log_to_files(f"error: {err}")
                 if in_multirun():
                     raise err from exc  # the sweeper records this job as failed and goes on
                 exit_with(err, exc)  # before Hydra's own reporting turns it into a traceback and exit 1

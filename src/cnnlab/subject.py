@@ -67,6 +67,8 @@ class Subject(nn.Module):
         object.__setattr__(self, "head", head)
         object.__setattr__(self, "_layers", dict(layers if layers is not None else _module_names(model)))
         self._taps = list(taps) if taps is not None else None
+        #: how the training data were split, where the file records it (``held_out_split``); None otherwise
+        self.data_split: dict | None = None
         self.freeze()
 
     def freeze(self) -> "Subject":
@@ -267,7 +269,9 @@ def subject_from_file(path: str | Path, expect: str | Iterable[str] = ("trunk", 
                              image_size=info.get("image_size"), classes=info.get("classes"))
     module = module_from_checkpoint(data, path)
     if isinstance(module, Classifier):
-        return from_classifier(module, source)
+        subject = from_classifier(module, source)
+        subject.data_split = held_out_split(data)
+        return subject
     backbone = getattr(module, "backbone", None)
     if not isinstance(backbone, Backbone):
         raise UserError(f"{path} holds a {type(module).__name__} without a backbone: pass a Classifier checkpoint or a trunk.pt")
@@ -276,6 +280,22 @@ def subject_from_file(path: str | Path, expect: str | Iterable[str] = ("trunk", 
     info = module.data_info or {}
     return from_backbone(backbone, color_space, getattr(module, "method", type(module).__name__), source,
                          image_size=info.get("image_size"))
+
+
+#: the data-module settings that decide which training images a run held out as its validation split
+SPLIT_KEYS = ("name", "source", "val_fraction", "split_seed")
+
+
+def held_out_split(checkpoint: dict) -> dict | None:
+    """``{name, source, val_fraction, split_seed}`` of the data module a Lightning checkpoint was trained with, or None.
+
+    With these, ``ImageDataModule`` rebuilds exactly the validation images the network did not train on
+    (the split is stratified and depends on nothing else: not on the run seed, ``train_limit`` or ``label_fraction``).
+    """
+    hp = checkpoint.get("datamodule_hyper_parameters") or {}
+    if not all(k in hp for k in SPLIT_KEYS):
+        return None
+    return {k: hp[k] for k in SPLIT_KEYS}
 
 
 def load_subject(checkpoint: str | None = None, trunk: str | None = None, arch: str | None = None, weights: str | None = None,

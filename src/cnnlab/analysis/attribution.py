@@ -36,10 +36,12 @@ def _guided(model, x, target, **_):
     return GuidedBackprop(model).attribute(x, target=target)
 
 
-def _integrated(model, x, target, baseline: float = 0.0, steps: int = 32, **_):
+def _integrated(model, x, target, baseline: float | torch.Tensor = 0.0, steps: int = 32, **_):
+    """``baseline``: one value for every pixel, or an image broadcastable to ``x`` (e.g. its blurred copy)."""
     from captum.attr import IntegratedGradients
 
-    return IntegratedGradients(model).attribute(x, baselines=torch.full_like(x, baseline), target=target, n_steps=steps,
+    base = baseline.detach().expand_as(x) if isinstance(baseline, torch.Tensor) else torch.full_like(x, baseline)
+    return IntegratedGradients(model).attribute(x, baselines=base, target=target, n_steps=steps,
                                                 internal_batch_size=max(len(x) * 8, 8))
 
 
@@ -62,7 +64,7 @@ _FNS: dict[str, Callable] = {
 def attribute(model: nn.Module, images: torch.Tensor, target: torch.Tensor | int, method: str, **kwargs) -> torch.Tensor:
     """``images (B, C, H, W)`` model input -> attribution of the ``target`` logit, same shape (Grad-CAM: ``(B, 1, H, W)``).
 
-    ``kwargs``: ``baseline``/``steps`` for integrated gradients, ``layer`` (a module) for Grad-CAM.
+    ``kwargs``: ``baseline`` (a value or an image)/``steps`` for integrated gradients, ``layer`` (a module) for Grad-CAM.
     """
     if method not in _FNS:
         raise UserError(f"unknown attribution method {method!r}: choose from {list(METHODS)}")

@@ -40,6 +40,13 @@ def check_methods(methods) -> list[str]:
     return methods
 
 
+def check_ig_baseline(baseline) -> float | str:
+    """An integrated-gradients baseline: an RGB value in [0, 1] (0 black, 0.5 gray) or ``"blur"`` (the blurred image)."""
+    if baseline == "blur" or (isinstance(baseline, (int, float)) and not isinstance(baseline, bool) and 0 <= baseline <= 1):
+        return baseline
+    raise UserError(f"ig_baseline must be a value in [0, 1] (0 black, 0.5 gray) or 'blur', got {baseline!r}")
+
+
 def reduce_channels(attr: torch.Tensor, how: str) -> torch.Tensor:
     """``(B, C, H, W)`` -> ``(B, H, W)``: ``"sum"`` signed channel sum, ``"abs"`` max magnitude over channels."""
     if how == "sum":
@@ -61,13 +68,19 @@ class Explainer:
     method: str
     grad_cam_layer: str | None = None
     ig_steps: int = 32
-    ig_baseline: float = 0.0
+    ig_baseline: float | str = 0.0
     occlusion_patch: int = 8
     occlusion_stride: int = 4
     occlusion_fill: float | torch.Tensor = 0.5
+    blur_sigma: float = 3.0
 
     def __post_init__(self) -> None:
         check_methods([self.method])
+        check_ig_baseline(self.ig_baseline)
+
+    def ig_start(self, x: torch.Tensor) -> float | torch.Tensor:
+        """What integrated gradients integrate from: the value, or ``"blur"``: each image blurred (the insertion start)."""
+        return blur(x, self.blur_sigma) if self.ig_baseline == "blur" else float(self.ig_baseline)
 
     def attribution(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.method == "occlusion":
@@ -78,7 +91,7 @@ class Explainer:
             with torch.no_grad():
                 p0 = model(x).softmax(1).gather(1, target.view(-1, 1)).cpu()
             return (p0.view(-1, 1, 1) - heat)[:, None].to(x.device)
-        kw: dict = {"steps": self.ig_steps, "baseline": self.ig_baseline}
+        kw: dict = {"steps": self.ig_steps, "baseline": self.ig_start(x)} if self.method == "integrated_gradients" else {}
         if self.method == "grad_cam":
             if self.grad_cam_layer is None:
                 raise UserError("grad_cam needs a layer: set grad_cam_tap to a tap of the backbone")

@@ -253,12 +253,12 @@ def _class_name(classes: list[str], k: int) -> str:
 
 # --------------------------------------------------------------------------------------------- faithfulness and sanity
 def _explainers(ctx: AnalysisContext, model, methods, grad_cam_tap, ig_steps, ig_baseline, occlusion_patch,
-                occlusion_stride) -> dict[str, faith.Explainer]:
+                occlusion_stride, blur_sigma: float = 3.0) -> dict[str, faith.Explainer]:
     methods = faith.check_methods(methods)
     cam_tap = ctx.tap_or_default(grad_cam_tap, where="last")
     cam_layer = faith.module_name(model, ctx.subject.layer(cam_tap))
     fill = ctx.gray_fill().to(ctx.device)
-    return {m: faith.Explainer(m, cam_layer, ig_steps, ig_baseline, occlusion_patch, occlusion_stride, fill) for m in methods}
+    return {m: faith.Explainer(m, cam_layer, ig_steps, ig_baseline, occlusion_patch, occlusion_stride, fill, blur_sigma) for m in methods}
 
 
 def _baseline_image(ctx: AnalysisContext, how: str, x: torch.Tensor, blur_sigma: float, mean: torch.Tensor | None) -> torch.Tensor:
@@ -299,10 +299,10 @@ def _log_metrics(ctx: AnalysisContext, metrics: dict[str, float]) -> None:
 
 def run_faithfulness(ctx: AnalysisContext, images: int = 256, methods=faith.METHODS, target: str = "pred", steps: int = 32,
                      deletion_fill: str = "gray", insertion_start: str = "blur", blur_sigma: float = 3.0, reduce: str = "auto",
-                     batch: int = 16, grad_cam_tap: str | None = None, ig_steps: int = 32, ig_baseline: float = 0.5,
+                     batch: int = 16, grad_cam_tap: str | None = None, ig_steps: int = 32, ig_baseline: float | str = "blur",
                      occlusion_patch: int = 8, occlusion_stride: int = 4) -> dict:
     model = ctx.subject.classifier("faithfulness").to(ctx.device)
-    explainers = _explainers(ctx, model, methods, grad_cam_tap, ig_steps, ig_baseline, occlusion_patch, occlusion_stride)
+    explainers = _explainers(ctx, model, methods, grad_cam_tap, ig_steps, ig_baseline, occlusion_patch, occlusion_stride, blur_sigma)
     if reduce not in ("auto", "sum", "abs"):
         raise UserError(f"reduce must be 'auto', 'sum' or 'abs', got {reduce!r}")
     for option, how in (("deletion_fill", deletion_fill), ("insertion_start", insertion_start)):
@@ -331,7 +331,7 @@ def run_faithfulness(ctx: AnalysisContext, images: int = 256, methods=faith.METH
                       f"signed channel sum, Grad-CAM and occlusion as they are) and moved in {steps} steps. Deletion replaces them "
                       f"by {deletion_fill} (lower area = more faithful); insertion starts from {insertion_start}"
                       f"{f' (sigma {blur_sigma} px)' if insertion_start == 'blur' else ''} and puts them back (higher area = more "
-                      f"faithful). Random: a random pixel order. Integrated gradients start from {ig_baseline}. ± is a 95% interval over the {n} images.")
+                      f"faithful). Random: a random pixel order. Integrated gradients start from {ig_baseline}{f' (sigma {blur_sigma} px)' if ig_baseline == 'blur' else ''}. ± is a 95% interval over the {n} images.")
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
     frac = np.linspace(0, 1, steps + 1)
@@ -354,8 +354,9 @@ def run_faithfulness(ctx: AnalysisContext, images: int = 256, methods=faith.METH
     _log_metrics(ctx, {f"faithfulness/{m}/{k}": v for m, s in summary.items() for k, v in s.items() if k.endswith("auc")})
     from cnnlab.io.files import write_json
 
-    write_json(ctx.out_dir / "faithfulness.json", {"images": n, "steps": steps, "deletion_fill": deletion_fill,
-                                                   "insertion_start": insertion_start, "auc": summary,
+    write_json(ctx.out_dir / "faithfulness.json", {"images": n, "split": ctx.split, "steps": steps, "deletion_fill": deletion_fill,
+                                                   "insertion_start": insertion_start, "ig_baseline": ig_baseline, "auc": summary,
+                                                   "per_image": {m: {k: v.tolist() for k, v in a.items()} for m, a in aucs.items()},
                                                    "curves": {m: {"deletion": c.deletion.mean(0).tolist(), "insertion": c.insertion.mean(0).tolist()}
                                                               for m, c in curves.items()}})
     return {"images": n, "auc": summary}
@@ -376,8 +377,8 @@ def _layer_label(ctx: AnalysisContext, model, name: str) -> str:
 
 
 def run_sanity(ctx: AnalysisContext, images: int = 32, methods=faith.METHODS, target: str = "pred", seed: int = 0,
-               draws: int = 1, max_layers: int | None = None, batch: int = 32, grad_cam_tap: str | None = None, ig_steps: int = 32,
-               ig_baseline: float = 0.0, occlusion_patch: int = 8, occlusion_stride: int = 4) -> dict:
+               draws: int = 5, max_layers: int | None = None, batch: int = 32, grad_cam_tap: str | None = None, ig_steps: int = 32,
+               ig_baseline: float | str = 0.0, occlusion_patch: int = 8, occlusion_stride: int = 4) -> dict:
     model = ctx.subject.classifier("the sanity check").to(ctx.device)
     explainers = _explainers(ctx, model, methods, grad_cam_tap, ig_steps, ig_baseline, occlusion_patch, occlusion_stride)
     pick = ctx.sample_indices(images)

@@ -6,11 +6,12 @@ An arm is one unit of work with its own directory ``<gap run dir>/arms/<name>/``
   (supervised / colorization) on every training image outside the validation split, a ``cnnlab-train`` run;
 - ``probe_<init>_seed<s>[_sub<k>]``: linear probes (weight decay chosen on val) and kNN on every tap of that
   trunk, fit on label subset ``k`` (the whole pool when ``probe.label_fraction`` is 1);
-- ``finetune_<init>_f<f>_seed<s>_sub<k>_lr<lr>`` (kind ``finetune``): one candidate of the fine-tune search,
-  the whole network trained on the class-balanced label subset ``k`` of fraction ``f`` at one learning rate,
-  validated during training; its best-on-val checkpoint is kept; the test split is not read;
-- ``finetune_<init>_f<f>_seed<s>_sub<k>`` (kind ``finetune_test``): the learning rate (and checkpoint) chosen
-  on val among the candidates, tested once.
+- ``finetune_<init>_f<f>_seed<s>_sub<k>_lr<lr>[_<variant>]`` (kind ``finetune``): one candidate of the
+  fine-tune search, the whole network trained on the class-balanced label subset ``k`` of fraction ``f`` at one
+  learning rate and recipe variant (the suffix appears when more than one variant is searched), validated during
+  training; its best-on-val checkpoint is kept; the test split is not read;
+- ``finetune_<init>_f<f>_seed<s>_sub<k>`` (kind ``finetune_test``): the candidate (learning rate, variant and
+  checkpoint) chosen on val, tested once.
 
 Every ``cnnlab-train`` arm writes its composed config to ``config.yaml`` in its directory and runs from it;
 each finished arm writes ``gap_arm.json`` holding its key (a hash of that config, of the fingerprints of the
@@ -44,6 +45,8 @@ class Arm:
     fraction: float | None = None
     subset: int | None = None
     lr: float | None = None
+    #: the fine-tune recipe variant (a key of ``finetune.variants``)
+    variant: str | None = None
     #: the arm whose trunk.pt this one starts from (itself for trunk arms)
     trunk_arm: str | None = None
     #: other arms whose outputs this one reads (a test arm: its candidates)
@@ -60,7 +63,7 @@ class Arm:
             what = "linear probes + kNN" + ("" if self.subset is None else f", label subset {self.subset}")
         else:
             what = f"fine-tune {fraction_label(self.fraction)} labels, subset {self.subset}"
-            what += f", lr {self.lr:g}" if self.kind == "finetune" else ", chosen on val, test"
+            what += f", lr {self.lr:g}, {self.variant}" if self.kind == "finetune" else ", chosen on val, test"
         return f"{what} · {self.init} · seed {self.seed}"
 
     @property
@@ -78,8 +81,10 @@ def trunk_arm_name(init: str, seed: int) -> str:
 
 
 def plan_arms(inits: list[str], seeds: list[int], fractions: list[float], subsets: list[int], lrs: list[float],
-              probe_subsets: list[int | None]) -> list[Arm]:
+              probe_subsets: list[int | None], variants: list[str] = ("plain",)) -> list[Arm]:
     """Every arm in run order: all trunks, then all probes (the headline table), then the fine-tunes.
+
+    The fine-tune candidates of a run are the grid ``lrs`` x ``variants``, in that order (lr-major).
 
     Seeds are interleaved within each stage, so a run stopped early still has every init for the first
     paired runs of each stage, and its partial report (``run_arms=false``) compares like with like.
@@ -93,8 +98,9 @@ def plan_arms(inits: list[str], seeds: list[int], fractions: list[float], subset
             for k in subsets:
                 for i in inits:
                     base = f"finetune_{i}_f{f:g}_seed{s}_sub{k}"
-                    cands = [Arm(f"{base}_lr{lr:g}", "finetune", i, s, f, k, lr, trunk_arm_name(i, s)) for lr in lrs]
-                    fts += cands + [Arm(base, "finetune_test", i, s, f, k, None, trunk_arm_name(i, s), [c.name for c in cands])]
+                    cands = [Arm(f"{base}_lr{lr:g}" + (f"_{v}" if len(variants) > 1 else ""), "finetune", i, s, f, k, lr, v,
+                                 trunk_arm_name(i, s)) for lr in lrs for v in variants]
+                    fts += cands + [Arm(base, "finetune_test", i, s, f, k, None, None, trunk_arm_name(i, s), [c.name for c in cands])]
     return trunks + probes + fts
 
 
@@ -122,7 +128,7 @@ def is_done(arm: Arm, root: Path, key: str | None) -> bool:
 
 def mark_done(arm: Arm, root: Path, key: str, seconds: float, extra: dict | None = None) -> None:
     write_json(arm.dir(root) / MARKER, {"name": arm.name, "kind": arm.kind, "init": arm.init, "seed": arm.seed,
-                                        "fraction": arm.fraction, "subset": arm.subset, "lr": arm.lr, "key": key,
+                                        "fraction": arm.fraction, "subset": arm.subset, "lr": arm.lr, "variant": arm.variant, "key": key,
                                         "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                                         **(extra or {})})
 

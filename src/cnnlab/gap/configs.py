@@ -64,6 +64,7 @@ class ArmConfigs:
             self.data.pop(k, None)
         self.backbone = OmegaConf.to_container(cfg.backbone, resolve=False)  # in_channels follows the arm's data
         self.recipe = container(cfg.finetune.recipe)
+        self.variants = {str(k): container(v) for k, v in container(cfg.finetune.get("variants") or {"plain": {}}).items()}
         self._composed: dict[tuple, DictConfig] = {}
 
     def _base(self, groups: dict, name: str, seed: int, out_dir: Path, with_backbone: bool) -> DictConfig:
@@ -87,24 +88,31 @@ class ArmConfigs:
         return OmegaConf.merge(arm, container(p.cfg))
 
     def finetune(self, init: str, seed: int, subset: int, fraction: float, lr: float, trunk: Path, n_labelled: int,
-                 name: str, out_dir: Path) -> DictConfig:
+                 name: str, out_dir: Path, variant: str | None = None) -> DictConfig:
+        """A fine-tune candidate: ``finetune.recipe`` with the ``variant``'s values over it (None: the recipe alone)."""
         ft = self.cfg.finetune
+        recipe = {**self.recipe, **(self.variants[variant] if variant is not None else {})}
         steps, every = finetune_steps(self.cfg, n_labelled)
         arm = self._base({"backbone": "trunk", **container(ft.groups)}, name, seed, out_dir, with_backbone=False)
         return OmegaConf.merge(arm, container(ft.cfg), {
             "data": {"label_fraction": float(fraction), "label_seed": int(subset)},
             "backbone": {"path": str(trunk)},
-            "model": {"optimizer": {"lr": float(lr)}, "scheduler": {"T_max": steps, "interval": "step"}, **self.recipe},
+            "model": {"optimizer": {"lr": float(lr)}, "scheduler": {"T_max": steps, "interval": "step"}, **recipe},
             "trainer": {"max_epochs": -1, "max_steps": steps, "check_val_every_n_epoch": None, "val_check_interval": every,
                         "num_sanity_val_steps": 0},
             "monitor": "val/acc", "monitor_mode": "max", "train": True, "test": False})
 
     @staticmethod
     def test_of(candidate: DictConfig, ckpt: Path, name: str, out_dir: Path) -> DictConfig:
-        """The chosen candidate's config, evaluated once on the test split from its best-on-val checkpoint."""
-        arm = OmegaConf.merge(candidate, {"train": False, "test": True, "ckpt_path": str(ckpt), "task_name": name,
-                                          "paths": {"output_dir": str(out_dir)}, "logger": None})
-        return arm
+        """The chosen candidate's config, evaluated once on the test split from its best-on-val checkpoint.
+
+        The candidate's config was written resolved, so every path inside its run dir (the trainer's root,
+        checkpoint dirs) is moved to ``out_dir``: the test run writes nothing into the candidate's directory."""
+        text = json.dumps(OmegaConf.to_container(candidate, resolve=True)).replace(
+            json.dumps(str(candidate.paths.output_dir))[1:-1], json.dumps(str(out_dir))[1:-1])
+        return OmegaConf.merge(OmegaConf.create(json.loads(text)),
+                               {"train": False, "test": True, "ckpt_path": str(ckpt), "task_name": name,
+                                "paths": {"output_dir": str(out_dir)}, "logger": None})
 
 
 def location_free(arm_cfg: DictConfig) -> dict:

@@ -101,7 +101,10 @@ def summarize(collected: dict, inits: Sequence[str], fractions: Sequence[float],
         for i in inits:
             rs = list(runs[i].values())
             entry[i] = {"test": mean_ci(r["test"] for r in rs), "val": mean_ci(r["val"] for r in rs),
-                        "lr_chosen": [r["lr"] for r in rs], "step_chosen": [r["step"] for r in rs]}
+                        "lr_chosen": [r["lr"] for r in rs], "step_chosen": [r["step"] for r in rs],
+                        "variant_chosen": [r.get("variant") for r in rs],
+                        "lr_at_grid_edge": sum(bool(r.get("lr_at_grid_edge")) for r in rs),
+                        "step_is_last": sum(bool(r.get("step_is_last")) for r in rs)}
         if trio:
             entry["gap"] = paired_block({i: {u: runs[i][u]["test"] for u in units} for i in TRIO}, units)
         ft[str(float(f))] = entry
@@ -172,7 +175,16 @@ def markdown_tables(res: dict) -> str:
             lines.append(f"| {i} | " + " | ".join(format_acc(ft[f][i]["test"]) for f in fr) + " |")
         lines += _gap_rows([ft[f].get("gap") for f in fr])
         for i in rows:
-            lines.append(f"| lr chosen on val, {i} | " + " | ".join(_counts(ft[f][i]["lr_chosen"]) for f in fr) + " |")
+            lines.append(f"| lr chosen on val, {i} | " + " | ".join(
+                _counts(ft[f][i]["lr_chosen"]) + (f" (at the grid's edge ×{ft[f][i]['lr_at_grid_edge']})" if ft[f][i].get("lr_at_grid_edge") else "")
+                for f in fr) + " |")
+        if len(res.get("grids", {}).get("finetune_variants") or {}) > 1:
+            for i in rows:
+                lines.append(f"| recipe variant chosen on val, {i} | " + " | ".join(
+                    ", ".join(f"{v} ×{n}" for v, n in sorted(Counter(ft[f][i].get("variant_chosen", [])).items())) or "–" for f in fr) + " |")
+        for i in rows:
+            lines.append(f"| best checkpoint = last step, {i} | " + " | ".join(
+                f"{ft[f][i].get('step_is_last', 0)} of {len(ft[f][i]['step_chosen'])}" for f in fr) + " |")
     lines += ["", "### Validation accuracies behind the choices (%, mean over paired runs)", "",
               "| init | best tap val | " + " | ".join(f"fine-tune {100 * float(f):g}% val" for f in fr) + " |",
               "|---" * (len(fr) + 2) + "|"]
@@ -180,7 +192,42 @@ def markdown_tables(res: dict) -> str:
         b = best.get(i)
         tap_val = f"{100 * b['val']:.1f} ({b['tap']})" if b and b["val"] is not None else "–"
         lines.append(f"| {i} | {tap_val} | " + " | ".join(format_acc(res["finetune"][f][i]["val"]) for f in fr) + " |")
+    if res.get("timing"):
+        lines += ["", "### Where the time went", "", timing_text(res["timing"])]
     return "\n".join(lines) + "\n"
+
+
+def timing(markers: list[dict], wall_seconds: float | None) -> dict:
+    """Seconds per arm kind from the finished arms' markers (``seconds``, and ``clock``: time inside training
+    batches, validation and test, see :class:`cnnlab.callbacks.StageClock`), and training compute's share."""
+    kinds: dict = {}
+    for m in markers:
+        k = kinds.setdefault(m["kind"] + ("" if m["kind"] != "trunk" else f" {m['init']}"),
+                             {"arms": 0, "seconds": 0.0, "train_batches": 0.0, "validation": 0.0, "test": 0.0})
+        k["arms"] += 1
+        k["seconds"] += float(m.get("seconds") or 0.0)
+        for stage in ("train_batches", "validation", "test"):
+            k[stage] += float((m.get("clock") or {}).get(stage, 0.0))
+    total = sum(k["seconds"] for k in kinds.values())
+    train = sum(k["train_batches"] for k in kinds.values())
+    return {"by_kind": {n: {key: round(v, 1) if isinstance(v, float) else v for key, v in k.items()} for n, k in sorted(kinds.items())},
+            "arm_seconds": round(total, 1), "train_batch_seconds": round(train, 1),
+            "train_share_of_arms": round(train / total, 3) if total else None,
+            "wall_seconds": None if wall_seconds is None else round(wall_seconds, 1),
+            "train_share_of_wall": round(train / wall_seconds, 3) if wall_seconds else None}
+
+
+def timing_text(t: dict) -> str:
+    """The timing block as a markdown table and one sentence."""
+    rows = ["| arm kind | arms | seconds | in training batches | in validation | in test |", "|---|---|---|---|---|---|"]
+    for name, k in t["by_kind"].items():
+        rows.append(f"| {name} | {k['arms']} | {k['seconds']:.0f} | {k['train_batches']:.0f} | {k['validation']:.0f} | {k['test']:.0f} |")
+    share = t.get("train_share_of_arms")
+    rows += ["", f"Arms took {t['arm_seconds'] / 60:.1f} min in all; {t['train_batch_seconds'] / 60:.1f} min of it inside training "
+             f"batches (forward, backward, optimizer step){'' if share is None else f', {100 * share:.0f}%'}"
+             + (f"; this invocation's wall time {t['wall_seconds'] / 60:.1f} min (arms reused from an earlier invocation count above "
+                "with their own times)" if t.get("wall_seconds") else "") + "."]
+    return "\n".join(rows)
 
 
 def setup_title(res: dict) -> str:

@@ -22,11 +22,12 @@ from cnnlab.errors import UserError
 from cnnlab.features import state_fingerprint
 from cnnlab.gap import arms as A
 from cnnlab.gap.configs import ArmConfigs, location_free, write_config
-from cnnlab.gap.report import log_to_wandb, markdown_tables, setup_title, summarize, unit_key, write_report
-from cnnlab.gap.select import best_learning_rate
+from cnnlab.gap.report import log_to_wandb, markdown_tables, setup_title, summarize, timing, unit_key, write_report
+from cnnlab.gap.select import best_candidate
 from cnnlab.io.checkpoints import read_cnnlab_file
 from cnnlab.io.files import write_json
 from cnnlab.probes import calibrate_batchnorm, check_trunk_matches
+from cnnlab.probes.linear import at_grid_edge
 
 log = logging.getLogger("cnnlab.gap")
 
@@ -37,9 +38,14 @@ def validate(cfg: DictConfig) -> None:
     bad = [i for i in inits if i not in A.INITS]
     if bad or not inits:
         raise UserError(f"unknown init(s) {bad or inits}: inits must be a subset of {list(A.INITS)}")
-    for name in ("seeds", "label_subsets", "finetune.lrs"):
+    for name in ("seeds", "label_subsets", "finetune.lrs", "finetune.variants"):
         if not list(OmegaConf.select(cfg, name) or []):
             raise UserError(f"{name} is empty: give at least one value, e.g. {name}=[0,1]")
+    known = set(OmegaConf.to_container(cfg.finetune.recipe, resolve=True))
+    for v, over in OmegaConf.to_container(cfg.finetune.variants, resolve=True).items():
+        if not isinstance(over, dict) or set(over) - known:
+            raise UserError(f"finetune.variants.{v} = {over}: a variant sets fine-tune recipe options only, "
+                            f"a mapping with keys from {sorted(known)} (e.g. {{head_only_steps: 50}})")
     for f in cfg.label_fractions:
         if not isinstance(f, (int, float)) or not 0.0 < float(f) <= 1.0:
             raise UserError(f"label fraction {f} is outside (0, 1]: use e.g. label_fractions=[0.01,0.1]")
@@ -113,6 +119,7 @@ class Runner:
         #: what the in-process arms' results depend on in the data config (not where the data lives)
         self.data_key = {k: v for k, v in self.configs.data.items() if k != "data_dir"}
         self.timings: dict[str, float] = {}
+        self.started = time.time()
         self.by_name: dict[str, A.Arm] = {}
         self._fp: dict[str, str] = {}
         self._dms: dict[tuple, object] = {}
@@ -122,7 +129,8 @@ class Runner:
         c = self.cfg
         probe_subsets = list(c.label_subsets) if float(c.probe.label_fraction) < 1.0 else [None]
         arms = A.plan_arms(list(c.inits), [int(s) for s in c.seeds], [float(f) for f in c.label_fractions],
-                           [int(k) for k in c.label_subsets], [float(lr) for lr in c.finetune.lrs], probe_subsets)
+                           [int(k) for k in c.label_subsets], [float(lr) for lr in c.finetune.lrs], probe_subsets,
+                           [str(v) for v in c.finetune.variants])
         self.by_name = {a.name: a for a in arms}
         status = {}
         for arm in arms:
@@ -157,7 +165,7 @@ class Runner:
             return self.configs.pretrain(arm.init, arm.seed, arm.name, d)
         if arm.kind == "finetune":
             return self.configs.finetune(arm.init, arm.seed, arm.subset, arm.fraction, arm.lr, self.trunk_path(arm),
-                                         self.n_labelled(arm.fraction), arm.name, d)
+                                         self.n_labelled(arm.fraction), arm.name, d, arm.variant)
         return None
 
     def key(self, arm: A.Arm) -> str | None:
@@ -230,6 +238,8 @@ class Runner:
         d = A.fresh_dir(arm, self.root)
         t0 = time.time()
         extra = {"run": getattr(self, f"_run_{arm.kind}")(arm, d)}
+        if (d / "clock.json").is_file():  # where a cnnlab-train arm's time went (cnnlab.callbacks.StageClock)
+            extra["clock"] = json.loads((d / "clock.json").read_text())
         if arm.kind == "trunk":
             trunk = d / "trunk.pt"
             extra.update(trunk_stamp=trunk.stat().st_mtime_ns, trunk_fingerprint=extra["run"].pop("fingerprint"))
@@ -280,20 +290,27 @@ class Runner:
         return {"n_train": res["n_train"]}
 
     def _run_finetune(self, arm: A.Arm, d: Path) -> dict:
-        self._train_in_process(self.arm_config(arm), d)
+        arm_cfg = self.arm_config(arm)
+        self._train_in_process(arm_cfg, d)
         best = best_checkpoint(d)
-        write_json(d / "candidate.json", {"lr": arm.lr, **best})
+        write_json(d / "candidate.json", {"lr": arm.lr, "variant": arm.variant, "max_steps": int(arm_cfg.trainer.max_steps), **best})
         return {"val": best["val"], "step": best["step"]}
 
     def _run_finetune_test(self, arm: A.Arm, d: Path) -> dict:
-        cands = {self.by_name[n].lr: json.loads((self.by_name[n].dir(self.root) / "candidate.json").read_text()) for n in arm.needs}
-        lr = best_learning_rate({k: v["val"] for k, v in cands.items()})
-        chosen = self.by_name[arm.needs[[self.by_name[n].lr for n in arm.needs].index(lr)]]
-        arm_cfg = ArmConfigs.test_of(OmegaConf.load(chosen.dir(self.root) / "config.yaml"), Path(cands[lr]["path"]), arm.name, d)
+        cands = [self.by_name[n] for n in arm.needs]
+        cands.sort(key=lambda a: (a.lr, arm.needs.index(a.name)))  # ties keep the smaller rate, then the earlier variant
+        found = {a.name: json.loads((a.dir(self.root) / "candidate.json").read_text()) for a in cands}
+        chosen = self.by_name[best_candidate({a.name: found[a.name]["val"] for a in cands})]
+        best = found[chosen.name]
+        arm_cfg = ArmConfigs.test_of(OmegaConf.load(chosen.dir(self.root) / "config.yaml"), Path(best["path"]), arm.name, d)
         self._train_in_process(arm_cfg, d)
         m = json.loads((d / "metrics.json").read_text())
-        choice = {"lr": lr, "step": cands[lr]["step"], "val": cands[lr]["val"], "test": m.get("test/acc"),
-                  "grid": {repr(k): v["val"] for k, v in cands.items()}, "candidate": chosen.name}
+        several = len({a.variant for a in cands}) > 1
+        choice = {"lr": chosen.lr, "variant": chosen.variant, "step": best["step"], "val": best["val"], "test": m.get("test/acc"),
+                  "grid": {f"{a.lr:g}" + (f" {a.variant}" if several else ""): found[a.name]["val"] for a in cands},
+                  "candidate": chosen.name, "lr_at_grid_edge": at_grid_edge(chosen.lr, [a.lr for a in cands]),
+                  # the best checkpoint was the last validation: a longer fine-tune might have gone further
+                  "step_is_last": best["step"] >= best.get("max_steps", best["step"] + 1)}
         write_json(d / "choice.json", choice)
         return choice
 
@@ -322,7 +339,9 @@ class Runner:
                        "finetune": {str(f): {i: {unit_key(u): ch for u, ch in by_f.get(f, {}).items()} for i, by_f in collected["finetune"].items()}
                                     for f in (float(x) for x in c.label_fractions)}}
         res["budget"] = str(c.budget_name)
-        res["grids"] = {"finetune_lr": [float(x) for x in c.finetune.lrs], "probe_weight_decay": [float(x) for x in c.probe.weight_decays],
+        res["grids"] = {"finetune_lr": [float(x) for x in c.finetune.lrs],
+                        "finetune_variants": OmegaConf.to_container(c.finetune.variants, resolve=True),
+                        "probe_weight_decay": [float(x) for x in c.probe.weight_decays],
                         "knn": {"k": int(c.probe.knn.k), "temperature": float(c.probe.knn.temperature)}}
         res["recipe"] = {"finetune": OmegaConf.to_container(c.finetune, resolve=True),
                          "pretrain": OmegaConf.to_container(c.pretrain, resolve=True)}
@@ -331,11 +350,13 @@ class Runner:
             "validation_images": len(self.datamodule().splits["val"]) if self.datamodule().splits else None,
             "label_subsets": [int(k) for k in c.label_subsets], "seeds": [int(s) for s in c.seeds],
             "probe_label_fraction": float(c.probe.label_fraction),
-            "chosen_on_validation": ["best tap per init", "probe weight decay per tap", "fine-tune learning rate", "fine-tune checkpoint (step)"],
+            "chosen_on_validation": ["best tap per init", "probe weight decay per tap", "fine-tune learning rate and recipe variant",
+                                     "fine-tune checkpoint (step)"],
             "read_on_test": "each final arm once: the probes with their chosen weight decay, kNN, each fine-tune's chosen checkpoint"}
         res["arms"] = {a.name: {"kind": a.kind, "init": a.init, "seed": a.seed, "subset": a.subset, "fraction": a.fraction, "lr": a.lr,
                                 "reused": a.name not in self.timings, "seconds": self.timings.get(a.name), "dir": str(a.dir(self.root))}
                        for a in plan.arms}
+        res["timing"] = timing([m for m in (A.read_marker(a, self.root) for a in plan.arms) if m], time.time() - self.started)
         res["data"] = {"name": c.data.name, "color_space": c.data.color_space, "train_limit": c.data.get("train_limit"),
                        "val_fraction": float(c.data.val_fraction)}
         res["backbone"] = {"arch": self.arch, **self.arch_kwargs}
@@ -377,6 +398,7 @@ class Runner:
         if self.cfg.get("threads"):
             torch.set_num_threads(int(self.cfg.threads))
         console = Console()
+        self.started = time.time()
         plan = self.plan()
         self.show_plan(plan, console)
         self.execute(plan, console)

@@ -6,14 +6,17 @@ test split is read afterwards, once per final arm, with what was chosen here.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Hashable, Mapping, Sequence
 
 
-def best_learning_rate(val_by_lr: Mapping[float, float | None]) -> float:
-    """The learning rate whose run reached the highest validation accuracy (ties: the smaller rate)."""
-    scored = [(acc, -lr, lr) for lr, acc in val_by_lr.items() if acc is not None]
+def best_candidate(val_by_candidate: Mapping[Hashable, float | None], order: Sequence[Hashable] | None = None) -> Hashable:
+    """The candidate whose run reached the highest validation accuracy; ties go to the one earliest in ``order``
+    (default: the mapping's order). The gap lists candidates by learning rate, smallest first, so a tie keeps the
+    smaller rate."""
+    order = list(val_by_candidate) if order is None else list(order)
+    scored = [(acc, -order.index(c), c) for c, acc in val_by_candidate.items() if acc is not None]
     if not scored:
-        raise ValueError("no learning rate has a validation accuracy")
+        raise ValueError("no candidate has a validation accuracy")
     return max(scored)[2]
 
 

@@ -101,6 +101,12 @@ def softmax_loss_and_grad(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor
     return loss, gw, gb
 
 
+def at_grid_edge(chosen: float, grid) -> bool:
+    """True when ``chosen`` is the smallest or largest of a grid of two or more values: the optimum may lie outside it."""
+    values = sorted({float(g) for g in grid})
+    return len(values) > 1 and float(chosen) in (values[0], values[-1])
+
+
 @dataclass
 class ProbeFit:
     """The chosen probe: standardization, weights and how it was chosen.
@@ -123,7 +129,7 @@ class ProbeFit:
     @property
     def at_grid_edge(self) -> bool:
         """True when the chosen weight decay is the smallest or largest tried (the grid may be too narrow)."""
-        return len(self.grid) > 1 and self.weight_decay in (min(self.grid), max(self.grid))
+        return at_grid_edge(self.weight_decay, list(self.grid))
 
     def logits(self, x) -> torch.Tensor:
         """Raw (unstandardized) features ``(N, D)`` -> ``(N, C)`` float32 logits (on the probe's device)."""
