@@ -91,3 +91,31 @@ def test_curve_eps_outside_pixel_range_is_a_user_error(net, eps):  # noqa: F811
         A.robustness_curve(net, torch.rand(2, 3, 32, 32), torch.tensor([0, 1]), eps)
     with pytest.raises(UserError, match="one value in"):
         A.pgd(net, torch.rand(2, 3, 32, 32), torch.tensor([0, 1]), torch.tensor([0.1, 1.5]))
+
+
+def test_lightness_classifier_is_attacked_in_its_own_one_channel_input():
+    """A data.color_space=L classifier (the gap's) takes L / 100 in [0, 1]; the attacks perturb that one channel."""
+    from cnnlab.color import convert
+    from cnnlab.models import Classifier
+
+    torch.manual_seed(0)
+    model = Classifier(backbone={"_target_": "cnnlab.backbones.VGGCifar", "in_channels": 1, "width": 8}, num_classes=10).eval()
+    model.requires_grad_(False)
+    rgb = torch.rand(24, 3, 32, 32)
+    rgb[:4] = 1.0  # white and black images: L / 100 at the ends of the range
+    rgb[4:8] = 0.0
+    x = convert(rgb, "L")
+    assert x.shape == (24, 1, 32, 32) and x.min() >= 0 and x.max() <= 1
+    y = A.predict(model, x)  # the model's own decisions: every point starts correct
+    curves = A.robustness_curve(model, x, y, [2 / 255, 8 / 255, 32 / 255], steps=3, restarts=2, batch_size=10,
+                                generator=torch.Generator().manual_seed(0))
+    for c in curves.values():
+        assert c.shape == (24, 4) and c[:, 0].all() and (c.float().mean(0).diff() <= 0).all()
+    eps = 8 / 255
+    adv = A.pgd(model, x, y, eps, steps=3, restarts=2, generator=torch.Generator().manual_seed(0))
+    assert adv.shape == x.shape and adv.min() >= 0 and adv.max() <= 1
+    assert ((adv - x).abs().flatten(1).amax(1) <= eps + 1e-6).all()
+    assert A.fgsm(model, x, y, eps).shape == x.shape
+    r = A.minimal_linf(model, x, y, eps_max=32 / 255, search_steps=2, steps=3, generator=torch.Generator().manual_seed(0))
+    found = r < float("inf")
+    assert r.shape == (24,) and (r[found] > 0).all() and (r[found] <= 32 / 255 + 1e-7).all()

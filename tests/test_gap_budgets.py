@@ -8,8 +8,8 @@ from cnnlab.gap.runner import Runner, validate
 
 EXPECT = {  # budget: (seeds, label subsets, label fractions, fine-tune candidates = lrs x recipe variants, probe subsets)
     "smoke": (1, 2, 1, 4, 2),
-    "quick": (2, 2, 1, 2, 2),
-    "standard": (3, 2, 2, 2, 2),
+    "quick": (2, 2, 1, 3, 2),
+    "standard": (3, 2, 2, 6, 2),
     "gpu_check": (1, 2, 1, 2, 2),
     "full": (3, 3, 3, 4, 1),
 }

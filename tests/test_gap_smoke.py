@@ -66,8 +66,8 @@ def test_gap_smoke_end_to_end_resume_and_test_labels_change_no_choice(tmp_path, 
             assert choice["step"] in (2, 4), "a checkpoint of one of the two validations (every 2 of 4 steps)"
             assert choice["step_is_last"] == (choice["step"] == 4)
             for lr in ("0.01", "0.05"):
-                for variant, head_only in (("plain", 0), ("lpft", 2)):
-                    cand = arms / f"finetune_{init}_f0.5_seed0_sub{k}_lr{lr}_{variant}"
+                for suffix, head_only in (("", 0), ("_lpft", 2)):
+                    cand = arms / f"finetune_{init}_f0.5_seed0_sub{k}_lr{lr}{suffix}"
                     metrics = json.loads((cand / "metrics.json").read_text())
                     assert not any(key.startswith("test/") for key in metrics), "a candidate never reads the test split"
                     c = OmegaConf.load(cand / "config.yaml")
@@ -115,6 +115,10 @@ def test_gap_smoke_end_to_end_resume_and_test_labels_change_no_choice(tmp_path, 
     res2 = json.loads((out / "gap_results.json").read_text())
     assert res2["probe"]["linear"]["colorization"] == res["probe"]["linear"]["colorization"], "the same trunk and seed give the same probe"
     assert res2["finetune"] == res["finetune"]
+
+    # dropping a recipe variant from the search keeps every plain candidate; only the six test arms choose again
+    proc = run_cli("cnnlab.gap", *args, "~finetune.variants.lpft", "report.wandb=false")
+    assert "27 arms, 21 already done" in proc.stdout and "arms: ran 6, reused 21" in proc.stdout
 
     # the same run on the same trunks with the test labels permuted: every choice identical, the test numbers not
     from cnnlab.data.datamodule import ImageDataModule

@@ -8,8 +8,8 @@ An arm is one unit of work with its own directory ``<gap run dir>/arms/<name>/``
   trunk, fit on label subset ``k`` (the whole pool when ``probe.label_fraction`` is 1);
 - ``finetune_<init>_f<f>_seed<s>_sub<k>_lr<lr>[_<variant>]`` (kind ``finetune``): one candidate of the
   fine-tune search, the whole network trained on the class-balanced label subset ``k`` of fraction ``f`` at one
-  learning rate and recipe variant (the suffix appears when more than one variant is searched), validated during
-  training; its best-on-val checkpoint is kept; the test split is not read;
+  learning rate and recipe variant (no suffix for ``plain``, so adding a variant to a finished run reuses its plain
+  candidates), validated during training; its best-on-val checkpoint is kept; the test split is not read;
 - ``finetune_<init>_f<f>_seed<s>_sub<k>`` (kind ``finetune_test``): the candidate (learning rate, variant and
   checkpoint) chosen on val, tested once.
 
@@ -32,6 +32,8 @@ from cnnlab.io.files import write_json
 
 INITS = ("random", "colorization", "supervised")
 MARKER = "gap_arm.json"
+#: the fine-tune recipe variant with no overrides (its candidates' names carry no suffix)
+PLAIN = "plain"
 #: what each kind of arm leaves behind when it finished
 OUTPUTS = {"trunk": ("trunk.pt",), "probe": ("probe.json",), "finetune": ("candidate.json",), "finetune_test": ("metrics.json",)}
 
@@ -81,7 +83,7 @@ def trunk_arm_name(init: str, seed: int) -> str:
 
 
 def plan_arms(inits: list[str], seeds: list[int], fractions: list[float], subsets: list[int], lrs: list[float],
-              probe_subsets: list[int | None], variants: list[str] = ("plain",)) -> list[Arm]:
+              probe_subsets: list[int | None], variants: list[str] = (PLAIN,)) -> list[Arm]:
     """Every arm in run order: all trunks, then all probes (the headline table), then the fine-tunes.
 
     The fine-tune candidates of a run are the grid ``lrs`` x ``variants``, in that order (lr-major).
@@ -98,7 +100,7 @@ def plan_arms(inits: list[str], seeds: list[int], fractions: list[float], subset
             for k in subsets:
                 for i in inits:
                     base = f"finetune_{i}_f{f:g}_seed{s}_sub{k}"
-                    cands = [Arm(f"{base}_lr{lr:g}" + (f"_{v}" if len(variants) > 1 else ""), "finetune", i, s, f, k, lr, v,
+                    cands = [Arm(f"{base}_lr{lr:g}" + ("" if v == PLAIN else f"_{v}"), "finetune", i, s, f, k, lr, v,
                                  trunk_arm_name(i, s)) for lr in lrs for v in variants]
                     fts += cands + [Arm(base, "finetune_test", i, s, f, k, None, None, trunk_arm_name(i, s), [c.name for c in cands])]
     return trunks + probes + fts

@@ -1,8 +1,12 @@
 """Adversarial and fooling images as pure functions.
 
-``model`` maps RGB images ``(B, 3, H, W)`` in [0, 1] to class scores ``(B, K)`` (a ``cnnlab.subject.Subject``, whose
-forward path does any colour conversion and normalization). Every returned image is in [0, 1];
-L-infinity attacks stay within ``eps`` of the original. Gradients are taken with respect to the
+``model`` maps images ``(B, C, H, W)`` in [0, 1] to class scores ``(B, K)`` and does any normalization itself.
+Usually it is a ``cnnlab.subject.Subject`` (RGB in, colour conversion in its forward path: the attack then perturbs
+the RGB image). A cnnlab ``Classifier`` can also be attacked in its own input space, the data module's output
+(``dm.preprocess``; one channel, Lab L / 100, for a ``data.color_space=L`` classifier), since cnnlab backbones
+normalize their own input: the attack then perturbs what the network sees, and ``eps`` is in those units. Nothing
+here depends on the channel count. Every returned image is in [0, 1]; L-infinity attacks stay within ``eps`` of
+the original. Gradients are taken with respect to the
 images only (``torch.autograd.grad``): the model's parameters never accumulate gradients.
 """
 
