@@ -181,7 +181,10 @@ class Runner:
             what.update(backbone=OmegaConf.to_container(c.backbone, resolve=True), seed=arm.seed,
                         calibrate=c.random_init.calibrate_batches, data=self.data_key)
         elif arm.kind == "probe":
-            what.update(probe={k: v for k, v in OmegaConf.to_container(c.probe, resolve=True).items() if k not in ("keep_cache", "device")},
+            probe = {k: v for k, v in OmegaConf.to_container(c.probe, resolve=True).items() if k not in ("keep_cache", "device")}
+            if probe.get("evaluate_test", True):
+                probe.pop("evaluate_test", None)  # the default leaves the keys of runs made before the option unchanged
+            what.update(probe=probe,
                         data=self.data_key, subset=arm.subset, seed=arm.seed)
         elif arm.kind == "finetune_test":
             keys = [(A.read_marker(self.by_name[n], self.root) or {}).get("key") for n in arm.needs]
@@ -282,7 +285,7 @@ class Runner:
                                  cache_dir=self.root / "arms" / arm.trunk_arm / "features", weight_decays=tuple(p.weight_decays),
                                  max_iter=int(p.max_iter), knn_k=int(p.knn.k), knn_temperature=float(p.knn.temperature),
                                  device=resolve_device(p.device), expect_arch=self.arch, expect_arch_kwargs=self.arch_kwargs,
-                                 progress=sys.stdout.isatty())
+                                 evaluate_test=bool(p.get("evaluate_test", True)), progress=sys.stdout.isatty())
         write_json(d / "probe.json", res)
         return {"n_train": res["n_train"]}
 
