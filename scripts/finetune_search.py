@@ -17,21 +17,6 @@ import json
 from pathlib import Path
 
 
-def compose_gap(overrides: list[str]):
-    """The gap config with these overrides, and its config-group choices (what the arms compose from)."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from cnnlab.config import CONF_DIR
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("gap", overrides=overrides, return_hydra_config=True)
-    choices = dict(cfg.hydra.runtime.choices)
-    OmegaConf.set_struct(cfg, False)
-    del cfg["hydra"]
-    return cfg, choices
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run-dir", type=Path, required=True)
@@ -40,6 +25,7 @@ def main() -> None:
 
     from rich.console import Console
 
+    from cnnlab.gap.configs import compose_gap
     from cnnlab.gap.runner import Plan, Runner, validate
     from cnnlab.io.files import write_json
 

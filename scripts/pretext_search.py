@@ -69,17 +69,10 @@ def compose_overrides(budget: str, recipe: Recipe, seed: int, root: Path, extra:
 
 def compose_gap(budget: str, recipe: Recipe, seed: int, root: Path, extra: list[str]):
     """The gap config of one recipe and seed (no fine-tunes, probes on val only) and its config-group choices."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from cnnlab.config import CONF_DIR
+    from cnnlab.gap.configs import compose_gap as compose
 
     overrides = compose_overrides(budget, recipe, seed, root, extra)
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("gap", overrides=overrides, return_hydra_config=True)
-    choices = dict(cfg.hydra.runtime.choices)
-    OmegaConf.set_struct(cfg, False)
-    del cfg["hydra"]
+    cfg, choices = compose(overrides)
     return cfg, choices, overrides
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 from signal import SIGTERM
 
@@ -121,13 +122,9 @@ class StageClock(pl.Callback):
         self._t0: dict[str, float] = {}
 
     def _start(self, stage: str) -> None:
-        import time
-
         self._t0[stage] = time.perf_counter()
 
     def _stop(self, stage: str) -> None:
-        import time
-
         if stage in self._t0:
             self.seconds[stage] += time.perf_counter() - self._t0.pop(stage)
 

@@ -40,6 +40,19 @@ def compose_train(groups: dict) -> DictConfig:
     return cfg
 
 
+def compose_gap(overrides: list[str]) -> tuple[DictConfig, dict]:
+    """``conf/gap.yaml`` with these overrides, outside a Hydra run, and its config-group choices (which the arms
+    compose from): what a script needs to drive :class:`cnnlab.gap.runner.Runner` itself."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("gap", overrides=list(overrides), return_hydra_config=True)
+    choices = dict(cfg.hydra.runtime.choices)
+    OmegaConf.set_struct(cfg, False)
+    del cfg["hydra"]
+    return cfg, choices
+
+
 def container(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
 
@@ -64,7 +77,7 @@ class ArmConfigs:
             self.data.pop(k, None)
         self.backbone = OmegaConf.to_container(cfg.backbone, resolve=False)  # in_channels follows the arm's data
         self.recipe = container(cfg.finetune.recipe)
-        self.variants = {str(k): container(v) for k, v in container(cfg.finetune.get("variants") or {"plain": {}}).items()}
+        self.variants = {str(k): container(v) for k, v in container(cfg.finetune.get("variants")).items()}
         self._composed: dict[tuple, DictConfig] = {}
 
     def _base(self, groups: dict, name: str, seed: int, out_dir: Path, with_backbone: bool) -> DictConfig:
@@ -108,9 +121,8 @@ class ArmConfigs:
 
         The candidate's config was written resolved, so every path inside its run dir (the trainer's root,
         checkpoint dirs) is moved to ``out_dir``: the test run writes nothing into the candidate's directory."""
-        text = json.dumps(OmegaConf.to_container(candidate, resolve=True)).replace(
-            json.dumps(str(candidate.paths.output_dir))[1:-1], json.dumps(str(out_dir))[1:-1])
-        return OmegaConf.merge(OmegaConf.create(json.loads(text)),
+        moved = replace_in_strings(OmegaConf.to_container(candidate, resolve=True), {str(candidate.paths.output_dir): str(out_dir)})
+        return OmegaConf.merge(OmegaConf.create(moved),
                                {"train": False, "test": True, "ckpt_path": str(ckpt), "task_name": name,
                                 "paths": {"output_dir": str(out_dir)}, "logger": None})
 
@@ -123,9 +135,15 @@ def location_free(arm_cfg: DictConfig) -> dict:
         d.pop(k, None)
     if isinstance(d.get("backbone"), dict):
         d["backbone"].pop("path", None)  # the trunk's weight fingerprint stands for it
+    return replace_in_strings(d, where)
+
+
+def replace_in_strings(d: dict, mapping: dict[str, str]) -> dict:
+    """``d`` (a plain config dict) with every occurrence of each ``mapping`` key inside its strings replaced,
+    e.g. a run dir wherever a resolved config spelled it out (trainer root, checkpoint dirs, logger dirs)."""
     text = json.dumps(d, sort_keys=True, default=str)
-    for path, name in where.items():
-        text = text.replace(path, name)
+    for old, new in mapping.items():
+        text = text.replace(json.dumps(old)[1:-1], json.dumps(new)[1:-1])  # as JSON spells them: escapes included
     return json.loads(text)
 
 

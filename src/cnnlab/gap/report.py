@@ -200,13 +200,15 @@ def markdown_tables(res: dict) -> str:
 def timing(markers: list[dict], wall_seconds: float | None) -> dict:
     """Seconds per arm kind from the finished arms' markers (``seconds``, and ``clock``: time inside training
     batches, validation and test, see :class:`cnnlab.callbacks.StageClock`), and training compute's share."""
+    from cnnlab.callbacks import StageClock
+
     kinds: dict = {}
     for m in markers:
         k = kinds.setdefault(m["kind"] + ("" if m["kind"] != "trunk" else f" {m['init']}"),
-                             {"arms": 0, "seconds": 0.0, "train_batches": 0.0, "validation": 0.0, "test": 0.0})
+                             {"arms": 0, "seconds": 0.0, **dict.fromkeys(StageClock.STAGES, 0.0)})
         k["arms"] += 1
         k["seconds"] += float(m.get("seconds") or 0.0)
-        for stage in ("train_batches", "validation", "test"):
+        for stage in StageClock.STAGES:
             k[stage] += float((m.get("clock") or {}).get(stage, 0.0))
     total = sum(k["seconds"] for k in kinds.values())
     train = sum(k["train_batches"] for k in kinds.values())

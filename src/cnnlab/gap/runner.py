@@ -398,7 +398,6 @@ class Runner:
         if self.cfg.get("threads"):
             torch.set_num_threads(int(self.cfg.threads))
         console = Console()
-        self.started = time.time()
         plan = self.plan()
         self.show_plan(plan, console)
         self.execute(plan, console)
