@@ -6,12 +6,14 @@ stops on a non-finite loss with a clear message, and says how to export its trun
 
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cnnlab.backbones import Backbone
 from cnnlab.errors import UserError
@@ -20,6 +22,15 @@ from cnnlab.errors import UserError
 def as_dict(cfg: Any) -> Any:
     """DictConfig -> plain dict (so hparams pickle into checkpoints without OmegaConf)."""
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def plain(value: Any) -> Any:
+    """A hyperparameter as plain Python: OmegaConf containers resolved, tuples as lists, paths as strings."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, tuple):
+        return list(value)
+    return str(value) if isinstance(value, Path) else value
 
 
 def make_backbone(cfg: dict | Backbone) -> Backbone:
@@ -58,6 +69,28 @@ class CnnlabModule(pl.LightningModule):
         self.compile_model = compile
         #: colour space, image size and class names of the data it was trained on (set from checkpoints)
         self.data_info: dict = {}
+
+    def save_arguments(self, **resolved: Any) -> None:
+        """Save every constructor argument as a hyperparameter: the one way cnnlab modules do it.
+
+        Call it from the ``__init__`` of the class being built. The names are the parameters of
+        ``type(self).__init__``'s signature; the values are what the constructor holds for them when this
+        runs, with ``resolved`` replacing some by the value the module settled on (a config merged with its
+        defaults, the taps a trunk chose) and the optimizer/scheduler configs as this base resolved them.
+        ``load_module`` rebuilds with ``cls(**hparams)``, so a name left out would silently reload at its
+        default: deriving the names from the signature leaves none out.
+        """
+        caller = inspect.currentframe().f_back
+        init = type(self).__init__
+        if caller.f_code is not init.__code__:
+            raise TypeError(f"save_arguments() must be called from {type(self).__qualname__}.__init__ itself")
+        params = [p for p in inspect.signature(init).parameters.values() if p.name != "self"]
+        if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+            raise TypeError(f"{type(self).__qualname__}.__init__ takes *args/**kwargs: name every argument to save it")
+        resolved = {"optimizer": self.optimizer_cfg, "scheduler": self.scheduler_cfg, **resolved}
+        values = caller.f_locals
+        self.save_hyperparameters({p.name: plain(resolved[p.name] if p.name in resolved else values[p.name])
+                                   for p in params})
 
     # ----------------------------------------------------------------------------- optimization
     def trainable_parameters(self):

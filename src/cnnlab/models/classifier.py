@@ -43,10 +43,7 @@ class Classifier(StagedModule):
         if trunk_lr_mult < 0 or warmup_steps < 0 or head_only_steps < 0:
             raise UserError(f"model.trunk_lr_mult ({trunk_lr_mult}), model.warmup_steps ({warmup_steps}) and "
                             f"model.head_only_steps ({head_only_steps}) must be >= 0")
-        self.save_hyperparameters({"backbone": as_dict(backbone), "num_classes": num_classes, "dropout": dropout,
-                                   "label_smoothing": label_smoothing, "optimizer": self.optimizer_cfg,
-                                   "scheduler": self.scheduler_cfg, "compile": compile, "trunk_lr_mult": trunk_lr_mult,
-                                   "warmup_steps": warmup_steps, "head_only_steps": head_only_steps})
+        self.save_arguments()
         self.trunk_lr_mult = float(trunk_lr_mult)
         self.warmup_steps = int(warmup_steps)
         self.head_only_steps = int(head_only_steps)

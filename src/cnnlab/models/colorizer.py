@@ -67,15 +67,13 @@ class Colorizer(StagedModule):
         panel_every_n_epochs: int = 1, panel_images: int = 8,
         optimizer: dict | None = None, scheduler: dict | None = None, compile: bool = False,
     ):
-        hparams = {k: v for k, v in locals().items() if k not in ("self", "__class__")}  # every argument, as given
         super().__init__(optimizer, scheduler, compile)
         if targets not in TARGETS:
             raise UserError(f"unknown model.targets={targets!r}: choose one of {list(TARGETS)}")
         if input_space not in INPUT_SPACES:
             raise UserError(f"unknown model.input_space={input_space!r}: choose one of {list(INPUT_SPACES)}")
         lab = {**lab_defaults(), **(as_dict(lab) or {})}
-        self.save_hyperparameters({**hparams, "backbone": as_dict(backbone), "taps": list(taps) if taps else None,
-                                   "lab": lab, "optimizer": self.optimizer_cfg, "scheduler": self.scheduler_cfg})
+        self.save_arguments(taps=list(taps) if taps else None, lab=lab)
         self.backbone = make_backbone(as_dict(backbone))
         if self.backbone.in_channels != 1:
             raise UserError(

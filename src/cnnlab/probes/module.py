@@ -56,9 +56,7 @@ class LinearProbe(StagedModule):
         self.backbone = freeze(backbone)
         self.taps = backbone.check_taps(list(taps) if taps else meta["taps"])
         self.target_dims = target_dims
-        self.save_hyperparameters({"trunk": str(trunk), "taps": self.taps, "target_dims": target_dims, "num_classes": num_classes,
-                                   "image_size": image_size, "expect_arch": expect_arch, "optimizer": self.optimizer_cfg,
-                                   "scheduler": self.scheduler_cfg, "compile": compile})
+        self.save_arguments(taps=self.taps)
         self.heads = ProbeHeads(probe_dims(self.backbone, self.taps, image_size, target_dims), num_classes)
         # keyed "<stage>/<tap>" with the slash swapped: ModuleDict keys may not be "train" or contain dots
         self.metrics = nn.ModuleDict({
