@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from cnnlab.backbones import VGGCifar
+from cnnlab.backbones import VGGCifar, freeze
 from cnnlab.features import extract_features, pool_features
-from cnnlab.probes import ProbeHeads, calibrate_batchnorm, freeze, probe_dims
+from cnnlab.probes import ProbeHeads, calibrate_batchnorm, probe_dims
 from cnnlab.probes.sgd import train_probe_heads
 
 

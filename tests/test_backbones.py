@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab.backbones import BACKBONES, build_backbone, load_torchvision_model, load_trunk, read_trunk, save_trunk
+from cnnlab.backbones import BACKBONES, VGGCifar, build_backbone, load_torchvision_model, load_trunk, read_trunk, save_trunk
 from cnnlab.errors import UserError
 
 SMALL = {"vgg_cifar": {"width": 4}, "resnet18_cifar": {"width": 4}}
@@ -80,3 +80,17 @@ def test_trunk_round_trip_and_wrong_files(tmp_path):
         read_trunk(tmp_path)
     with pytest.raises(UserError, match="does not exist"):
         read_trunk(tmp_path / "missing.pt")
+
+
+def test_backbone_and_subject_are_tapped_networks_with_the_same_taps():
+    from cnnlab.subject import from_backbone
+    from cnnlab.taps import TappedNetwork
+
+    torch.manual_seed(0)
+    net = VGGCifar(width=8)
+    subject = from_backbone(net)
+    assert isinstance(net, TappedNetwork) and isinstance(subject, TappedNetwork)
+    assert subject.tap_shapes(32) == net.tap_shapes(32)
+    assert subject.check_taps(["conv2_2"]) == ["conv2_2"]
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(subject.forward_taps(x, ["conv2_2"])["conv2_2"], net.eval().forward_taps(x, ["conv2_2"])["conv2_2"])

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Iterable, Protocol, Sequence
 
 import torch
-
-if TYPE_CHECKING:
-    from cnnlab.subject import Subject
 
 #: the pseudo-layer holding the network output
 LOGITS = "logits"
@@ -17,6 +14,20 @@ INPUT = "input"
 
 class _StopForward(Exception):
     """Raised from a hook once every requested activation is recorded: the rest of the net is skipped."""
+
+
+class NamedLayers(Protocol):
+    """What :class:`LayerCapture` needs of a network (a :class:`~cnnlab.subject.Subject` is one)."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def layer(self, name: str) -> torch.nn.Module:
+        """The submodule called ``name`` (a one-line error for an unknown name)."""
+        ...
+
+    def check_layers(self, names: Iterable[str]) -> list[str]:
+        """``names`` as a list, each a layer or a pseudo-layer (``logits``, ``input``)."""
+        ...
 
 
 class LayerCapture:
@@ -29,7 +40,7 @@ class LayerCapture:
     call one ``relu`` module twice: pick ``layer1.0`` or ``layer1.0.bn2`` rather than ``layer1.0.relu``).
     """
 
-    def __init__(self, subject: "Subject", layers: Sequence[str], stop_early: bool = True):
+    def __init__(self, subject: NamedLayers, layers: Sequence[str], stop_early: bool = True):
         names = [n for n in dict.fromkeys(layers) if n != INPUT]
         self.subject = subject
         self.layers = subject.check_layers(names)

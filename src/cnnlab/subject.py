@@ -24,17 +24,19 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from cnnlab.backbones import Backbone, no_inplace_relu
+from cnnlab.backbones import Backbone, freeze, no_inplace_relu
 from cnnlab.color import convert
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, close_matches
 from cnnlab.hooks import INPUT, LOGITS, LayerCapture
-from cnnlab.probes.trunks import freeze
+from cnnlab.taps import dry_run_shapes
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class Subject(nn.Module):
     """``forward(rgb (B, 3, H, W) in [0, 1]) -> output (B, K)``, frozen and in eval mode for good.
+
+    A :class:`~cnnlab.taps.TappedNetwork` whose taps are its named layers, fed RGB.
 
     ``layers``: name -> submodule of ``model`` whose output a forward hook reads. ``has_logits``: whether
     the output is class scores (a classifier) or pooled features (a trunk). ``taps``: the layers worth
@@ -105,8 +107,6 @@ class Subject(nn.Module):
 
     def layer(self, name: str) -> nn.Module:
         if name not in self._layers:
-            from cnnlab.backbones.tv import close_matches
-
             raise UserError(close_matches(name, self.layer_names, "layer", of=self.name) +
                             " (list them with list_layers=true)")
         return self._layers[name]
@@ -121,7 +121,9 @@ class Subject(nn.Module):
                 self.layer(n)
         return names
 
-    check_taps = check_layers
+    def check_taps(self, taps: Iterable[str]) -> list[str]:
+        """The :class:`~cnnlab.taps.TappedNetwork` check: a subject's taps are its layers (see :meth:`check_layers`)."""
+        return self.check_layers(taps)
 
     @property
     def default_taps(self) -> list[str]:
@@ -138,10 +140,13 @@ class Subject(nn.Module):
         """``{layer: output shape without the batch}`` for a square input (a dry run); layers that did not run are left out."""
         names = list(self._layers) if names is None else list(names)
         s = int(image_size or self.image_size)
-        device = next(iter(self.buffers()), next(self.model.parameters(), torch.zeros(()))).device
+        like = next(iter(self.buffers()), next(self.model.parameters(), torch.zeros(())))
         with LayerCapture(self, names, stop_early=stop_early) as cap:
-            acts = cap.run(torch.zeros(1, 3, s, s, device=device))
-        return {n: tuple(a.shape[1:]) for n, a in acts.items() if isinstance(a, torch.Tensor)}
+            return dry_run_shapes(cap.run, 3, s, like.float())
+
+    def tap_shapes(self, image_size: int) -> dict[str, tuple[int, ...]]:
+        """``{tap: (C, h, w)}`` for a square ``image_size`` input (:meth:`layer_shapes` of every tap)."""
+        return self.layer_shapes(self.tap_names, image_size)
 
     def describe_layers(self) -> str:
         """One line per layer: name, module type and output shape at the subject's image size (for picking a layer)."""
@@ -174,8 +179,6 @@ class Subject(nn.Module):
         if isinstance(c, str) and not c.lstrip("-").isdigit():
             if c in self.classes:
                 return self.classes.index(c)
-            from cnnlab.backbones.tv import close_matches
-
             raise UserError(close_matches(c, self.classes, "class", of=self.name) if self.classes
                             else f"unknown class {c!r} for {self.name}: it has no class names, choose an index in [0, {n})")
         i = int(c)

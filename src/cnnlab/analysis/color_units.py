@@ -22,10 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnlab.backbones import Backbone
 from cnnlab.color import rgb_to_lab
 from cnnlab.errors import UserError
 from cnnlab.io.progress import progress as show_progress
+from cnnlab.taps import TappedNetwork
 
 
 @dataclass
@@ -58,7 +58,7 @@ def class_selectivity(class_means: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 @torch.no_grad()
 def unit_color_class_stats(
-    backbone: Backbone,
+    backbone: TappedNetwork,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     tap: str,
     num_classes: int,

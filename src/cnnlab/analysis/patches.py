@@ -20,6 +20,7 @@ from torch import nn
 from cnnlab.backbones import Backbone
 from cnnlab.errors import UserError
 from cnnlab.io.progress import progress as show_progress
+from cnnlab.taps import TappedNetwork
 
 #: sub-modules that run beside the main path (their receptive field lies inside it)
 SIDE_PATHS = ("shortcut", "downsample")
@@ -143,7 +144,7 @@ class TopK:
 
 @torch.no_grad()
 def mine_top_patches(
-    backbone,
+    backbone: TappedNetwork,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     tap: str,
     units: Sequence[int] | None = None,
@@ -156,9 +157,9 @@ def mine_top_patches(
 ) -> dict[int, list[Patch]]:
     """Top-``k`` patches per unit of ``tap`` (each image counts once per unit: its strongest position).
 
-    ``backbone``: a cnnlab :class:`Backbone` or a :class:`~cnnlab.subject.Subject` (anything with
-    ``check_taps`` and ``forward_taps``); ``preprocess`` turns uint8 batches into its input. ``batches`` yield ``(uint8 images (B, 3, H, W), labels)`` in dataset order. Returns ``{unit: [Patch, ...]}``
-    best first.
+    ``backbone``: a :class:`~cnnlab.taps.TappedNetwork` (a cnnlab :class:`Backbone` or a
+    :class:`~cnnlab.subject.Subject`); ``preprocess`` turns uint8 batches into its input. ``batches`` yield
+    ``(uint8 images (B, 3, H, W), labels)`` in dataset order. Returns ``{unit: [Patch, ...]}`` best first.
     """
     backbone.check_taps([tap])
     backbone.eval().to(device)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import UserError
+from cnnlab.taps import dry_run_shapes
 
 #: per-channel input statistics used by the built-in normalization (CIFAR-10 RGB, and its mean gray)
 RGB_MEAN, RGB_STD = (0.491, 0.482, 0.447), (0.247, 0.243, 0.262)
@@ -34,7 +35,7 @@ class InputNorm(nn.Module):
 
 
 class Backbone(nn.Module):
-    """Named stages run in order; every stage output is a tap.
+    """Named stages run in order; every stage output is a tap (a :class:`~cnnlab.taps.TappedNetwork`).
 
     Subclasses fill ``self.stages`` (an ``nn.ModuleDict`` in execution order) and set
     ``default_taps`` (the taps worth probing: usually each conv block's output).
@@ -103,11 +104,10 @@ class Backbone(nn.Module):
         if key not in self._tap_shapes:
             was_training = self.training
             self.eval()
-            p = next(self.parameters())
-            x = torch.zeros(1, self.in_channels, image_size, image_size, device=p.device, dtype=p.dtype)
-            outs = self.forward_taps(x, self.tap_names)
+            shapes = dry_run_shapes(lambda x: self.forward_taps(x, self.tap_names), self.in_channels, image_size,
+                                    next(self.parameters()))
             self.train(was_training)
-            self._tap_shapes[key] = {k: tuple(v.shape[1:]) for k, v in outs.items()}
+            self._tap_shapes[key] = shapes
         return self._tap_shapes[key]
 
     def tap_strides(self, image_size: int) -> dict[str, int]:
@@ -122,6 +122,13 @@ def conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Se
         nn.BatchNorm2d(cout),
         nn.ReLU(inplace=False),
     )
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """No gradients and eval mode (BatchNorm uses its running statistics)."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
 
 
 def no_inplace_relu(module: nn.Module) -> nn.Module:

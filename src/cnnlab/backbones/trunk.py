@@ -4,7 +4,7 @@ A trunk file is a ``torch.save``-d dict::
 
     {
       "format": "cnnlab-trunk", "version": 1,
-      "arch": "vgg_cifar",                 # key of cnnlab.backbones.BACKBONES
+      "arch": "vgg_cifar",                 # key of BACKBONES
       "arch_kwargs": {"width": 64, ...},   # constructor arguments besides in_channels
       "in_channels": 1,
       "color_space": "L",                  # what the data module must deliver: rgb | gray | L
@@ -17,16 +17,29 @@ A trunk file is a ``torch.save``-d dict::
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cnnlab.backbones.base import Backbone
+from cnnlab.backbones.cifar import ResNet18Cifar, VGGCifar
+from cnnlab.backbones.tv import TorchvisionBackbone
 from cnnlab.errors import UserError
 from cnnlab.io.files import atomic_save
 
 TRUNK_FORMAT, TRUNK_VERSION = "cnnlab-trunk", 1
+
+#: arch name -> constructor taking ``in_channels`` and architecture kwargs (what a trunk file's ``arch`` names)
+BACKBONES = {
+    "vgg_cifar": VGGCifar,
+    "resnet18_cifar": ResNet18Cifar,
+    "vgg16_bn": partial(TorchvisionBackbone, arch="vgg16_bn"),
+    "vgg16": partial(TorchvisionBackbone, arch="vgg16"),
+    "alexnet": partial(TorchvisionBackbone, arch="alexnet"),
+    "resnet18": partial(TorchvisionBackbone, arch="resnet18"),
+}
 
 
 def trunk_dict(backbone: Backbone, color_space: str, method: str, info: dict | None = None) -> dict[str, Any]:
@@ -91,14 +104,7 @@ def backbone_from_trunk(path: str | Path, in_channels: int | None = None) -> Bac
     return backbone
 
 
-def _registry():
-    from cnnlab.backbones import BACKBONES
-
-    return BACKBONES
-
-
 def build_backbone(arch: str, in_channels: int = 3, **kwargs) -> Backbone:
-    reg = _registry()
-    if arch not in reg:
-        raise UserError(f"unknown backbone {arch!r}: choose one of {sorted(reg)}")
-    return reg[arch](in_channels=in_channels, **kwargs)
+    if arch not in BACKBONES:
+        raise UserError(f"unknown backbone {arch!r}: choose one of {sorted(BACKBONES)}")
+    return BACKBONES[arch](in_channels=in_channels, **kwargs)

@@ -7,7 +7,6 @@ ImageNet class names come with torchvision's weight metadata, which is part of t
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 import torch
@@ -15,19 +14,11 @@ import torchvision
 from torch import nn
 
 from cnnlab.backbones.base import Backbone, no_inplace_relu
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, close_matches
 
 #: the architectures with named stages (``TorchvisionBackbone``, trainable as a cnnlab backbone)
 TV_ARCHS = ("vgg16_bn", "vgg16", "alexnet", "resnet18")
 _WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
-
-
-def close_matches(name: str, choices, what: str, of: str = "") -> str:
-    """``"unknown <what> 'x'[ of <of>]: did you mean a, b?"`` (or the first choices when nothing is close): one line."""
-    choices = [str(c) for c in choices]
-    near = difflib.get_close_matches(str(name), choices, n=5, cutoff=0.5)
-    hint = f"did you mean {', '.join(near)}?" if near else f"choose one of {', '.join(choices[:12])}{' ...' if len(choices) > 12 else ''}"
-    return f"unknown {what} {name!r}{f' of {of}' if of else ''}: {hint}"
 
 
 def torchvision_archs() -> list[str]:

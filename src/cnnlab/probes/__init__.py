@@ -14,7 +14,7 @@ from cnnlab.probes.heads import ProbeHeads, probe_dims
 from cnnlab.probes.knn import knn_accuracy, knn_predict
 from cnnlab.probes.linear import ProbeFit, fit_linear_probe
 from cnnlab.probes.module import LinearProbe
-from cnnlab.probes.trunks import calibrate_batchnorm, check_trunk_matches, freeze
+from cnnlab.probes.trunks import calibrate_batchnorm, check_trunk_matches
 
-__all__ = ["LinearProbe", "ProbeFit", "ProbeHeads", "calibrate_batchnorm", "check_trunk_matches", "fit_linear_probe", "freeze",
+__all__ = ["LinearProbe", "ProbeFit", "ProbeHeads", "calibrate_batchnorm", "check_trunk_matches", "fit_linear_probe",
            "knn_accuracy", "knn_predict", "probe_dims", "probe_trunk_cached"]

@@ -19,12 +19,12 @@ from typing import Sequence
 
 import torch
 
-from cnnlab.backbones import load_trunk
+from cnnlab.backbones import freeze, load_trunk
 from cnnlab.errors import UserError
 from cnnlab.features import FeatureStore, data_fingerprint, iter_features, state_fingerprint
 from cnnlab.probes.knn import knn_accuracy
 from cnnlab.probes.linear import DEFAULT_WEIGHT_DECAYS, fit_linear_probe
-from cnnlab.probes.trunks import check_trunk_matches, freeze
+from cnnlab.probes.trunks import check_trunk_matches
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from cnnlab.backbones import Backbone
 from cnnlab.features import pool_side
+from cnnlab.taps import TappedNetwork
 
 
-def probe_dims(backbone: Backbone, taps: Sequence[str], image_size: int, target_dims: int | None) -> dict[str, int]:
+def probe_dims(backbone: TappedNetwork, taps: Sequence[str], image_size: int, target_dims: int | None) -> dict[str, int]:
     """``{tap: D}``: the length of each tap's pooled feature vector (see :func:`cnnlab.features.pool_features`)."""
     shapes = backbone.tap_shapes(image_size)
     dims = {}

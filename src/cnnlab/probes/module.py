@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 from torch import nn
 
-from cnnlab.backbones import load_trunk
+from cnnlab.backbones import freeze, load_trunk
 from cnnlab.errors import UserError
 from cnnlab.features import pool_features
 from cnnlab.models.base import StagedModule
 from cnnlab.probes.heads import ProbeHeads, probe_dims
-from cnnlab.probes.trunks import check_trunk_matches, freeze
+from cnnlab.probes.trunks import check_trunk_matches
 
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
 STAGES = ("train", "val", "test")

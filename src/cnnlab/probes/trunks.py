@@ -1,4 +1,4 @@
-"""Freezing a trunk and checking that it is the one an experiment asked for."""
+"""Checking that a trunk is the one an experiment asked for, and calibrating a random one's BatchNorm."""
 
 from __future__ import annotations
 
@@ -9,13 +9,6 @@ import torch
 from torch import nn
 
 from cnnlab.errors import UserError
-
-
-def freeze(module: nn.Module) -> nn.Module:
-    """No gradients and eval mode (BatchNorm uses its running statistics)."""
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module.eval()
 
 
 def check_trunk_matches(meta: dict, path: str | Path, arch: str | None = None, arch_kwargs: dict | None = None,
