@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from cnnlab.data.sources import CIFAR10_ARCHIVE, data_file
 from cnnlab.io.files import write_json
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -53,7 +54,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", default="outputs/reference/supervised_cifar/checkpoints/last.ckpt",
                     help="a Classifier checkpoint or trunk.pt (a random VGG trunk when missing)")
-    ap.add_argument("--source", default=str(Path(os.environ.get("CNNLAB_DATA", "/work/shared/data")) / "cifar10-jpg.tar.gz"))
+    ap.add_argument("--source", default=str(data_file(CIFAR10_ARCHIVE)))
     ap.add_argument("--data-dir", default="data")
     ap.add_argument("--limit", type=int, default=None, help="images of the test split (default all 10,000)")
     ap.add_argument("--tap", default="conv3_1")

@@ -1,6 +1,6 @@
 """cnnlab's attacks against torchattacks on the same model, images, eps and steps (docs/benchmarks.md, "Attacks vs torchattacks").
 
-    PYTHONPATH=src:/work/peers/robust python scripts/bench_attacks.py --ckpt /work/ref/supervised_cifar/checkpoints/best_epoch005.ckpt --n 500
+    PYTHONPATH=src:../peers/robust python scripts/bench_attacks.py --ckpt outputs/reference/supervised_cifar/checkpoints/best_epoch005.ckpt --n 500
 
 torchattacks (and its AutoAttack) is a peer for this check only, never a dependency of the package: install it
 into its own place (``pip install --target <dir> --no-deps torchattacks``, the ``bench`` extra lists it) and put
@@ -53,7 +53,7 @@ def _row(name: str, correct: torch.Tensor, seconds: float) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt", default="/work/ref/supervised_cifar/checkpoints/best_epoch005.ckpt")
+    p.add_argument("--ckpt", default="outputs/reference/supervised_cifar/checkpoints/best_epoch005.ckpt")
     p.add_argument("--data-dir", default=str(ROOT / "data"))
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--eps", type=float, nargs="+", default=[1, 2, 4, 8, 16], help="L-inf radii in /255 units")

@@ -1,7 +1,7 @@
 """cnnlab's deletion/insertion AUCs and cascading-randomization correlations beside Quantus's on the same inputs.
 
-    PYTHONPATH=src:/work/peers/faith python scripts/bench_faithfulness.py \\
-        --ckpt /work/ref/supervised_cifar/checkpoints/best_epoch005.ckpt --images 64 --out outputs/bench_faithfulness.json
+    PYTHONPATH=src:../peers/faith python scripts/bench_faithfulness.py \\
+        --ckpt outputs/reference/supervised_cifar/checkpoints/best_epoch005.ckpt --images 64 --out outputs/bench_faithfulness.json
 
 Quantus (``pip install quantus``, the ``bench`` extra; not a runtime dependency) is given the very maps
 cnnlab ranks pixels by (one channel per pixel, ``reduce=auto``), the same model, images, target classes
@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from cnnlab.data.sources import CIFAR10_ARCHIVE, data_file
 from cnnlab.io.files import write_json
 
 
@@ -54,7 +53,7 @@ def insert_from(original: np.ndarray):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", default="outputs/reference/supervised_cifar/checkpoints/last.ckpt")
-    ap.add_argument("--source", default=str(Path(os.environ.get("CNNLAB_DATA", "/work/shared/data")) / "cifar10-jpg.tar.gz"))
+    ap.add_argument("--source", default=str(data_file(CIFAR10_ARCHIVE)))
     ap.add_argument("--data-dir", default="data")
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--steps", type=int, default=48,

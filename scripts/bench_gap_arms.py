@@ -9,7 +9,7 @@ side by side in one process:
 - in-process with an offline W&B logger and the default callbacks (last.ckpt, trunk export, lr monitor);
 - the test arm: the chosen checkpoint scored once on the 10,000 test images.
 
-    PYTHONPATH=src CNNLAB_DATA=/work/shared/data OMP_NUM_THREADS=1 python scripts/bench_gap_arms.py --steps 50 --out bench.json
+    PYTHONPATH=src CNNLAB_DATA=../shared/data OMP_NUM_THREADS=1 python scripts/bench_gap_arms.py --steps 50 --out bench.json
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """MACO against pixel and Fourier images, and against horama's MACO (docs/results.md "MACO vs pixel vs Fourier",
 docs/benchmarks.md "MACO vs horama").
 
-    PYTHONPATH=src python scripts/bench_maco.py compare --ckpt /work/ref/supervised_cifar/checkpoints/best_epoch005.ckpt
-    PYTHONPATH=src:/work/peers/robust python scripts/bench_maco.py horama --ckpt ...
+    PYTHONPATH=src python scripts/bench_maco.py compare --ckpt outputs/reference/supervised_cifar/checkpoints/best_epoch005.ckpt
+    PYTHONPATH=src:../peers/robust python scripts/bench_maco.py horama --ckpt ...
 
 compare: for a few classes and channels of the reference CIFAR-10 classifier (32 px) and channels of a
 torchvision ResNet-18 with random weights (64 px), the ``featviz`` experiment with image=pixel, fourier and
@@ -63,13 +63,13 @@ def natural_yardstick(size: int, data_dir: str) -> float:
     32 px: 500 CIFAR-10 test images against the training-image reference; larger: 64 random crops of
     scikit-image's photos against the paintings reference.
     """
-    from cnnlab.visualize.images import SKIMAGE_PHOTOS, load_image
+    from cnnlab.io.images import SKIMAGE_PHOTOS, load_image
     from cnnlab.visualize.spectrum import natural_images, radial_log_power, resolve_source, spectrum_distance
 
     source = resolve_source("auto", (size, size))
     reference = radial_log_power(natural_images(source, (size, size), data_dir, limit=1000)).mean(0)
     if source == "cifar10":
-        from cnnlab.visualize.images import cifar_test_images
+        from cnnlab.data.datamodule import cifar_test_images
 
         held_out = cifar_test_images(500, data_dir, per_class=False)[0]
     else:
@@ -188,7 +188,7 @@ def horama_check(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("what", choices=["compare", "horama"])
-    p.add_argument("--ckpt", default="/work/ref/supervised_cifar/checkpoints/best_epoch005.ckpt")
+    p.add_argument("--ckpt", default="outputs/reference/supervised_cifar/checkpoints/best_epoch005.ckpt")
     p.add_argument("--data-dir", default=str(ROOT / "data"))
     p.add_argument("--steps", type=int, default=256)
     p.add_argument("--lr", type=float, default=0.05)

@@ -33,11 +33,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnlab.backbones import VGGCifar, save_trunk
+from cnnlab.backbones import VGGCifar, freeze, save_trunk
 from cnnlab.data import ImageDataModule
+from cnnlab.data.sources import CIFAR10_ARCHIVE, data_file
 from cnnlab.features import FeatureStore, iter_features
 from cnnlab.io.files import write_json
-from cnnlab.probes import calibrate_batchnorm, fit_linear_probe, freeze, knn_accuracy, probe_trunk_cached
+from cnnlab.probes import calibrate_batchnorm, fit_linear_probe, knn_accuracy, probe_trunk_cached
 from cnnlab.probes.sgd import train_probe_heads
 
 
@@ -76,7 +77,7 @@ def main() -> None:
     ap.add_argument("--end-to-end", action="store_true", help="time probe_trunk_cached on the random trunk instead")
     ap.add_argument("--weight-decays", type=float, nargs="+", default=None, help="the L-BFGS grid (default: the probe's)")
     args = ap.parse_args()
-    archive = os.path.join(os.environ.get("CNNLAB_DATA", "/work/shared/data"), "cifar10-jpg.tar.gz")
+    archive = str(data_file(CIFAR10_ARCHIVE))
     dm = ImageDataModule(name="cifar10", source=archive, data_dir=args.data_dir, color_space="L", train_limit=args.n_train,
                          val_fraction=args.n_val / 50_000, augment=["crop", "flip"], progress=False)
     dm.setup()

@@ -30,13 +30,14 @@ import torch.nn.functional as F
 from steptimer import StepTimer
 from cnnlab.io.files import write_json
 from cnnlab.data import ImageDataModule
+from cnnlab.data.sources import CIFAR10_ARCHIVE, data_file
 from cnnlab.models import Classifier
 
 
 def make_dm(args) -> ImageDataModule:
     kw = dict(batch_size=args.batch_size, progress=False, data_dir=args.data_dir, val_fraction=0.0)
     if args.data == "cifar10":
-        dm = ImageDataModule(name="cifar10", source=os.path.join(os.environ.get("CNNLAB_DATA", "../shared/data"), "cifar10-jpg.tar.gz"), **kw)
+        dm = ImageDataModule(name="cifar10", source=str(data_file(CIFAR10_ARCHIVE)), **kw)
     else:
         dm = ImageDataModule(name="synthetic", synthetic={"n_train": 4096, "n_test": 256}, **kw)
     dm.setup()

@@ -4,7 +4,7 @@ Runs a gap config's trunk arms and fine-tune candidates (each kept at its best-o
 test arms or probes, then prints every candidate's validation accuracy and chosen step per init. Overrides are
 cnnlab-gap's; a run dir that already holds the trunk arms of the same config (copied from a gap run) reuses them.
 
-    PYTHONPATH=src CNNLAB_DATA=/work/shared/data OMP_NUM_THREADS=1 python scripts/finetune_search.py \\
+    PYTHONPATH=src CNNLAB_DATA=../shared/data OMP_NUM_THREADS=1 python scripts/finetune_search.py \\
         --run-dir /tmp/ft_search budget=standard seeds=[0] label_subsets=[0] label_fractions=[0.1] \\
         'finetune.lrs=[0.003,0.01,0.03,0.1,0.2]' finetune.max_steps=600 finetune.evals=6 \\
         '+finetune.variants.lpft={head_only_steps:100}'

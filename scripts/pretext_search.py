@@ -10,7 +10,7 @@ computed, and the script refuses to write a result that holds a test number.
 Per recipe and seed it writes ``<out>/<recipe>_seed<s>.json``; a rerun reuses a finished result with the same
 overrides (and the Runner reuses finished arms under ``<out>/<recipe>/``), so an interrupted search resumes.
 
-    PYTHONPATH=src CNNLAB_DATA=/work/shared/data OMP_NUM_THREADS=1 nice -n 10 \\
+    PYTHONPATH=src CNNLAB_DATA=../shared/data OMP_NUM_THREADS=1 nice -n 10 \\
         python scripts/pretext_search.py --out outputs/pretext_search --recipes random hue_chroma_2ep lab_bins_2ep
     python scripts/pretext_search.py --list
 """

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from cnnlab.backbones import VGGCifar
-from cnnlab.features import (FeatureStore, cached_features, data_fingerprint, extract_features, iter_features, pool_features, pool_side,
+from cnnlab.features import (FeatureStore, data_fingerprint, extract_features, iter_features, pool_features, pool_side,
                              state_fingerprint)
+from cnnlab.io.cache import keyed_cache
 
 
 def test_pool_side_bounds_dimension():
@@ -34,10 +35,10 @@ def test_extract_features_matches_direct_forward_and_caches(tmp_path):
     calls = []
     key = state_fingerprint(net)
     compute = lambda: calls.append(1) or feats  # noqa: E731
-    a = cached_features(tmp_path / "f.pt", key, compute)
-    b = cached_features(tmp_path / "f.pt", key, compute)
+    a = keyed_cache(tmp_path / "f.pt", key, compute)
+    b = keyed_cache(tmp_path / "f.pt", key, compute)
     assert len(calls) == 1 and torch.equal(a["conv2_2"], b["conv2_2"])
-    cached_features(tmp_path / "f.pt", "other-key", compute)
+    keyed_cache(tmp_path / "f.pt", "other-key", compute)
     assert len(calls) == 2, "a different key recomputes"
 
 

@@ -36,3 +36,27 @@ def test_written_file_has_umask_permissions_and_round_trips(tmp_path):
     assert json.loads(path.read_text()) == {"a": 0.5, "b": [1, 2]}
     write_text(path, "replaced")
     assert path.read_text() == "replaced"
+
+
+def test_keyed_cache_recomputes_for_another_key_and_survives_a_corrupt_file(tmp_path, caplog):
+    import torch
+
+    from cnnlab.io.cache import keyed_cache
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"x": torch.arange(3.0), "n": len(calls)}
+
+    path = tmp_path / "cache" / "v.pt"
+    assert keyed_cache(path, "k", compute)["n"] == 1
+    assert keyed_cache(path, "k", compute)["n"] == 1 and len(calls) == 1, "the same key reads the file"
+    assert keyed_cache(path, "other", compute)["n"] == 2, "another key recomputes"
+    for damage in (b"", b"not a torch file", path.read_bytes()[:40]):  # empty, foreign, truncated
+        path.write_bytes(damage)
+        before = len(calls)
+        assert keyed_cache(path, "other", compute)["n"] == before + 1
+        assert keyed_cache(path, "other", compute)["n"] == before + 1, "the recomputed value replaced the damaged file"
+    assert "unreadable cache file" in caplog.text
+    assert sorted(p.name for p in path.parent.iterdir()) == ["v.pt"], "no temp files left"

@@ -11,7 +11,6 @@ import importlib
 import inspect
 import pkgutil
 
-import pytest
 import pytorch_lightning as pl
 import torch
 

@@ -9,12 +9,12 @@ from torch import nn
 from cnnlab.analysis.attribution import saliency_map
 from cnnlab.errors import UserError
 from cnnlab.hooks import LayerCapture, hook_count
+from cnnlab.io.images import load_image
 from cnnlab.models import Classifier
 from cnnlab.subject import Subject, from_classifier, from_torchvision, load_subject
 from cnnlab.visualize import attacks as A
 from cnnlab.visualize import objectives as O
 from cnnlab.visualize.experiments import Context, actmax, class_model, deepdream, fooling, inversion, style
-from cnnlab.visualize.images import load_image
 from cnnlab.visualize.module import ImageOptimization, run_optimization
 from cnnlab.visualize.param import FourierImage, PixelImage
 from cnnlab.visualize.regularizers import StepRegularizer, total_variation
@@ -317,7 +317,7 @@ def test_image_loading_errors(tmp_path):
 def test_user_photo_is_bounded_unless_a_size_is_asked(tmp_path):
     from PIL import Image
 
-    from cnnlab.visualize.images import MAX_SIDE
+    from cnnlab.io.images import MAX_SIDE
 
     path = tmp_path / "big.png"
     Image.new("RGB", (MAX_SIDE + 476, MAX_SIDE // 2), (10, 200, 30)).save(path)
@@ -453,3 +453,18 @@ def test_torchvision_weights_from_a_local_file(tmp_path):
     ctx = Context(network=tv, out_dir=tmp_path, progress=False)
     m = deepdream(ctx, image="skimage:coffee", size=48, layer="layer2", octaves=1, steps=3)
     assert m["layer_energy_after"] > m["layer_energy_before"]
+
+
+def test_a_failing_tracker_never_stops_a_visualization(net, tmp_path, caplog):
+    """Metrics go through tracking.log_metrics: a logger that fails is one warning, and the run goes on."""
+    from pytorch_lightning.loggers import CSVLogger
+
+    class Unreachable(CSVLogger):  # a tracker whose server went away mid-run
+        def log_metrics(self, metrics, step=None):
+            raise ConnectionError("tracking server unreachable")
+
+    ctx = Context(net, tmp_path, loggers=[Unreachable(tmp_path)], progress=False)
+    ctx.log_metrics({"accuracy": 0.5, "note": "not a number"})
+    module = ctx.optimize(PixelImage(1, 16, seed=0), O.channel("conv2_1", [0]), 3, "t")
+    assert len(module.history) == 3
+    assert caplog.text.count("metric logging to Unreachable failed") == 1

@@ -65,3 +65,13 @@ def convert(rgb: torch.Tensor, color_space: str) -> torch.Tensor:
     if color_space == "L":
         return rgb_to_lightness(rgb)
     return rgb_to_lab(rgb)
+
+
+#: square root of the colour covariance of natural images (ImageNet), as a 3x3 RGB mixing matrix;
+#: optimizing in the decorrelated space it maps from balances the colour channels' step sizes
+COLOR_CORRELATION_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+
+
+def color_matrix() -> torch.Tensor:
+    """The 3x3 map from the decorrelated colour space to RGB (columns of norm <= 1)."""
+    return COLOR_CORRELATION_SQRT / COLOR_CORRELATION_SQRT.norm(dim=0).max()

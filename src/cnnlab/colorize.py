@@ -27,7 +27,7 @@ from cnnlab.cli import exit_on_user_error
 from cnnlab.color import lab_to_rgb, rgb_to_lab
 from cnnlab.colorization.hypercolumn import grid_bands, grid_map, pixel_centers, sample_hypercolumns
 from cnnlab.errors import UserError
-from cnnlab.io.images import IMAGE_SUFFIXES, open_image, png_text, resize_shorter, to_tensor, write_png
+from cnnlab.io.images import IMAGE_SUFFIXES, open_image, png_text, resize, to_tensor, write_png
 
 #: PNG text key naming the input an output was made from (how reruns recognise their own results)
 SOURCE_KEY = "cnnlab-colorize-source"
@@ -114,8 +114,8 @@ def colorize_image(model, im: Image.Image, size: int | None = None, full_resolut
     from cnnlab.colorization.batch import ColourBatch
 
     work = None if full_resolution else (size or model.data_info.get("image_size") or FALLBACK_SIZE)
-    small = resize_shorter(im, work) if work and work < min(im.size) else im
-    x = ColourBatch(to_tensor(small), "rgb", model.input_space).x
+    small = resize(to_tensor(im), work if work and work < min(im.size) else None)
+    x = ColourBatch(small, "rgb", model.input_space).x
     ab = model.predict_lab(x, temperature)[:, 1:]
     del x, small
     rgb8 = np.asarray(im)

@@ -16,9 +16,31 @@ from cnnlab.errors import UserError
 
 log = logging.getLogger("cnnlab")
 
-#: the repository root (conf/, data/, outputs/ live here); CNNLAB_ROOT overrides it
-PROJECT_ROOT = Path(os.environ.get("CNNLAB_ROOT", Path(__file__).resolve().parents[2]))
-CONF_DIR = str(PROJECT_ROOT / "conf")
+_PACKAGE = Path(__file__).resolve().parent
+#: the checkout this module runs from (src/cnnlab/ inside it), or None for an installed package
+_CHECKOUT = _PACKAGE.parents[1] if (_PACKAGE.parents[1] / "conf").is_dir() and _PACKAGE.parent.name == "src" else None
+
+
+def _project_root() -> Path:
+    """Where data/ and outputs/ live by default: ``$CNNLAB_ROOT``, else the checkout, else the working directory."""
+    if os.environ.get("CNNLAB_ROOT"):
+        return Path(os.environ["CNNLAB_ROOT"]).expanduser()
+    return _CHECKOUT if _CHECKOUT is not None else Path.cwd()
+
+
+#: the project root (data/, outputs/ live here; see :func:`_project_root`)
+PROJECT_ROOT = _project_root()
+
+
+def _conf_dir() -> Path:
+    """The Hydra configs: conf/ of ``$CNNLAB_ROOT`` or of the checkout, else the copy an installed package carries."""
+    for root in (os.environ.get("CNNLAB_ROOT"), _CHECKOUT):
+        if root and (Path(root).expanduser() / "conf").is_dir():
+            return Path(root).expanduser() / "conf"
+    return _PACKAGE / "conf"  # shipped as package data (setup.py)
+
+
+CONF_DIR = str(_conf_dir())
 
 
 def is_rank_zero() -> bool:
@@ -35,6 +57,13 @@ def _channels(color_space: str) -> int:
     return channels_of(color_space)
 
 
+def _data_file(relative: str, data_dir: str = "data") -> str:
+    """``${cnnlab.data_file:images/x.jpg,${paths.data_dir}}``: the file in the data dir or ``$CNNLAB_DATA``."""
+    from cnnlab.data.sources import data_file
+
+    return str(data_file(relative, data_dir))
+
+
 def _sqlite_url(path: str) -> str:
     """``sqlite:///<path>``, creating the parent directory (Optuna opens the study before Hydra makes the sweep dir)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +75,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("cnnlab.sqlite", _sqlite_url)
     if not OmegaConf.has_resolver("cnnlab.channels"):
         OmegaConf.register_new_resolver("cnnlab.channels", _channels)
+    if not OmegaConf.has_resolver("cnnlab.data_file"):
+        OmegaConf.register_new_resolver("cnnlab.data_file", _data_file)
     if not OmegaConf.has_resolver("cnnlab.root"):
         OmegaConf.register_new_resolver("cnnlab.root", lambda: str(PROJECT_ROOT))
 

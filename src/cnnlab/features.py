@@ -3,7 +3,7 @@
 Features of a frozen backbone over a dataset are computed once, pooled to a bounded size per tap,
 and saved next to the run, so later probes or analyses of the same trunk and data reuse them.
 
-Two caches: :func:`cached_features` (one ``.pt`` of small feature sets, loaded whole) and
+Two caches: ``io.cache.keyed_cache`` (one ``.pt`` of small feature sets, loaded whole) and
 :class:`FeatureStore` (one directory per trunk and split, one float16 ``.npy`` per tap, written
 batch by batch and read back memory-mapped: 49k CIFAR images x 9,216 dims are 0.9 GB per tap, which
 need never be in memory all at once, let alone for every tap and split).
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnlab.backbones import Backbone
-from cnnlab.io.files import atomic_dir, atomic_save, write_json
+from cnnlab.io.files import atomic_dir, write_json
 from cnnlab.io.progress import progress as show_progress
+from cnnlab.taps import TappedNetwork
 
 
 def pool_side(channels: int, height: int, target_dims: int | None) -> int:
@@ -45,7 +45,7 @@ def pool_features(fmap: torch.Tensor, target_dims: int | None) -> torch.Tensor:
 
 @torch.no_grad()
 def extract_features(
-    backbone: Backbone,
+    backbone: TappedNetwork,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     taps: Sequence[str],
     preprocess: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
@@ -73,7 +73,7 @@ def extract_features(
 
 @torch.no_grad()
 def iter_features(
-    backbone: Backbone,
+    backbone: TappedNetwork,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     taps: Sequence[str],
     preprocess: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
@@ -99,7 +99,7 @@ def iter_features(
         backbone.train(was_training)
 
 
-def state_fingerprint(backbone: Backbone) -> str:
+def state_fingerprint(backbone: torch.nn.Module) -> str:
     """A short hash of the backbone's weights and buffers (the feature cache key)."""
     h = hashlib.sha1()
     for k, v in sorted(backbone.state_dict().items()):
@@ -114,18 +114,6 @@ def data_fingerprint(images: torch.Tensor | np.ndarray) -> str:
     h = hashlib.sha1(str(a.shape).encode())
     h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()[:12]
-
-
-def cached_features(cache_file: str | Path, key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Load ``cache_file`` if it was written for ``key``; else ``compute()`` and save it atomically."""
-    cache_file = Path(cache_file)
-    if cache_file.is_file():
-        data = torch.load(cache_file, map_location="cpu", weights_only=True)
-        if data.get("key") == key:
-            return data["features"]
-    feats = compute()
-    atomic_save(cache_file, lambda tmp: torch.save({"key": key, "features": feats}, tmp))
-    return feats
 
 
 def _tap_file(tap: str) -> str:

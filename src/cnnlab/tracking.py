@@ -1,4 +1,4 @@
-"""Experiment tracking: the W&B logger factory and image logging (the one home for both).
+"""Experiment tracking: the W&B logger factory, metric and image logging (the one home for each).
 
 W&B is the default logger. Without credentials it runs offline into the run dir (upload later with
 ``wandb sync <run dir>/wandb/offline-run-*``); a W&B failure never stops training: it falls back to
@@ -130,6 +130,27 @@ def finish_wandb() -> None:
 
     if wandb.run is not None:
         wandb.finish()
+
+
+#: (logger, error type) pairs already warned about, so a broken logger warns once, not at every step
+_warned: set[tuple[int, str]] = set()
+
+
+def log_metrics(loggers: Sequence[Logger], metrics: dict, step: int | None = None) -> None:
+    """Send the numeric entries of ``metrics`` to every logger (outside a Trainer's ``self.log``).
+
+    A tracking failure is a warning, once per logger and kind of error: it never stops the work being tracked.
+    """
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    if not numbers:
+        return
+    for lg in loggers:
+        try:
+            lg.log_metrics(numbers, step=step)
+        except Exception as err:  # noqa: BLE001 - loggers fail in many ways
+            if (id(lg), type(err).__name__) not in _warned:
+                _warned.add((id(lg), type(err).__name__))
+                log.warning("metric logging to %s failed: %s", type(lg).__name__, _first_line(err))
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, padding: int = 2, normalize: bool = False) -> Path:

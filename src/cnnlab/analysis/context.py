@@ -10,7 +10,8 @@ import torch
 
 from cnnlab.analysis.report import Report, Section
 from cnnlab.errors import UserError
-from cnnlab.features import cached_features, extract_features, state_fingerprint
+from cnnlab.features import extract_features, state_fingerprint
+from cnnlab.io.cache import keyed_cache
 from cnnlab.subject import Subject
 
 log = logging.getLogger("cnnlab")
@@ -111,7 +112,7 @@ class AnalysisContext:
         key = (tap, target_dims)
         if key not in self._features:
             tag = f"{self.fingerprint()}_{self.dm.hparams.name}_{self.split}_{n}_{self.seed}_{tap}_{target_dims or 'gap'}"
-            self._features[key] = cached_features(
+            self._features[key] = keyed_cache(
                 self.feature_cache_dir / f"{tag}.pt", tag,
                 lambda: extract_features(self.subject, self.batches(), [tap], preprocess=self.preprocess,
                                          target_dims=target_dims, device=self.device, dtype=torch.float32,
@@ -135,12 +136,9 @@ class AnalysisContext:
             imgs = figure if figure.dim() == 4 else figure[None]
             save_grid(imgs.clamp(0, 1), path, nrow=nrow, padding=1 if imgs.shape[-1] < 48 else 2)
         else:
-            import matplotlib.pyplot as plt
+            from cnnlab.io.images import write_figure
 
-            from cnnlab.io.files import atomic_save
-
-            atomic_save(path, lambda tmp: figure.savefig(tmp, format="png", dpi=figure.dpi, bbox_inches="tight"))
-            plt.close(figure)
+            write_figure(path, figure, dpi=figure.dpi, bbox_inches="tight")
         section.figures.append(_figure(path, caption))
         self.figures.append(path)
         log_images(self.loggers, f"analysis/{name}", [path], caption)

@@ -6,7 +6,6 @@ Each takes the :class:`~cnnlab.analysis.context.AnalysisContext` and the keyword
 
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 import torch
@@ -289,12 +288,9 @@ def _dataset_mean(ctx: AnalysisContext) -> torch.Tensor:
 def _log_metrics(ctx: AnalysisContext, metrics: dict[str, float]) -> None:
     from pytorch_lightning.loggers import WandbLogger
 
-    for lg in ctx.loggers:
-        if isinstance(lg, WandbLogger):
-            try:
-                lg.log_metrics(metrics)
-            except Exception as err:  # noqa: BLE001 - tracking must never stop an analysis
-                logging.getLogger("cnnlab").warning("W&B metric logging failed: %s", err)
+    from cnnlab.tracking import log_metrics
+
+    log_metrics([lg for lg in ctx.loggers if isinstance(lg, WandbLogger)], metrics)
 
 
 def run_faithfulness(ctx: AnalysisContext, images: int = 256, methods=faith.METHODS, target: str = "pred", steps: int = 32,

@@ -16,7 +16,7 @@ import torch
 from cnnlab.color import rgb_to_lab
 from cnnlab.colorization.bins import GRAY_AB_THRESHOLD, accumulate_ab_counts, image_has_colour
 from cnnlab.errors import UserError
-from cnnlab.io.files import atomic_save
+from cnnlab.io.cache import keyed_cache
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +67,9 @@ def cached_ab_stats(images: torch.Tensor, centers: torch.Tensor, name: str, cach
     """:func:`compute_ab_stats`, read from / written to ``<cache_dir>/ab_prior_<name>_<key>.pt`` when a dir is given."""
     if cache_dir is None:
         return compute_ab_stats(images, centers, max_images)
-    path = Path(cache_dir) / f"ab_prior_{name}_{_key(images, name, centers, max_images)}.pt"
-    if path.is_file():
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - a broken cache file is recomputed
-            log.warning("unreadable prior cache %s: recomputing", path)
-    stats = compute_ab_stats(images, centers, max_images)
-    atomic_save(path, lambda tmp: torch.save(stats, tmp))
-    log.info("ab prior of %d images cached in %s", stats["images"], path)
-    return stats
+    key = _key(images, name, centers, max_images)
+    return keyed_cache(Path(cache_dir) / f"ab_prior_{name}_{key}.pt", key,
+                       lambda: compute_ab_stats(images, centers, max_images))
 
 
 class BindColorizerToData(pl.Callback):

@@ -8,7 +8,6 @@ random crop + flip with kornia during training, then conversion to the configure
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Sequence
 
 import kornia.augmentation as K
@@ -276,3 +275,22 @@ class ImageDataModule(pl.LightningDataModule):
 
         seed = step_seed(self.hparams.shuffle_seed, trainer.global_step, trainer.global_rank, modulus=2**63)
         return self.preprocess(images, train=True, seed=seed), labels
+
+
+def cifar_test_images(count: int = 10, data_dir: str | None = None, per_class: bool = True, offset: int = 0,
+                      ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """``count`` CIFAR-10 test images ``(N, 3, 32, 32)`` in [0, 1], labels and class names.
+
+    ``per_class``: cycle through the classes (the first test image of each class, then the second ...).
+    The archive is found in ``data_dir`` or ``$CNNLAB_DATA`` (see ``ImageDataModule``). For figures and
+    visualizations: a fixed, class-balanced handful of test images.
+    """
+    dm = ImageDataModule(name="cifar10", data_dir=str(data_dir or "data"), progress=False, val_fraction=0.0)
+    dm.setup()
+    test = dm.splits["test"]
+    labels = test.labels
+    if per_class:
+        idx = round_robin_by_class(labels, count, offset)
+    else:
+        idx = torch.arange(offset, min(offset + count, len(labels)))
+    return test.images[idx].float() / 255.0, labels[idx].long(), list(dm.classes)

@@ -31,11 +31,21 @@ def network_available(host: str, port: int = 443, timeout: float = 3.0) -> bool:
         return False
 
 
-def search_dirs(data_dir: Path) -> list[Path]:
-    dirs = [Path(data_dir)]
+def search_dirs(data_dir: str | Path) -> list[Path]:
+    """Where data files are looked for: ``data_dir``, then ``$CNNLAB_DATA`` (the one place that variable is read)."""
+    dirs = [Path(data_dir).expanduser()]
     if os.environ.get(DATA_ENV):
-        dirs.append(Path(os.environ[DATA_ENV]))
+        dirs.append(Path(os.environ[DATA_ENV]).expanduser())
     return dirs
+
+
+def data_file(relative: str | Path, data_dir: str | Path = "data") -> Path:
+    """``relative`` (an archive or folder: ``cifar10-jpg.tar.gz``, ``images``) in the first of :func:`search_dirs` that
+    has it, else the path it would have in ``data_dir`` (so the caller's "does not exist" names a place to put it)."""
+    for d in search_dirs(data_dir):
+        if (d / relative).exists():
+            return d / relative
+    return Path(data_dir).expanduser() / relative
 
 
 def resolve(

@@ -301,11 +301,9 @@ def plot(res: dict, path: str | Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title + "\nerror bars: 95% CI over paired runs; orange: gap closed [95% Fieller CI]", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    from cnnlab.io.images import write_figure
+
+    return write_figure(path, fig)
 
 
 def write_report(res: dict, out_dir: str | Path, title: str = "") -> dict[str, Path]:

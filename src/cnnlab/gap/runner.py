@@ -58,7 +58,9 @@ def validate(cfg: DictConfig) -> None:
         raise UserError("data.val_fraction=0: every choice of the gap is made on the validation split; give it e.g. 0.02")
     if cfg.probe.taps:
         instantiate(cfg.backbone).check_taps(list(cfg.probe.taps))  # unknown tap: one line now, not after pretraining
-    conf_dir = Path(cfg.paths.root_dir) / "conf"
+    from cnnlab.config import CONF_DIR  # the configs this cnnlab composes from (a checkout's or the package's)
+
+    conf_dir = Path(CONF_DIR)
     for init in inits:
         if init == "random":
             continue

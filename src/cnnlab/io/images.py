@@ -1,4 +1,4 @@
-"""Reading and writing images: one reader for every image a user may hand in, one PNG writer.
+"""Reading and writing images: one reader for every image a user may hand in, one resize, one PNG writer.
 
 Every PIL mode becomes 8-bit RGB the way a viewer shows it: 16- and 32-bit grayscale are scaled
 from their full range (``convert("RGB")`` would clip them, turning a 16-bit PNG white), palette
@@ -8,11 +8,13 @@ applied, so a phone photo comes out upright.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import IO, Mapping
+from typing import IO, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from cnnlab.errors import UserError
@@ -20,6 +22,15 @@ from cnnlab.io.files import atomic_save
 
 #: file suffixes read as images (lower case), for folders and archives of images
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".tif", ".tiff", ".webp")
+
+#: scikit-image's sample photos, readable as ``skimage:<name>`` (see :func:`load_image`)
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera")
+#: ``size=None`` keeps a user's image as it is only up to this long side (:func:`load_image`): optimizations and
+#: attributions run a network with gradients on the whole image, whose memory grows with the pixel count: a phone
+#: photo would not fit. An explicit ``size`` is always honoured.
+MAX_SIDE = 1024
+
+log = logging.getLogger("cnnlab")
 
 #: full-scale value of the integer grayscale modes that ``convert("RGB")`` would clip at 255
 _WIDE_GRAY = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535}
@@ -74,23 +85,57 @@ def open_image(path: str | Path) -> Image.Image:
                         f"pass image files ({', '.join(IMAGE_SUFFIXES)})") from err
 
 
-def resize_shorter(im: Image.Image, size: int) -> Image.Image:
-    """Resize so that the shorter side has ``size`` pixels (aspect kept, bicubic with antialiasing)."""
-    scale = size / min(im.size)
-    target = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
-    return im if target == im.size else im.resize(target, Image.BICUBIC)
-
-
 def to_tensor(im: Image.Image) -> torch.Tensor:
     """8-bit RGB PIL image -> ``(1, 3, H, W)`` float in [0, 1]."""
     arr = np.asarray(im, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
 
 
-def read_image(path: str | Path, size: int | None = None) -> torch.Tensor:
-    """A user's image file -> ``(1, 3, H, W)`` RGB in [0, 1] (shorter side resized to ``size`` if given)."""
-    im = open_image(path)
-    return to_tensor(resize_shorter(im, size) if size else im)
+def resize(img: torch.Tensor, size: int | Sequence[int] | None) -> torch.Tensor:
+    """``(B, C, H, W)`` in [0, 1] -> shorter side ``size`` (int, aspect kept) or exactly ``(h, w)``; None keeps it.
+
+    Bilinear with antialiasing (so a large photo shrinks without aliasing), clamped to [0, 1].
+    """
+    if size is None:
+        return img
+    h, w = img.shape[-2:]
+    if isinstance(size, int):
+        s = size / min(h, w)
+        out = (max(1, round(h * s)), max(1, round(w * s)))
+    else:
+        out = (int(size[0]), int(size[1]))
+    if out == (h, w):
+        return img
+    return F.interpolate(img, size=out, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+
+
+def read_image(path: str | Path, size: int | Sequence[int] | None = None) -> torch.Tensor:
+    """A user's image file -> ``(1, 3, H, W)`` RGB in [0, 1], resized by :func:`resize` when ``size`` is given."""
+    return resize(to_tensor(open_image(path)), size)
+
+
+def load_image(spec: str | Path, size: int | Sequence[int] | None = None) -> torch.Tensor:
+    """``spec`` -> ``(1, 3, H, W)`` in [0, 1], resized by :func:`resize` (``size=None``: long side at most ``MAX_SIDE``).
+
+    ``spec``: an image file path, or ``skimage:<name>`` (one of :data:`SKIMAGE_PHOTOS`).
+    """
+    spec = str(spec)
+    if spec.startswith("skimage:"):
+        import skimage.data
+
+        name = spec.split(":", 1)[1]
+        if name not in SKIMAGE_PHOTOS:
+            raise UserError(f"unknown scikit-image photo {name!r}: choose one of {list(SKIMAGE_PHOTOS)}")
+        img = to_tensor(to_rgb(Image.fromarray(getattr(skimage.data, name)())))
+    else:
+        img = to_tensor(open_image(spec))
+    h, w = img.shape[-2:]
+    if size is None and max(h, w) > MAX_SIDE:
+        out = (max(1, round(h * MAX_SIDE / max(h, w))), max(1, round(w * MAX_SIDE / max(h, w))))
+        log.warning("image of %dx%d px runs at %dx%d (long side %d); pass viz.size=<px> for another size",
+                    w, h, out[1], out[0], MAX_SIDE)
+        return resize(img, out)
+    return resize(img, size)
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
@@ -110,6 +155,16 @@ def write_png(path: str | Path, image: torch.Tensor | np.ndarray, text: Mapping[
     for key, value in (text or {}).items():
         info.add_text(key, value)
     return atomic_save(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG", pnginfo=info))
+
+
+def write_figure(path: str | Path, fig, dpi: float | None = 120, close: bool = True, **savefig_kwargs) -> Path:
+    """Write a matplotlib figure as PNG, atomically (the one figure writer), and close it unless ``close=False``."""
+    path = atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, **savefig_kwargs))
+    if close:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return path
 
 
 def png_text(path: str | Path) -> dict[str, str]:

@@ -16,14 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.analysis.attribution import saliency_map
+from cnnlab.data.datamodule import cifar_test_images
 from cnnlab.errors import UserError
 from cnnlab.hooks import LOGITS, LayerCapture
+from cnnlab.io.images import load_image, resize, write_figure
 from cnnlab.subject import Subject
 from cnnlab.tiles import enlarge
-from cnnlab.tracking import log_images, save_grid
+from cnnlab.tracking import log_images, log_metrics, save_grid
 from cnnlab.visualize import attacks as A
 from cnnlab.visualize import objectives as O
-from cnnlab.visualize.images import cifar_test_images, load_image, resize
 from cnnlab.visualize.module import ImageOptimization, run_optimization
 from cnnlab.visualize.param import PixelImage, make_image
 from cnnlab.visualize.regularizers import YOSINSKI_PRESETS, StepRegularizer
@@ -71,19 +72,13 @@ class Context:
 
     def save_figure(self, key: str, fig, caption: str | None = None) -> Path:
         """Write a matplotlib figure to ``<run dir>/images/<key>.png`` and send it to W&B."""
-        import matplotlib.pyplot as plt
-
-        from cnnlab.io.files import atomic_save
-
-        path = atomic_save(self.out_dir / "images" / f"{key}.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-        plt.close(fig)
+        path = write_figure(self.out_dir / "images" / f"{key}.png", fig)
         log_images(self.loggers, f"viz/{key}", [path], caption or key, step=self.step)
         log.info("saved %s", path)
         return path
 
     def log_metrics(self, metrics: dict) -> None:
-        for lg in self.loggers:
-            lg.log_metrics({f"viz/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.step)
+        log_metrics(self.loggers, {f"viz/{k}": v for k, v in metrics.items()}, step=self.step)
 
     # ----------------------------------------------------------------------------- inputs
     def class_indices(self, classes: Sequence | None) -> list[int]:
@@ -297,7 +292,7 @@ def style(ctx: Context, content_image: str = "skimage:astronaut", style_image: s
           lr: float = 1.0, steps: int = 100, init: str = "content") -> dict:
     """Gatys et al.: match content features at ``content_layer`` and Gram matrices at ``style_layers``."""
     if not style_image:
-        raise UserError("viz.style_image is not set: pass a painting, e.g. viz.style_image=/work/shared/data/images/starry_night.jpg")
+        raise UserError("viz.style_image is not set: pass a painting, e.g. viz.style_image=$CNNLAB_DATA/images/starry_night.jpg")
     ctx.network.check_layers([content_layer, *style_layers])
     c = load_image(content_image, size)
     s = resize(load_image(style_image, size), tuple(c.shape[-2:]))

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from cnnlab.errors import UserError
 from cnnlab.hooks import INPUT, LayerCapture
 from cnnlab.subject import Subject
+from cnnlab.tracking import log_metrics
 from cnnlab.visualize.objectives import Objective
 from cnnlab.visualize.transforms import RandomTransforms
 
@@ -150,8 +151,7 @@ class ImageOptimization(pl.LightningModule):
             raise FloatingPointError(f"non-finite objective at step {step}: lower viz.lr")
         self.history.append(value)
         self.log("objective", value, prog_bar=True, logger=False)
-        for lg in self.ext_loggers:
-            lg.log_metrics({f"{self.tag}/objective": value}, step=self.step_offset + step)
+        log_metrics(self.ext_loggers, {f"{self.tag}/objective": value}, step=self.step_offset + step)
 
     @torch.no_grad()
     def result(self) -> torch.Tensor:

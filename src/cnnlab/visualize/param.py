@@ -12,17 +12,8 @@ import math
 import torch
 from torch import nn
 
+from cnnlab.color import color_matrix
 from cnnlab.errors import UserError
-
-#: square root of the colour covariance of natural images (ImageNet), as a 3x3 RGB mixing matrix;
-#: optimizing in the decorrelated space it maps from balances the colour channels' step sizes
-COLOR_CORRELATION_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
-
-
-def color_matrix() -> torch.Tensor:
-    """The 3x3 map from the decorrelated colour space to RGB (columns of norm <= 1)."""
-    return COLOR_CORRELATION_SQRT / COLOR_CORRELATION_SQRT.norm(dim=0).max()
-
 
 def _size(height: int, width: int | None) -> tuple[int, int]:
     width = height if width is None else width

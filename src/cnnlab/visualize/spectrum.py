@@ -7,23 +7,21 @@ as ``<cache_dir>/spectra/<source>_<H>x<W>.pt``. It lives in the space a ``MacoIm
 sigmoid's linearization at gray) before the FFT.
 
 Sources: ``cifar10`` (the CIFAR-10 training images, resized when the size is not 32), ``paintings``
-(random crops of the paintings in ``$CNNLAB_DATA/images``), or a directory of images; ``auto`` is
+(random crops of the paintings in ``images/`` of the data directory or ``$CNNLAB_DATA``), or a directory of images; ``auto`` is
 CIFAR-10 up to 32 px and the paintings above.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from cnnlab.color import color_matrix
 from cnnlab.errors import UserError
-from cnnlab.visualize.param import color_matrix
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-
+from cnnlab.io.cache import keyed_cache
+from cnnlab.io.images import IMAGE_SUFFIXES, load_image
 
 def to_decorrelated(rgb: torch.Tensor) -> torch.Tensor:
     """``(B, 3, H, W)`` RGB in [0, 1] -> the decorrelated space ``s`` of ``rgb = sigmoid(color @ s)`` (linearized)."""
@@ -53,11 +51,10 @@ def _cifar_images(size: tuple[int, int], data_dir: str, limit: int) -> torch.Ten
 
 def _crops(folder: Path, size: tuple[int, int], limit: int, seed: int = 0) -> torch.Tensor:
     """Random crops of ``size`` from every image in ``folder`` (each resized to twice the crop's longer side)."""
-    from cnnlab.visualize.images import load_image
-
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
     if not files:
-        raise UserError(f"no images in {folder} to estimate a natural spectrum from: point viz.spectrum at a folder of JPEG/PNG files or use cifar10")
+        raise UserError(f"no images in {folder} to estimate a natural spectrum from: point viz.spectrum at a folder of image files, "
+                        "put paintings in images/ of the data directory or of $CNNLAB_DATA, or use cifar10")
     g = torch.Generator().manual_seed(seed)
     h, w = size
     per_file = max(1, limit // len(files))
@@ -77,7 +74,9 @@ def natural_images(source: str, size: tuple[int, int], data_dir: str = "data", l
     if source == "cifar10":
         return _cifar_images(size, data_dir, limit)
     if source == "paintings":
-        return _crops(Path(os.environ.get("CNNLAB_DATA", "/work/shared/data")) / "images", size, min(limit, 300))
+        from cnnlab.data.sources import data_file
+
+        return _crops(data_file("images", data_dir), size, min(limit, 300))
     return _crops(Path(source).expanduser(), size, min(limit, 300))
 
 
@@ -87,17 +86,11 @@ def resolve_source(source: str, size: tuple[int, int]) -> str:
 
 def natural_magnitude(size: int | tuple[int, int], source: str = "auto", data_dir: str = "data", cache_dir: str | None = None) -> torch.Tensor:
     """The cached mean magnitude spectrum ``(3, H, W // 2 + 1)`` of natural images at ``size``."""
-    from cnnlab.io.files import atomic_save
-
     size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
     source = resolve_source(source, size)
     tag = source if source in ("cifar10", "paintings") else "dir-" + Path(source).expanduser().resolve().name
     path = Path(cache_dir or data_dir) / "spectra" / f"{tag}_{size[0]}x{size[1]}.pt"
-    if path.is_file():
-        return torch.load(path, weights_only=True)
-    magnitude = mean_magnitude(natural_images(source, size, data_dir))
-    atomic_save(path, lambda tmp: torch.save(magnitude, tmp))
-    return magnitude
+    return keyed_cache(path, path.stem, lambda: mean_magnitude(natural_images(source, size, data_dir)))
 
 
 # --------------------------------------------------------------------------------- distance to natural images
