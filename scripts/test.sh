@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up .venv and run the test suite: the README's test command and what CI (.ci/run) runs.
+# Set up .venv, lint, and run the test suite: the README's test command and what CI (.ci/run) runs.
 # Integration tests need CNNLAB_DATA=<dir with cifar10-jpg.tar.gz>. Extra arguments go to pytest
 # (e.g. -m "not slow" for the quick loop).
 set -euo pipefail
@@ -12,4 +12,6 @@ if ! command -v chromium >/dev/null 2>&1; then
     || echo "warning: could not install chromium (apt-get install chromium); the report rendering test will fail" >&2
 fi
 bash scripts/setup.sh
+# lint first (settings in pyproject.toml [tool.ruff]): a style error fails in seconds, not after the suite
+.venv/bin/python -m ruff check src tests scripts setup.py
 .venv/bin/python -m pytest -q "$@"
