@@ -140,9 +140,9 @@ class Subject(nn.Module):
         """``{layer: output shape without the batch}`` for a square input (a dry run); layers that did not run are left out."""
         names = list(self._layers) if names is None else list(names)
         s = int(image_size or self.image_size)
-        like = next(iter(self.buffers()), next(self.model.parameters(), torch.zeros(())))
+        device = next(iter(self.buffers()), next(self.model.parameters(), torch.zeros(()))).device
         with LayerCapture(self, names, stop_early=stop_early) as cap:
-            return dry_run_shapes(cap.run, 3, s, like.float())
+            return dry_run_shapes(cap.run, 3, s, torch.zeros((), device=device))  # RGB in float32, on the model's device
 
     def tap_shapes(self, image_size: int) -> dict[str, tuple[int, ...]]:
         """``{tap: (C, h, w)}`` for a square ``image_size`` input (:meth:`layer_shapes` of every tap)."""

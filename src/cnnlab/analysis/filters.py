@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from cnnlab.backbones import Backbone
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, close_matches
 
 
 def conv_layers(model) -> list[tuple[str, nn.Conv2d]]:
@@ -32,8 +32,6 @@ def find_conv(model, layer: str | None = None) -> tuple[str, nn.Conv2d]:
     for name, m in convs:
         if name == layer or name.startswith(f"{layer}."):
             return name, m
-    from cnnlab.backbones.tv import close_matches
-
     raise UserError(close_matches(layer, [n for n, _ in convs], "conv layer", of=model.arch) + " (or a layer that contains one)")
 
 

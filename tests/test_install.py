@@ -1,0 +1,36 @@
+"""cnnlab installed without a checkout: its configs travel as package data, data/ and outputs/ follow the working dir."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from cnnlab.config import PROJECT_ROOT
+from tests.conftest import run_cli
+
+
+@pytest.mark.slow
+def test_installed_package_finds_its_configs_outside_a_checkout(tmp_path):
+    source = tmp_path / "source"  # a copy, so the build leaves nothing in the checkout
+    for name in ("src", "conf"):
+        shutil.copytree(PROJECT_ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(PROJECT_ROOT / name, source / name)
+    target, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target),
+                    str(source)], check=True, capture_output=True, timeout=600)
+    assert (target / "cnnlab" / "conf" / "train.yaml").is_file() and not (target / "cnnlab" / "conf" / "local").exists()
+    env = {"PYTHONPATH": str(target)}
+    out = run_cli("cnnlab.train", "--help", cwd=elsewhere, env=env, unset=("CNNLAB_ROOT",)).stdout
+    assert "model: classifier, colorization, linear_probe" in out
+    where = run_cli("cnnlab.train", "--cfg", "job", "--resolve", "--package", "paths", cwd=elsewhere, env=env,
+                    unset=("CNNLAB_ROOT",)).stdout
+    assert f"data_dir: {elsewhere}/data" in where and f"log_dir: {elsewhere}/outputs" in where
+    probe = subprocess.run([sys.executable, "-c", "import cnnlab.config as c; from cnnlab.models.colorizer import lab_defaults; "
+                            "print(c.CONF_DIR); print(sorted(lab_defaults()))"], cwd=elsewhere, env={"PATH": "/usr/bin:/bin", **env},
+                           capture_output=True, text=True, check=True, timeout=300).stdout.splitlines()
+    assert probe[0] == str(target / "cnnlab" / "conf") and "grid" in probe[1]
