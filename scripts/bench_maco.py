@@ -122,7 +122,7 @@ def compare(args) -> dict:
     if args.gallery:
         for name, blocks in gallery.items():
             rows = []
-            for layer, tiles in blocks:
+            for _layer, tiles in blocks:
                 rows += tiles
             grid = torch.cat([F.interpolate(t, size=(64, 64), mode="nearest") for t in rows])
             path = Path(args.gallery) / f"maco_{name}.png"

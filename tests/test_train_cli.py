@@ -63,7 +63,8 @@ def test_last_checkpoint_is_the_last_epoch_when_the_best_is_earlier(tmp_path, da
 def test_resume_of_a_non_run_dir_is_one_line(tmp_path):
     proc = run_cli("cnnlab.train", f"resume={tmp_path}", check=False)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"error: cannot resume {tmp_path}: it needs .hydra/overrides.yaml and a checkpoint in checkpoints/; pass the run directory of an earlier cnnlab-train run"]
+    assert proc.stderr.strip().splitlines() == [f"error: cannot resume {tmp_path}: it needs .hydra/overrides.yaml and a checkpoint in "
+                                                "checkpoints/; pass the run directory of an earlier cnnlab-train run"]
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):

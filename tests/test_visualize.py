@@ -38,7 +38,7 @@ def net(one_thread) -> Subject:
     x, y = torch.from_numpy(images).double() / 255, torch.from_numpy(labels)
     opt = torch.optim.Adam(module.parameters(), lr=0.01)
     module.train()
-    for epoch in range(3):
+    for _epoch in range(3):
         for i in range(0, len(x), 64):
             loss = nn.functional.cross_entropy(module(x[i:i + 64]), y[i:i + 64])
             opt.zero_grad()

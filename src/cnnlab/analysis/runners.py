@@ -43,11 +43,13 @@ def run_filters(ctx: AnalysisContext, layer: str | None = None, higher_layers=()
                 scale: int = 8) -> dict:
     bb = ctx.subject
     name, conv = flt.find_conv(bb, layer)
-    sec = ctx.section("filters", "Filters", f"Weights of {name}, shape {tuple(conv.weight.shape)}: 0.5 gray is a zero weight; each filter is scaled on its own.")
+    sec = ctx.section("filters", "Filters",
+                      f"Weights of {name}, shape {tuple(conv.weight.shape)}: 0.5 gray is a zero weight; each filter is scaled on its own.")
     w = conv.weight
     if w.shape[1] in (1, 3):
         imgs = upscale(flt.first_layer_images(w), scale)
-        ctx.save_figure(sec, "filters_first", imgs, f"{name}: all {w.shape[0]} filters ({'RGB' if w.shape[1] == 3 else 'lightness'} input, {w.shape[2]}x{w.shape[3]} px)",
+        ctx.save_figure(sec, "filters_first", imgs,
+                        f"{name}: all {w.shape[0]} filters ({'RGB' if w.shape[1] == 3 else 'lightness'} input, {w.shape[2]}x{w.shape[3]} px)",
                         nrow=int(np.ceil(np.sqrt(w.shape[0]))))
     else:
         higher_layers = [layer, *higher_layers]
@@ -97,7 +99,8 @@ def run_embedding(ctx: AnalysisContext, tap: str | None = None, target_dims: int
     x_e, lab_e = x[:n], labels[:n]
     coords = emb.tsne_embed(x_e, perplexity=perplexity, pca_dims=pca_dims, seed=ctx.seed, max_iter=max_iter)
     purity = emb.neighbour_purity(coords, lab_e, k=10)
-    what = "penultimate (last tap, globally pooled)" if target_dims is None and tap == ctx.tap_or_default(None, "last") else f"{tap} pooled to ~{target_dims or 'C'} dims"
+    penultimate = target_dims is None and tap == ctx.tap_or_default(None, "last")
+    what = "penultimate (last tap, globally pooled)" if penultimate else f"{tap} pooled to ~{target_dims or 'C'} dims"
     sec = ctx.section("embedding", "Feature embedding (t-SNE)",
                       f"{n} {ctx.split} images, {what} features ({x.shape[1]} dims), PCA to {pca_dims} then t-SNE (perplexity {perplexity}). "
                       f"10-NN label agreement in the embedding: {purity:.3f}.")
@@ -327,7 +330,8 @@ def run_faithfulness(ctx: AnalysisContext, images: int = 256, methods=faith.METH
                       f"signed channel sum, Grad-CAM and occlusion as they are) and moved in {steps} steps. Deletion replaces them "
                       f"by {deletion_fill} (lower area = more faithful); insertion starts from {insertion_start}"
                       f"{f' (sigma {blur_sigma} px)' if insertion_start == 'blur' else ''} and puts them back (higher area = more "
-                      f"faithful). Random: a random pixel order. Integrated gradients start from {ig_baseline}{f' (sigma {blur_sigma} px)' if ig_baseline == 'blur' else ''}. ± is a 95% interval over the {n} images.")
+                      f"faithful). Random: a random pixel order. Integrated gradients start from {ig_baseline}"
+                      f"{f' (sigma {blur_sigma} px)' if ig_baseline == 'blur' else ''}. ± is a 95% interval over the {n} images.")
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
     frac = np.linspace(0, 1, steps + 1)
@@ -404,7 +408,8 @@ def run_sanity(ctx: AnalysisContext, images: int = 32, methods=faith.METHODS, ta
     depth_names = ["(trained)", *(_layer_label(ctx, model, n) for n in layers)]
     sec = ctx.section("sanity", "Sanity check: cascading model randomization",
                       f"{len(x)} {ctx.split} images, target class ({target}) fixed from the trained model. The layers with parameters "
-                      f"are re-initialized from the top ({layers[0]}) down, cumulatively ({len(layers)} steps; seed {seed}, mean of {draws} independent draw(s)); each column compares "
+                      f"are re-initialized from the top ({layers[0]}) down, cumulatively ({len(layers)} steps; seed {seed}, "
+                      f"mean of {draws} independent draw(s)); each column compares "
                       f"the maps with the trained model's by Spearman rank correlation (signed channel sum, and max |.| over channels) and SSIM "
                       f"of the |.| maps. Maps that stay similar while the network is destroyed do not explain the network.")
     plt = _plt()

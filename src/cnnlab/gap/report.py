@@ -141,7 +141,8 @@ def markdown_tables(res: dict) -> str:
     lines = ["Every number: top-1 % on the test split, read once per final arm; mean [95% CI], n = paired runs "
              "(pretraining seed × label subset). Choices (best tap, weight decay, learning rate, checkpoint) were made "
              "on the validation split; differences use a paired t-interval, the gap closed "
-             "= (colorization − random) / (supervised − random) uses Fieller's interval for a ratio of paired means (the paired bootstrap is in gap_results.json).", ""]
+             "= (colorization − random) / (supervised − random) uses Fieller's interval for a ratio of paired means "
+             "(the paired bootstrap is in gap_results.json).", ""]
     best = pr.get("best_tap", {})
     lines += ["### Linear probes per tap (weight decay chosen on val per tap)", "",
               "| init | " + " | ".join(taps) + " | best tap (chosen on val) |", "|---" * (len(taps) + 2) + "|"]

@@ -348,7 +348,8 @@ class Runner:
         res["recipe"] = {"finetune": OmegaConf.to_container(c.finetune, resolve=True),
                          "pretrain": OmegaConf.to_container(c.pretrain, resolve=True)}
         res["protocol"] = {
-            "pretraining_pool": "every training image outside the validation split" + (f" (limited to {c.data.train_limit})" if c.data.get("train_limit") else ""),
+            "pretraining_pool": "every training image outside the validation split"
+                                + (f" (limited to {c.data.train_limit})" if c.data.get("train_limit") else ""),
             "validation_images": len(self.datamodule().splits["val"]) if self.datamodule().splits else None,
             "label_subsets": [int(k) for k in c.label_subsets], "seeds": [int(s) for s in c.seeds],
             "probe_label_fraction": float(c.probe.label_fraction),
