@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -89,24 +90,56 @@ def _key(override: str) -> str:
 _RESTORED_GROUPS = ("model", "backbone")
 
 
+def hydra_quoted(value: str) -> str:
+    """``value`` as one quoted Hydra override value (a path with spaces or non-ASCII characters, which the
+    override grammar does not take bare). In the grammar a backslash escapes only a quote or another backslash
+    before a quote, so only those are doubled."""
+    escaped = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), str(value))
+    return f"'{escaped}'"
+
+
+def _unquoted(value: str) -> str:
+    """A value a shell passed on with its quotes (``resume="'/runs/josé'"``) without them."""
+    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"" else value
+
+
+def quote_plain_values(argv: list[str]) -> list[str]:
+    """Overrides whose plain value holds characters the override grammar rejects bare (non-ASCII letters, as in
+    a path under ``josé/``) get that value quoted; anything with Hydra syntax (quotes, lists, sweeps,
+    interpolations) is left as written."""
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if (eq and not arg.startswith("-") and not value.isascii()
+                and not any(c in value for c in "'\"[]{}(),$")):
+            arg = f"{key}={hydra_quoted(value)}"
+        out.append(arg)
+    return out
+
+
 def resume_argv(argv: list[str]) -> list[str]:
     """Expand ``resume=<run dir>`` into the run's saved overrides plus ``hydra.run.dir=<run dir>``.
 
     Overrides given next to ``resume=`` win over the saved ones with the same key, and are listed on stderr.
     Those of the model (``model.*``, ``backbone.*``) are refused: the model, its optimizer and scheduler
     state come back from the checkpoint, so a new value would be ignored (an lr) or clash (a width).
+    A run that stopped before its first checkpoint has nothing to resume: the message gives its own command.
     """
     resume = [a for a in argv if a.startswith("resume=")]
     if not resume:
         return argv
-    run_dir = Path(resume[-1].split("=", 1)[1]).expanduser()
+    run_dir = Path(_unquoted(resume[-1].split("=", 1)[1])).expanduser()
     saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        raise UserError(f"cannot resume {run_dir}: it has no .hydra/overrides.yaml; "
+                        "pass the run directory of an earlier cnnlab-train run")
+    saved_overrides = yaml.safe_load(saved.read_text()) or []
     # any checkpoint will do: cnnlab.rundir.resume_checkpoint falls back from a damaged or missing last.ckpt
-    if not any((run_dir / "checkpoints").glob("*.ckpt")) or not saved.is_file():
-        raise UserError(
-            f"cannot resume {run_dir}: it needs .hydra/overrides.yaml and a checkpoint in checkpoints/; "
-            "pass the run directory of an earlier cnnlab-train run"
-        )
+    if not any((run_dir / "checkpoints").glob("*.ckpt")):
+        again = " ".join(shlex.quote(o) for o in saved_overrides if _key(o) not in ("resume", "hydra.run.dir"))
+        raise UserError(f"cannot resume {run_dir}: it stopped before its first checkpoint, so there is nothing to "
+                        f"continue; run it again from the start with `cnnlab-train {again} "
+                        f"hydra.run.dir={shlex.quote(str(run_dir))}` (the dir is free for it)")
     extra = [a for a in argv if not a.startswith("resume=")]
     restored = [a for a in extra if _key(a).split(".")[0] in _RESTORED_GROUPS or _key(a) in _RESTORED_GROUPS]
     if restored:
@@ -115,13 +148,13 @@ def resume_argv(argv: list[str]) -> list[str]:
             f"{run_dir}/checkpoints/last.ckpt, so the change would not take effect; drop it, or start a new run"
         )
     extra_keys = {_key(a) for a in extra}
-    saved_overrides = yaml.safe_load(saved.read_text()) or []
     old = [o for o in saved_overrides if _key(o) not in extra_keys and _key(o) != "resume"]
     if extra:
         was = {_key(o): o for o in saved_overrides}
         changes = ", ".join(f"{a} (was {was[_key(a)]})" if _key(a) in was else a for a in extra)
         print(f"resuming {run_dir} with {changes}", file=sys.stderr)
-    return old + extra + [f"resume={run_dir.resolve()}", f"hydra.run.dir={shlex.quote(str(run_dir.resolve()))}"]
+    where = hydra_quoted(str(run_dir.resolve()))
+    return old + extra + [f"resume={where}", f"hydra.run.dir={where}"]
 
 
 def in_multirun() -> bool:
