@@ -12,7 +12,6 @@ import io
 import json
 import os
 import socket
-import sqlite3
 import subprocess
 import tarfile
 import threading
@@ -51,9 +50,8 @@ def one_error(proc, starts: str = "error:") -> str:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, data_dir) -> Path:
-    """A finished cnnlab-train run in a directory whose path has a non-ASCII character (a clone under josé/),
-    given to Hydra unquoted as a user types it."""
-    run_dir = tmp_path_factory.mktemp("faults") / "josé" / "run"
+    """A finished cnnlab-train run."""
+    run_dir = tmp_path_factory.mktemp("faults") / "run"
     run_cli("cnnlab.train", *B, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}")
     assert (run_dir / "metrics.json").is_file()
     return run_dir
@@ -221,6 +219,7 @@ def small_filesystem(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.slow
 def test_a_full_disk_on_the_first_checkpoint_leaves_a_dir_the_same_command_takes(small_filesystem, data_dir):
     run_dir = small_filesystem / "run"
     command = [*B, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}"]
@@ -234,14 +233,45 @@ def test_a_full_disk_on_the_first_checkpoint_leaves_a_dir_the_same_command_takes
 
 
 # ----------------------------------------------------------------------------- 6. non-ASCII run dirs resume
-@pytest.mark.parametrize("quoted", [False, True])
-def test_a_run_dir_with_a_non_ascii_path_resumes(finished, quoted):
-    before = checksums(finished)
-    value = f"'{finished}'" if quoted else str(finished)  # as a shell passes resume="'...'" on: quotes kept
-    proc = run_cli("cnnlab.train", f"resume={value}")
-    assert f"run {finished} is already finished" in proc.stdout + proc.stderr
-    assert {k: v for k, v in checksums(finished).items() if k.startswith("checkpoints/") or k == "metrics.json"} == \
-        {k: v for k, v in before.items() if k.startswith("checkpoints/") or k == "metrics.json"}
+@pytest.fixture(scope="module")
+def moved_to_non_ascii(finished, tmp_path_factory) -> Path:
+    """The finished run, moved under a directory with a non-ASCII name (a clone under josé/)."""
+    import shutil
+
+    run_dir = tmp_path_factory.mktemp("clone") / "josé" / "run"
+    shutil.copytree(finished, run_dir)
+    return run_dir
+
+
+def test_a_run_dir_with_a_non_ascii_path_resumes(moved_to_non_ascii):
+    run_dir = moved_to_non_ascii
+    before = checksums(run_dir)
+    proc = run_cli("cnnlab.train", f"resume={run_dir}")
+    assert f"run {run_dir} is already finished" in proc.stdout + proc.stderr
+    kept = lambda sums: {k: v for k, v in sums.items() if k.startswith("checkpoints/") or k in ("metrics.json", "trunk.pt")}
+    assert kept(checksums(run_dir)) == kept(before)
+
+
+def test_a_non_ascii_value_reaches_hydra_quoted():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from cnnlab.config import quote_plain_values
+
+    args = quote_plain_values(["hydra.run.dir=/runs/josé/r", "data.source=/data/çà va", "seeds=[0,1]", "seed=3"])
+    assert args[2:] == ["seeds=[0,1]", "seed=3"]
+    parsed = OverridesParser.create().parse_overrides(args)
+    assert [o.value() for o in parsed[:2]] == ["/runs/josé/r", "/data/çà va"]
+
+
+def test_resume_takes_a_quoted_non_ascii_path_too(moved_to_non_ascii):
+    """As a shell passes ``resume="'...'"`` on: the quotes kept."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from cnnlab.config import resume_argv
+
+    args = resume_argv([f"resume='{moved_to_non_ascii}'"])
+    values = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(args)}
+    assert values["resume"] == values["hydra.run.dir"] == str(moved_to_non_ascii.resolve())
 
 
 # ----------------------------------------------------------------------------- 7. one class
@@ -250,28 +280,32 @@ def test_one_class_is_refused_up_front(tmp_path, data_dir):
     one_error(proc, "error: data.synthetic.num_classes=1: a classifier needs at least 2 classes")
     assert not (tmp_path / "syn").exists()
     folder = _image_folder(tmp_path / "one", classes=("cat",), per_class=6)
-    proc = run_cli("cnnlab.train", *B, "data=imagefolder", f"data.source={folder}", f"paths.data_dir={tmp_path / 'data'}",
+    proc = run_cli("cnnlab.train", *B[:4], "data=imagefolder", "callbacks.progress_bar=null", f"data.source={folder}", f"paths.data_dir={tmp_path / 'data'}",
                    f"hydra.run.dir={tmp_path / 'run'}", check=False)
     one_error(proc, f"error: {folder} has 1 class (cat): a classifier needs at least 2 class directories")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 # ----------------------------------------------------------------------------- 9. and 10. errors from below, one line
-BELOW = {
+UP_FRONT = {
     "width_not_int": (["backbone.width=abc"], "error: backbone.width=abc is not valid: backbone.width must be an integer >= 1"),
     "n_train_not_int": (["data.synthetic.n_train=abc"], "error: data.synthetic.n_train=abc is not valid"),
     "dropout_out_of_range": (["model.dropout=2"], "error: model.dropout=2 is not valid: model.dropout must be a number in [0, 1)"),
-    "unknown_model_keyword": (["+model.lrr=0.1"], "error: model.lrr is not an option of cnnlab.models.classifier.Classifier; it takes "),
-    "unknown_trainer_keyword": (["+trainer.foo=1"], "error: trainer.foo is not an option of pytorch_lightning.trainer.trainer.Trainer"),
-    "devices_not_valid": (["trainer.devices=abc"], "error: trainer.devices=abc is not valid: "),
 }
 
 
-@pytest.mark.parametrize("case", sorted(BELOW))
-def test_an_error_from_below_is_one_line_exit_2(case, tmp_path, data_dir):
-    overrides, message = BELOW[case]
-    proc = run_cli("cnnlab.train", *B, *overrides, f"paths.data_dir={data_dir}", f"hydra.run.dir={tmp_path / 'run'}", check=False)
+@pytest.mark.parametrize("case", sorted(UP_FRONT))
+def test_a_value_torch_would_refuse_is_one_line_before_the_run_dir(case, tmp_path):
+    overrides, message = UP_FRONT[case]
+    proc = run_cli("cnnlab.train", *B, *overrides, f"hydra.run.dir={tmp_path / 'run'}", check=False)
     one_error(proc, message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_keyword_of_a_target_is_one_line_exit_2(tmp_path, data_dir):
+    proc = run_cli("cnnlab.train", *B, "+model.lrr=0.1", f"paths.data_dir={data_dir}", f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    line = one_error(proc, "error: model.lrr is not an option of cnnlab.models.classifier.Classifier; it takes ")
+    assert "dropout" in line and line.endswith("drop +model.lrr=..., or check its spelling")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -279,6 +313,31 @@ def test_an_error_from_below_is_one_line_exit_2(case, tmp_path, data_dir):
 def test_a_gpu_accelerator_without_a_gpu_is_one_line(tmp_path, data_dir):
     proc = run_cli("cnnlab.train", *B, "trainer.accelerator=gpu", f"paths.data_dir={data_dir}", f"hydra.run.dir={tmp_path / 'run'}", check=False)
     one_error(proc, "error: trainer.accelerator=gpu but no GPU is visible")
+
+
+def _raised(fn):
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001
+        return exc
+    raise AssertionError("did not raise")
+
+
+def test_errors_of_hydra_and_lightning_name_the_key():
+    """The same mapping on the real exceptions, in process: Hydra building a Trainer from a config."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from cnnlab.cli import error_from_below
+
+    cfg = OmegaConf.create({"trainer": {"_target_": "pytorch_lightning.Trainer", "accelerator": "cpu", "devices": "abc",
+                                        "logger": False}})
+    err = error_from_below(_raised(lambda: instantiate(cfg.trainer)), cfg)
+    assert str(err).startswith("trainer.devices=abc is not valid: `devices` selected with `CPUAccelerator` should be an int > 0")
+    cfg.trainer.devices = 1
+    cfg.trainer.foo = 1
+    err = error_from_below(_raised(lambda: instantiate(cfg.trainer)), cfg)
+    assert str(err).startswith("trainer.foo is not an option of pytorch_lightning.trainer.trainer.Trainer; it takes accelerator, ")
 
 
 def test_a_truncated_ckpt_path_is_one_line_naming_it(finished, tmp_path, data_dir):
@@ -317,7 +376,7 @@ def test_the_optuna_direction_follows_monitor_mode():
 SWEEP = """# @package _global_
 defaults:
   - override /hydra/sweeper: optuna
-  - override /hydra/sweeper/sampler: grid
+  - override /hydra/sweeper/sampler: random
 optimized_metric: ${monitor}
 test: false
 hydra:
@@ -326,25 +385,29 @@ hydra:
     storage: ${cnnlab.sqlite:${hydra.sweep.dir}/optuna.db}
     study_name: nan
     direction: ${monitor_mode}imize
-    n_trials: 2
+    n_trials: 3
     max_failure_rate: 1.0
+    sampler: {seed: 1}
     params:
       model.optimizer.lr: choice(1e30, 0.01)
 """
 
 
+@pytest.mark.slow
 def test_an_optuna_trial_whose_objective_is_nan_fails_and_is_never_best(tmp_path, data_dir):
     conf = tmp_path / "conf" / "hparams_search"
     conf.mkdir(parents=True)
-    (conf / "nan.yaml").write_text(SWEEP)
+    (conf / "nan_trial.yaml").write_text(SWEEP)
     sweep = tmp_path / "sweep"
     # one training batch per epoch: the huge lr's first step is finite, its validation loss is not
     run_cli("cnnlab.train", "--config-dir", str(tmp_path / "conf"), *B, "data.synthetic.n_train=60", "data.batch_size=64",
-            "monitor=val/loss", "monitor_mode=min", "hparams_search=nan", f"paths.data_dir={data_dir}",
+            "monitor=val/loss", "monitor_mode=min", "hparams_search=nan_trial", f"paths.data_dir={data_dir}",
             f"hydra.sweep.dir={sweep}")
-    with sqlite3.connect(sweep / "optuna.db") as db:
-        states = dict(db.execute("select p.param_value, t.state from trials t join trial_params p using (trial_id)").fetchall())
-    assert states == {1e30: "FAIL", 0.01: "COMPLETE"}, states
+    import optuna
+
+    study = optuna.load_study(study_name="nan", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    states = {(t.params["model.optimizer.lr"], t.state.name) for t in study.trials}
+    assert states == {(1e30, "FAIL"), (0.01, "COMPLETE")}, states
     import yaml
 
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())

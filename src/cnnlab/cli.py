@@ -127,9 +127,7 @@ def error_from_below(exc: BaseException, cfg: DictConfig | None = None) -> UserE
     chain = list(_chain(exc))
     for e in chain:
         if isinstance(e, OSError) and e.errno in _OS_FIXES:
-            where = e.filename or next((c.filename for c in chain if isinstance(c, OSError) and c.filename), None)
-            what = f"cannot write {where}" if where else "cannot write a file"
-            return UserError(f"{what} ({e.strerror or os.strerror(e.errno)}): {_OS_FIXES[e.errno]}")
+            return os_error(e, next((c.filename for c in chain if isinstance(c, OSError) and c.filename), None))
     for e in chain:
         if isinstance(e, InstantiationException):
             return _instantiation_error(e, cfg)
@@ -144,6 +142,16 @@ def error_from_below(exc: BaseException, cfg: DictConfig | None = None) -> UserE
             what = f"ckpt_path={named}" if named else "a checkpoint or torch file"
             return UserError(f"{what} is truncated or damaged ({text[:160]}): pass an intact checkpoint")
     return None
+
+
+def os_error(err: OSError, path: str | Path | None = None) -> UserError | None:
+    """A full disk or quota, the file-size limit, a read-only or forbidden target as one line naming the file
+    (``path``, else the error's own file name); ``None`` for any other ``OSError``."""
+    if err.errno not in _OS_FIXES:
+        return None
+    where = path or err.filename
+    what = f"cannot write {where}" if where else "cannot write a file"
+    return UserError(f"{what} ({err.strerror or os.strerror(err.errno)}): {_OS_FIXES[err.errno]}")
 
 
 def _instantiation_error(exc: BaseException, cfg: DictConfig | None) -> UserError | None:

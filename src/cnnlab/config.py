@@ -61,25 +61,35 @@ def check_complete(cfg: DictConfig) -> None:
 
 def print_config_tree(cfg: DictConfig, save_to: str | Path | None = None,
                       order: Sequence[str] = ("data", "backbone", "model", "callbacks", "logger", "trainer", "paths")) -> None:
-    """Print the composed config as a rich tree (rank 0) and save it next to the run."""
+    """Print the composed config as a rich tree (rank 0) and save it next to the run.
+
+    Lines are never cut: the saved file, and the console when it is not a terminal (a log), are as wide as the
+    longest line (rich would crop at 80 columns, mid-path)."""
     if not is_rank_zero():
         return
     import rich
     import rich.syntax
     import rich.tree
+    from rich.console import Console
 
     tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
     keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]
+    width = 0
     for key in keys:
         branch = tree.add(str(key), style="bold", guide_style="dim")
         node = cfg[key]
         text = OmegaConf.to_yaml(node, resolve=True) if isinstance(node, DictConfig) else str(node)
-        branch.add(rich.syntax.Syntax(text, "yaml"))
-    rich.print(tree)
+        code_width = max((len(line) for line in text.splitlines()), default=0)
+        width = max(width, code_width + 8)  # + the tree's two levels of guides
+        branch.add(rich.syntax.Syntax(text, "yaml", code_width=code_width))
+    console = rich.get_console()
+    if not console.is_terminal:
+        console = Console(width=max(width, 80))
+    console.print(tree)
     if save_to:
         Path(save_to).parent.mkdir(parents=True, exist_ok=True)
         with open(save_to, "w") as fh:
-            rich.print(tree, file=fh)
+            Console(file=fh, width=max(width, 80)).print(tree)
 
 
 def _key(override: str) -> str:
