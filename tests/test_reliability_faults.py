@@ -441,12 +441,13 @@ def silent_server():
     srv.close()
 
 
+@pytest.mark.slow
 def test_a_wandb_server_that_never_answers_costs_at_most_the_init_timeout(silent_server, tmp_path, data_dir):
     """With ``init_timeout=4`` every wait on W&B together (start and exit) stays within the bound, stated as the
     time beyond the same run with W&B offline; the run trains, falls back offline and ends with exit 0."""
     common = [*B, "logger=wandb", f"paths.data_dir={data_dir}", "logger.wandb.init_timeout=4"]
     t0 = time.perf_counter()
-    run_cli("cnnlab.train", *common, "logger.wandb.mode=offline", f"hydra.run.dir={tmp_path / 'offline'}")
+    quiet = run_cli("cnnlab.train", *common, "logger.wandb.mode=offline", f"hydra.run.dir={tmp_path / 'offline'}")
     offline = time.perf_counter() - t0
     t0 = time.perf_counter()
     proc = run_cli("cnnlab.train", *common, "logger.wandb.mode=online", f"hydra.run.dir={tmp_path / 'online'}", unset=("WANDB_MODE",),
@@ -455,3 +456,29 @@ def test_a_wandb_server_that_never_answers_costs_at_most_the_init_timeout(silent
     assert "continuing offline" in proc.stderr and (tmp_path / "online" / "metrics.json").is_file()
     # generous: the bound is 4 s; a stall of W&B's own (tens of seconds) is far beyond it
     assert online - offline < 4 + 12, (online, offline)
+    _assert_quiet(quiet, tmp_path / "offline")
+
+
+# ----------------------------------------------------------------------------- issue 20, item 5: noise
+def _assert_quiet(proc, run_dir: Path) -> None:
+    """No third-party noise; the config tree keeps whole paths, on the console (a pipe here) and in its log."""
+    out = proc.stdout + proc.stderr
+    for noise in ("anonymous setting", "litlogger", "is deprecated"):
+        assert noise not in out, noise
+    line = f"output_dir: {run_dir}"
+    assert len(line) > 80 and line in out and line in (run_dir / "config_tree.log").read_text()
+
+
+def test_help_lists_the_commands_own_groups_only():
+    train = run_cli("cnnlab.train", "--help").stdout
+    assert all(f"\n{g}: " in train for g in ("data", "backbone", "model", "trainer", "logger", "experiment"))
+    assert not any(f"\n{g}: " in train for g in ("viz", "budget", "analysis"))
+    visualize = run_cli("cnnlab.visualize", "--help").stdout
+    assert "\nviz: " in visualize and not any(f"\n{g}: " in visualize for g in ("budget", "model", "analysis"))
+
+
+def test_the_error_line_is_the_last_line_after_wandb_started(tmp_path, data_dir):
+    """W&B (offline) is running when the data module refuses its options: W&B's closing lines come before the error."""
+    proc = run_cli("cnnlab.train", *B, "logger=wandb", "data.augment=[nope]", f"paths.data_dir={data_dir}",
+                   f"hydra.run.dir={tmp_path / 'run'}", unset=("WANDB_SILENT",), check=False)
+    one_error(proc, "error: unknown augmentation(s) ['nope']")

@@ -4,6 +4,7 @@ Submodules, imported directly (``from cnnlab.io.files import write_json``):
 
 - ``files``: atomic writes of files and directories (temp beside the target, fsync, rename) and JSON.
 - ``images``: reading user images (any PIL mode, EXIF orientation), ``IMAGE_SUFFIXES``, PNG writing.
-- ``checkpoints``: ``read_cnnlab_file``, the one ``torch.load`` for cnnlab's own files.
+- ``checkpoints``: ``read_cnnlab_file``, the one ``torch.load`` for cnnlab's own files (CRC-checked), and
+  ``AtomicCheckpointIO``, the trainer's checkpoint writer.
 - ``progress``: the one optional progress-bar wrapper.
 """
