@@ -226,3 +226,30 @@ def test_short_training_on_cifar_lowers_loss_and_beats_trivial_baselines(cifar_d
     # 20.1 dB; the same recipe on two other training subsets (split_seed 1, 2) gave AuC 0.905 against gray 0.903
     assert m["auc"] > m["auc_gray"] and m["auc"] > m["auc_prior"], m
     assert m["psnr"] > m["psnr_gray"] and m["psnr"] > m["psnr_prior"], m
+
+
+def test_a_tiny_image_in_a_folder_is_skipped_and_an_unwritable_out_is_one_line(lab_run, tmp_path, capsys):
+    """A 1x1 image is too small for the model's pooling: skipped with a warning naming it, the rest colorized.
+    A read-only --out (a read-only tmpfs; skipped where mounting is not permitted) is one line, exit 2."""
+    from cnnlab.colorize import main
+
+    ckpt = str(lab_run / "checkpoints" / "last.ckpt")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray((np.random.default_rng(3).random((20, 28, 3)) * 255).astype(np.uint8)).save(folder / "a.png")
+    Image.new("RGB", (1, 1), (200, 30, 30)).save(folder / "tiny.png")
+    main([str(folder), "--ckpt", ckpt, "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert [Path(p).name for p in captured.out.split()] == ["a_color.png"]
+    assert f"warning: skipped {folder / 'tiny.png'} is 1x1 pixels, too small for this model" in captured.err
+    assert "tiny.png" in _main_error(capsys, [str(folder / "tiny.png"), "--ckpt", ckpt, "--out", str(tmp_path / "out")])
+
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    try:
+        line = _main_error(capsys, [str(folder), "--ckpt", ckpt, "--out", str(mnt / "out")]).strip()
+        assert line == f"error: cannot write {mnt / 'out'} (Read-only file system): the filesystem is read-only: write somewhere else", line
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -20,6 +20,7 @@ import yaml
 from cnnlab import rundir
 from cnnlab.config import PROJECT_ROOT
 from cnnlab.errors import UserError
+from cnnlab.io.checkpoints import checkpoint_problem
 from cnnlab.io.files import write_text
 from tests.conftest import run_cli
 
@@ -177,7 +178,7 @@ def test_a_full_disk_leaves_every_checkpoint_intact_and_the_run_resumable(tiny_f
     assert "no space left" in line and f"resume={run_dir}" in line, line
     ckpts = sorted((run_dir / "checkpoints").iterdir())
     assert ckpts and all(p.suffix == ".ckpt" for p in ckpts), f"no temp or partial file is left: {ckpts}"
-    assert all(rundir.checkpoint_problem(p) is None for p in ckpts), "every checkpoint on disk is whole"
+    assert all(checkpoint_problem(p) is None for p in ckpts), "every checkpoint on disk is whole"
     assert not (run_dir / "metrics.json").exists()
 
     subprocess.run(["mount", "-o", "remount,size=16m", str(tiny_filesystem)], check=True)  # the user frees space
@@ -195,13 +196,13 @@ def test_resume_falls_back_from_a_damaged_last_checkpoint(terminated_run, tmp_pa
     last = run_dir / "checkpoints" / "last.ckpt"
     data = last.read_bytes()
     last.write_bytes(data[: len(data) // 2])  # what Lightning's non-atomic writer left on a full disk
-    assert rundir.checkpoint_problem(last) is not None
+    assert checkpoint_problem(last) is not None
     proc = run_cli("cnnlab.train", f"resume={run_dir}", "~callbacks.interrupt")
     notes = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "newest intact checkpoint" in ln]
     assert len(notes) == 1 and "last.ckpt is not usable" in notes[0] and "best_epoch000.ckpt" in notes[0], notes
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"train/loss", "val/acc", "test/acc"} <= set(metrics)
-    assert rundir.checkpoint_problem(last) is None, "training went on and wrote a whole last.ckpt"
+    assert checkpoint_problem(last) is None, "training went on and wrote a whole last.ckpt"
 
 
 def test_no_intact_checkpoint_is_one_line(tmp_path):

@@ -2,13 +2,18 @@
 
 - :func:`user_errors` turns a :class:`~cnnlab.errors.UserError` (found anywhere in an exception's
   cause chain, so one raised inside ``hydra.utils.instantiate`` or a resolver counts) into one
-  ``error:`` line and exit code 2; ``CNNLAB_TRACEBACK=1`` prints the traceback first.
+  ``error:`` line and exit code 2; ``CNNLAB_TRACEBACK=1`` prints the traceback first. The common
+  mistakes that surface as errors from below the project (:func:`error_from_below`: an unknown keyword
+  or a bad value for a ``_target_``, Lightning's misconfigurations, a full / read-only / forbidden
+  target, a damaged torch file) become such a line too. The ``error:`` line is the last line: an open
+  W&B run is closed before it.
 - :func:`hydra_main` makes a Hydra command. Before Hydra creates the run directory it composes the
   config once itself and checks it (unknown group options and keys, value types and ranges, resolvers,
   missing values, a writable run directory), so a mistake costs a second and touches nothing. Inside a
   multirun a job's ``UserError`` is re-raised instead, so the sweeper records that job as failed.
 - :func:`instantiate` / :func:`instantiate_group` build ``_target_`` configs with the same unwrapping.
 - :func:`resolve_device` is the one reading of ``device=auto|cpu|cuda``.
+- :func:`command_help` is ``--help``: the command's own config groups and config, not every group in conf/.
 
 torch is imported only by :func:`resolve_device`: a config mistake is reported before any heavy import.
 """
@@ -16,9 +21,11 @@ torch is imported only by :func:`resolve_device`: a config mistake is reported b
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -26,7 +33,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.config import CONF_DIR, check_complete, in_multirun
+from cnnlab.config import CONF_DIR, check_complete, in_multirun, quote_plain_values
 from cnnlab.errors import UserError
 from cnnlab.validation import check_values
 
@@ -49,23 +56,155 @@ def user_error_of(exc: BaseException) -> UserError | None:
 
 
 def exit_with(err: BaseException, cause: BaseException | None = None) -> None:
-    """Print ``error: <err>`` (after the traceback of ``cause`` when ``CNNLAB_TRACEBACK`` is set) and exit 2."""
+    """Print ``error: <err>`` (after the traceback of ``cause`` when ``CNNLAB_TRACEBACK`` is set) and exit 2.
+    An open W&B run is closed first, so its closing lines come before the ``error:`` line, not after."""
     if os.environ.get("CNNLAB_TRACEBACK"):
         traceback.print_exception(cause or err)
+    _close_wandb()
     print(f"error: {err}", file=sys.stderr, flush=True)
     raise SystemExit(2)
 
 
+def _close_wandb() -> None:
+    wandb = sys.modules.get("wandb")
+    if wandb is None or getattr(wandb, "run", None) is None:
+        return
+    try:
+        wandb.finish(exit_code=2)
+    except Exception:  # noqa: BLE001 - a tracker failing to close must not hide the user's error
+        pass
+    sys.stdout.flush()
+
+
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
+def user_errors(cfg: DictConfig | None = None) -> Iterator[None]:
     """Run the body; a user mistake ends as one ``error:`` line and exit code 2."""
     try:
         yield
-    except Exception as exc:  # noqa: BLE001 - only a UserError in the chain is handled, the rest re-raised
-        err = user_error_of(exc)
+    except Exception as exc:  # noqa: BLE001 - only a UserError in the chain (or one from below) is handled
+        err = user_error_of(exc) or error_from_below(exc, cfg)
         if err is None:
             raise
         exit_with(err, exc)
+
+
+# ------------------------------------------------------------------------------ errors from below the project
+#: OS errors that are the user's set-up rather than a bug, and how to fix each
+_OS_FIXES = {
+    errno.ENOSPC: "free some space, or write somewhere else",
+    errno.EDQUOT: "free some space in your quota, or write somewhere else",
+    errno.EFBIG: "raise the file-size limit (ulimit -f), or write somewhere else",
+    errno.EROFS: "the filesystem is read-only: write somewhere else",
+    errno.EACCES: "write somewhere you may write, or change the permissions",
+    errno.EPERM: "write somewhere you may write, or change the permissions",
+}
+#: what torch says about a checkpoint that is cut short or damaged
+_TORCH_DAMAGED = ("PytorchStreamReader", "failed finding central directory", "invalid header or archive is corrupted",
+                  "file in archive is not in a subdirectory", "Ran out of input", "unexpected EOF")
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def error_from_below(exc: BaseException, cfg: DictConfig | None = None) -> UserError | None:
+    """The common mistakes that surface as errors of Hydra, Lightning, torch or the OS, as one :class:`UserError`
+    naming the key or file (``None``: not one of them, a bug to show as a traceback).
+
+    - ``hydra.utils.instantiate`` of a ``_target_`` with an unknown keyword (``+model.lrr=0.1``) or a value it
+      refuses (``trainer.devices=abc``, a Lightning misconfiguration such as ``trainer.accelerator=gpu``
+      without a GPU);
+    - Lightning's ``MisconfigurationException`` raised later;
+    - an ``OSError`` for a full disk or quota, the file-size limit, a read-only or forbidden target;
+    - torch's errors for a checkpoint that is truncated or damaged.
+    """
+    from hydra.errors import InstantiationException
+
+    chain = list(_chain(exc))
+    for e in chain:
+        if isinstance(e, OSError) and e.errno in _OS_FIXES:
+            return os_error(e, next((c.filename for c in chain if isinstance(c, OSError) and c.filename), None))
+    for e in chain:
+        if isinstance(e, InstantiationException):
+            return _instantiation_error(e, cfg)
+    for e in chain:
+        if type(e).__name__ == "MisconfigurationException":
+            return _lightning_error(_one_line(e), "trainer", cfg)
+    for e in chain:
+        text = _one_line(e)
+        if isinstance(e, (RuntimeError, EOFError)) and any(m in text for m in _TORCH_DAMAGED) or (
+                type(e).__name__ == "UnpicklingError"):
+            named = cfg.get("ckpt_path") if isinstance(cfg, DictConfig) and "ckpt_path" in cfg else None
+            what = f"ckpt_path={named}" if named else "a checkpoint or torch file"
+            return UserError(f"{what} is truncated or damaged ({text[:160]}): pass an intact checkpoint")
+    return None
+
+
+def os_error(err: OSError, path: str | Path | None = None) -> UserError | None:
+    """A full disk or quota, the file-size limit, a read-only or forbidden target as one line naming the file
+    (``path``, else the error's own file name); ``None`` for any other ``OSError``."""
+    if err.errno not in _OS_FIXES:
+        return None
+    where = path or err.filename
+    what = f"cannot write {where}" if where else "cannot write a file"
+    return UserError(f"{what} ({err.strerror or os.strerror(err.errno)}): {_OS_FIXES[err.errno]}")
+
+
+def _instantiation_error(exc: BaseException, cfg: DictConfig | None) -> UserError | None:
+    """Hydra's wrapper (``Error in call to target 'T': <inner>`` ... ``full_key: K``) as one line naming the key."""
+    text = str(exc)
+    target = (re.search(r"target '([^']+)'", text) or [None, "its _target_"])[1]
+    key = (re.search(r"full_key: (\S+)", text) or [None, ""])[1]
+    inner = exc.__cause__
+    if inner is None:
+        return None
+    message = _one_line(inner)
+    unknown = re.search(r"unexpected keyword argument '([^']+)'", message)
+    if isinstance(inner, TypeError) and unknown:
+        name = f"{key}.{unknown[1]}" if key else unknown[1]
+        valid = _parameters(target)
+        hint = f"; it takes {', '.join(valid)}" if valid else ""
+        return UserError(f"{name} is not an option of {target}{hint}: drop +{name}=..., or check its spelling")
+    if isinstance(inner, (TypeError, ValueError)) or type(inner).__name__ == "MisconfigurationException":
+        return _lightning_error(message, key, cfg, target)
+    return None
+
+
+def _lightning_error(message: str, key: str, cfg: DictConfig | None, target: str | None = None) -> UserError:
+    """A refused value under ``key``: named as ``key.option=value`` when the message names an option of it."""
+    node = OmegaConf.select(cfg, key) if isinstance(cfg, DictConfig) and key else None
+    named = [next(g for g in m.groups() if g) for m in re.finditer(r"`(\w+)`|'(\w+)'|\b(\w+)=", message)]
+    if isinstance(node, DictConfig):
+        if re.search(r"\b(gpu|cuda|GPU|CUDA)\b", message) and "accelerator" in node:
+            import torch
+
+            if not torch.cuda.is_available():
+                return UserError(f"{key}.accelerator={node.accelerator} but no GPU is visible ({message}): "
+                                 "use trainer=cpu, or trainer.accelerator=auto")
+        for word in named:
+            if word in node:
+                return UserError(f"{key}.{word}={node.get(word)} is not valid: {message} (check {key}.{word})")
+    built = f" (building {target})" if target else ""
+    if key:
+        return UserError(f"{key}: {message}{built}: check the {key}.* values")
+    return UserError(f"{message}{built}: check the config values")
+
+
+def _parameters(target: str) -> list[str]:
+    """The keyword parameters ``target`` (a dotted class or function) takes, for the message; [] if unknown."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    try:
+        params = inspect.signature(get_object(target)).parameters.values()
+    except Exception:  # noqa: BLE001 - only a hint
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"]
 
 
 def exit_on_user_error(fn: Callable) -> Callable:
@@ -271,11 +410,12 @@ def hydra_main(config_name: str, argv: Callable[[list[str]], list[str]] | None =
     def decorate(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
         @functools.wraps(task)
         def job(cfg: DictConfig) -> Any:
+            quiet_third_party()  # again: Hydra has configured logging for the job
             try:
                 check_config(cfg, check)
                 return task(cfg)
-            except Exception as exc:  # noqa: BLE001 - only a UserError in the chain is handled here
-                err = user_error_of(exc)
+            except Exception as exc:  # noqa: BLE001 - only a UserError in the chain (or one from below) is handled
+                err = user_error_of(exc) or error_from_below(exc, cfg)
                 if err is None:
                     raise
                 _log_to_files(f"error: {err}")
@@ -289,10 +429,14 @@ def hydra_main(config_name: str, argv: Callable[[list[str]], list[str]] | None =
 
         @functools.wraps(task)
         def main() -> Any:
+            quiet_third_party()
             with user_errors():
-                args = sys.argv[1:]
+                args = quote_plain_values(sys.argv[1:])
                 if argv is not None:
                     args = argv(args)
+                if any(a in ("--help", "-h") for a in args):
+                    print(command_help(config_name, args, Path(sys.argv[0]).name))
+                    return None
                 precheck(config_name, args, check)
                 sys.argv = [sys.argv[0], *args]
                 return hydra_job()
@@ -301,3 +445,56 @@ def hydra_main(config_name: str, argv: Callable[[list[str]], list[str]] | None =
         return main
 
     return decorate
+
+
+# --------------------------------------------------------------------------------------------- help and noise
+def command_help(config_name: str, argv: Sequence[str], prog: str = "") -> str:
+    """``--help`` of a Hydra command: the config groups its config uses (with their options) and its config.
+    Hydra's own help lists every group in conf/, most of them other commands'."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_automatic_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    overrides = [a for a in argv if not a.startswith("-")]
+    GlobalHydra.instance().clear()
+    hydra = Hydra.create_main_hydra2(task_name=config_name,
+                                     config_search_path=create_automatic_config_search_path(None, None, CONF_DIR))
+    try:
+        cfg = hydra.compose_config(config_name, overrides, run_mode=RunMode.RUN, with_log_configuration=False)
+        loader = hydra.config_loader
+        groups = sorted(g for g in cfg.hydra.runtime.choices if not str(g).startswith("hydra"))
+        options = {g: loader.get_group_options(g) for g in groups}
+    except Exception as exc:  # noqa: BLE001 - a mistake in the overrides given with --help
+        raise _config_system_error(exc, hydra.config_loader) from None
+    finally:
+        GlobalHydra.instance().clear()
+    with _open(cfg):
+        del cfg["hydra"]
+    name = prog if prog.startswith("cnnlab") else f"cnnlab-{config_name}"
+    lines = [f"{name}: conf/{config_name}.yaml, changed by overrides (key=value, group=option)", "",
+             "== Configuration groups ==", "Compose your configuration from these groups (group=option)", ""]
+    lines += [f"{g}: {', '.join(o)}" for g, o in options.items() if o]
+    lines += ["", "== Config ==", "Override anything in the config (foo.bar=value)", "",
+              OmegaConf.to_yaml(cfg).rstrip(), "", "Hydra's own options: --hydra-help"]
+    return "\n".join(lines)
+
+
+class _DropTips(logging.Filter):
+    """Lightning's advertisement for another logger says nothing about this run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
+
+
+_TIPS = _DropTips()
+
+
+def quiet_third_party() -> None:
+    """Silence third-party output that tells the user nothing about their run: Lightning's "litlogger" tip and
+    deprecation warnings raised inside Lightning and torch about their own internals."""
+    import warnings
+
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_TIPS)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_TIPS)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")

@@ -16,6 +16,7 @@ to redo them). An unreadable image in a folder is skipped with a warning (``--on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -151,27 +152,54 @@ def colorize_files(inputs: list[Path], ckpt: str | Path, out_dir: Path, size: in
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file: pass a folder for the colorized images")
     model = load_module(ckpt, expect=Colorizer)
-    out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, list[Path]] = {"written": [], "done": [], "skipped": []}
+    with _writing(out_dir, result["written"]):
+        out_dir.mkdir(parents=True, exist_ok=True)
     for path, (target, done) in _progress(list(zip(inputs, plan_outputs(inputs, out_dir))), progress):
         if done and not overwrite:
             result["done"].append(target)
             continue
         try:
             im = open_image(path)
+            image = _colorize_one(model, path, im, size, full_resolution, temperature, panel)
         except UserError as err:
             if on_error == "fail" or len(inputs) == 1:
                 raise
             print(f"warning: skipped {err}", file=sys.stderr)
             result["skipped"].append(path)
             continue
-        image = colorize_image(model, im, size, full_resolution, temperature, panel)
-        write_png(target, image, text={SOURCE_KEY: str(path.resolve())})
+        with _writing(target, result["written"]):
+            write_png(target, image, text={SOURCE_KEY: str(path.resolve())})
         result["written"].append(target)
     if result["skipped"]:
         print(f"warning: skipped {len(result['skipped'])} of {len(inputs)} images that could not be read",
               file=sys.stderr)
     return result
+
+
+def _colorize_one(model, path: Path, im: Image.Image, *args) -> np.ndarray:
+    """:func:`colorize_image`, with an image too small for the model's pooling as the input's own problem."""
+    try:
+        return colorize_image(model, im, *args)
+    except RuntimeError as err:
+        if "too small" not in str(err):
+            raise
+        raise UserError(f"{path} is {im.size[0]}x{im.size[1]} pixels, too small for this model: pass a larger image") from None
+
+
+@contextlib.contextmanager
+def _writing(target: Path, written: list[Path]):
+    """A full disk, the file-size limit or a read-only / forbidden --out as one line; what was written stays."""
+    from cnnlab.cli import os_error
+
+    try:
+        yield
+    except OSError as err:
+        mapped = os_error(err, target)
+        if mapped is None:
+            raise
+        kept = f"; the {len(written)} image(s) written before it are kept, and a rerun skips them" if written else ""
+        raise UserError(f"{mapped}{kept}") from err
 
 
 def build_parser() -> argparse.ArgumentParser:

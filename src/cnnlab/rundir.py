@@ -2,7 +2,8 @@
 
 - :class:`ClaimRunDir` is a Hydra callback (``conf/hydra/default.yaml``) that runs before Hydra writes
   ``.hydra/`` into the run dir. A directory that already holds results is refused unless this run
-  resumes it, and the directory is locked (``.cnnlab.lock``, holding the owner's pid) for the life of the
+  resumes it; a directory that holds another command's results (a ``cnnlab-train`` run given to
+  ``cnnlab-gap``) is refused even to a command that reuses its own; the directory is locked (``.cnnlab.lock``, holding the owner's pid) for the life of the
   process, so a second run started into it while the first is still going refuses too.
 - :func:`resume_checkpoint` picks ``checkpoints/last.ckpt`` if it is intact, else the newest intact checkpoint.
 - :func:`finished_message` tells a finished run (nothing left to train, ``metrics.json`` written) from an
@@ -16,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -38,10 +38,30 @@ _held: dict[Path, int] = {}  # run dir -> the open, locked lock file of this pro
 
 
 def results_in(run_dir: Path) -> list[str]:
-    """The names in ``run_dir`` that are a run's results rather than its bookkeeping (empty for a new dir)."""
+    """The names in ``run_dir`` that are a run's results rather than its bookkeeping (empty for a new dir).
+
+    A folder with no file in it is not a result: a run that failed on its very first checkpoint (a full disk)
+    leaves an empty ``checkpoints/``, and the same command must be able to start again there."""
     if not run_dir.is_dir():
         return []
-    return sorted(p.name for p in run_dir.iterdir() if p.name not in BOOKKEEPING and p.suffix != ".log")
+    return sorted(p.name for p in run_dir.iterdir()
+                  if p.name not in BOOKKEEPING and p.suffix != ".log" and not _holds_no_file(p))
+
+
+def _holds_no_file(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and not any(p.is_file() for p in path.rglob("*"))
+
+
+def command_of(run_dir: Path) -> str | None:
+    """The Hydra job name (``train``, ``gap``, ``evaluate``, ...) of the command that made ``run_dir``, from
+    its ``.hydra/hydra.yaml`` (None when there is none)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text()) or {}
+        return str(saved["hydra"]["job"]["name"])
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
 
 
 def lock(run_dir: Path, check: Callable[[], None] | None = None) -> None:
@@ -92,21 +112,29 @@ def release(run_dir: Path) -> None:
         os.close(fd)  # closing the file drops the flock
 
 
-def claim(run_dir: Path, resuming: bool = False, reuse: bool = False, resume_command: str | None = None) -> None:
+def claim(run_dir: Path, resuming: bool = False, reuse: bool = False, resume_command: str | None = None,
+          command: str | None = None) -> None:
     """Make ``run_dir`` this run's own: lock it, then refuse it if it holds another run's results.
 
     ``resuming``: this run continues the one in ``run_dir``. ``reuse``: the command resumes in place by
-    design (``cnnlab-gap`` skips finished arms), so only the lock applies. It looks again once locked,
-    so two runs started together cannot both find the directory empty; a refused directory is not touched.
+    design (``cnnlab-gap`` skips finished arms), so only the lock applies, as long as the results there are
+    its own kind's. ``command``: this run's Hydra job name; a dir holding results of another command is refused
+    whatever ``resuming``/``reuse`` say. It looks again once locked, so two runs started together cannot both
+    find the directory empty; a refused directory is not touched.
     """
     allowed = resuming or reuse
     if not (run_dir / LOCK_NAME).exists():  # a dir that is refused gets no lock file either
-        _refuse_if_taken(run_dir, allowed, resume_command)
-    lock(run_dir, check=lambda: _refuse_if_taken(run_dir, allowed, resume_command))
+        _refuse_if_taken(run_dir, allowed, resume_command, command)
+    lock(run_dir, check=lambda: _refuse_if_taken(run_dir, allowed, resume_command, command))
 
 
-def _refuse_if_taken(run_dir: Path, allowed: bool, resume_command: str | None) -> None:
+def _refuse_if_taken(run_dir: Path, allowed: bool, resume_command: str | None, command: str | None = None) -> None:
     found = results_in(run_dir)
+    owner = command_of(run_dir) if found else None
+    if found and command and owner and owner != command:
+        raise UserError(f"{run_dir} holds a cnnlab {owner} run ({', '.join(found[:4])}): a {command} run cannot use it, "
+                        "a run dir belongs to one kind of command; start this one in a fresh directory (leave out "
+                        "hydra.run.dir, or give a new one); nothing was written")
     if found and not allowed:
         how = f"continue that run with `{resume_command}={run_dir}`, or " if resume_command else ""
         raise UserError(f"{run_dir} already holds a run ({', '.join(found[:4])}): {how}start a new one in a fresh "
@@ -130,38 +158,26 @@ class ClaimRunDir(Callback):
         resume = config.get("resume")
         resuming = bool(resume) and Path(str(resume)).expanduser().resolve() == run_dir.resolve()
         # only cnnlab-train's config has ``resume``: there an existing run can be continued
-        _claim_or_exit(run_dir, resuming, self.reuse, "cnnlab-train resume" if "resume" in config else None)
+        _claim_or_exit(run_dir, resuming, self.reuse, "cnnlab-train resume" if "resume" in config else None,
+                       str(config.hydra.job.name))
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
         release(Path(str(config.hydra.run.dir)).expanduser().absolute())
 
 
 @exit_on_user_error
-def _claim_or_exit(run_dir: Path, resuming: bool, reuse: bool, resume_command: str | None) -> None:
-    claim(run_dir, resuming=resuming, reuse=reuse, resume_command=resume_command)
+def _claim_or_exit(run_dir: Path, resuming: bool, reuse: bool, resume_command: str | None, command: str) -> None:
+    claim(run_dir, resuming=resuming, reuse=reuse, resume_command=resume_command, command=command)
 
 
 # ------------------------------------------------------------------------------------------- resume
-def checkpoint_problem(path: Path) -> str | None:
-    """Why ``path`` is not an intact Lightning/torch checkpoint (``None`` if it is): it must open as a
-    zip archive whose every member passes its CRC check (a truncated file has no zip directory)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            bad = zf.testzip()
-            if bad is not None:
-                return f"member {bad} fails its checksum"
-            if not any(n.endswith("data.pkl") for n in zf.namelist()):
-                return "not a torch checkpoint"
-    except (OSError, zipfile.BadZipFile, EOFError) as err:
-        return str(err) or type(err).__name__
-    return None
-
-
 def resume_checkpoint(run_dir: Path) -> Path:
     """``<run_dir>/checkpoints/last.ckpt`` if intact, else the newest intact checkpoint there, saying so.
 
     Raises :class:`UserError` when none is intact.
     """
+    from cnnlab.io.checkpoints import checkpoint_problem
+
     folder = Path(run_dir) / "checkpoints"
     last = folder / "last.ckpt"
     others = sorted((p for p in folder.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -190,9 +206,9 @@ def in_run_dir(ckpt_path: str, run_dir: Path) -> str:
 
 def epochs_done(ckpt_path: Path) -> tuple[int, int]:
     """(training epochs finished, global step) recorded in a Lightning checkpoint."""
-    import torch
+    from cnnlab.io.checkpoints import CHECKPOINT, read_cnnlab_file
 
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    _, ckpt = read_cnnlab_file(ckpt_path, expect=CHECKPOINT, mmap=True)
     # a checkpoint written at validation end has counted its epoch as processed, not yet as completed
     progress = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
     return int(progress.get("processed", ckpt.get("epoch", -1) + 1)), int(ckpt.get("global_step", 0))

@@ -89,16 +89,22 @@ def make_wandb_logger(
         tags=list(tags or []), entity=entity, job_type=job_type,
         settings=wandb.Settings(init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT") or init_timeout)),
     )
+    logger._wandb_init.pop("anonymous", None)  # Lightning passes it; W&B only warns that it has no effect
     logger._cnnlab_factory_kwargs = factory_kwargs  # what the offline fallback rebuilds from
     return logger
 
 
 def ensure_wandb_started(loggers: list[Logger]) -> list[Logger]:
-    """Start each W&B run now (rank 0); if that fails, warn and swap in an offline run, or go on without it."""
+    """Start each W&B run now (rank 0); if that fails, warn and swap in an offline run, or go on without it.
+
+    An online run first asks the server for any answer within ``init_timeout``: one that accepts connections
+    but never answers would otherwise hold the start (W&B's own query timeouts) and the exit (its shutdown
+    waits for the requests of the failed run), about a minute in all; unanswered, no online run is started."""
     out = []
     for lg in loggers:
         if isinstance(lg, WandbLogger) and rank_zero_only.rank == 0:
             try:
+                _server_answers_or_raise(lg)
                 lg.experiment  # noqa: B018 - forces wandb.init
             except Exception as err:  # noqa: BLE001 - network and auth errors come in many types
                 warnings.warn(f"W&B failed to start ({_first_line(err)}); continuing offline", stacklevel=2)
@@ -115,6 +121,28 @@ def ensure_wandb_started(loggers: list[Logger]) -> list[Logger]:
                     continue
         out.append(lg)
     return out
+
+
+def _server_answers_or_raise(lg: WandbLogger) -> None:
+    """For an online W&B logger: raise ``TimeoutError`` unless its server answers (any HTTP status) within the
+    logger's ``init_timeout``. Offline and disabled loggers, and a run already started, are left alone."""
+    import urllib.error
+    import urllib.request
+
+    import wandb
+
+    if lg._offline or lg._wandb_init.get("mode") == "disabled" or lg._experiment is not None \
+            or os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
+        return
+    timeout = float(os.environ.get("WANDB_INIT_TIMEOUT") or getattr(lg, "_cnnlab_factory_kwargs", {}).get("init_timeout", 30))
+    url = os.environ.get("WANDB_BASE_URL") or str(wandb.Settings().base_url)
+    try:
+        urllib.request.urlopen(url, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # an answer, even an error status: the server is there
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TimeoutError(f"the server {url} did not answer within {timeout:g} s ({reason})") from None
 
 
 def _first_line(err: BaseException) -> str:

@@ -56,9 +56,9 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list):
         callbacks.append(StepSeeder(cfg.get("seed") or 0))
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
-    from cnnlab import checkpoint_io
+    from cnnlab.io import checkpoints
 
-    return checkpoint_io.install(instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False))
+    return checkpoints.install(instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False))
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -98,6 +98,10 @@ def run(cfg: DictConfig) -> float | None:
 
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
+    if "num_classes" in cfg.model:
+        from cnnlab.validation import check_classes
+
+        check_classes(datamodule.classes, cfg.data)
     model_cfg = cfg.model
     if "num_classes" in model_cfg and model_cfg.num_classes is None:
         model_cfg = model_cfg.copy()
@@ -125,6 +129,9 @@ def run(cfg: DictConfig) -> float | None:
 
     value = metrics.get(cfg.get("optimized_metric") or "", None)
     if value is not None and not math.isfinite(value):
+        if in_multirun():  # a sweeper must record a failed trial, never a NaN it could rank as the best
+            raise UserError(f"the optimized metric {cfg.optimized_metric} is {value}: this trial failed "
+                            "(lower model.optimizer.lr or narrow the search space)")
         log.warning("optimized metric %s is %s", cfg.optimized_metric, value)
     return value
 
@@ -160,8 +167,13 @@ def _saved_metric(run_dir: Path, cfg: DictConfig) -> float | None:
 
 
 def _resume_hint(out_dir: Path) -> None:
-    if is_rank_zero():
+    if not is_rank_zero():
+        return
+    if any((out_dir / "checkpoints").glob("*.ckpt")):
         print(f"interrupted: continue this run with `cnnlab-train resume={out_dir}`", file=sys.stderr)
+    else:  # stopped before its first checkpoint: nothing to resume, and the dir is free for the same command
+        print(f"interrupted before the first checkpoint: run the same command again (hydra.run.dir={out_dir} "
+              "is free for it)", file=sys.stderr)
 
 
 @hydra_main("train", argv=resume_argv)

@@ -74,6 +74,13 @@ RULES: dict[str, Rule] = {
     "data.num_workers": Rule(int, low=0),
     "data.train_limit": Rule(int, low=1, nullable=True),
     "data.label_fraction": FRACTION,
+    "data.synthetic.n_train": POSITIVE_INT,
+    "data.synthetic.n_test": POSITIVE_INT,
+    "data.synthetic.num_classes": POSITIVE_INT,
+    "data.synthetic.seed": Rule(int),
+    "backbone.width": POSITIVE_INT,
+    "model.dropout": Rule(float, 0, 1, high_open=True),  # [0, 1)
+    "model.label_smoothing": Rule(float, 0, 1),
     "data.val_fraction": Rule(float, 0, 1, high_open=True),  # [0, 1)
     "batch_size": POSITIVE_INT,
     "limit": Rule(int, low=1, nullable=True),
@@ -83,7 +90,8 @@ RULES: dict[str, Rule] = {
 
 
 def check_values(cfg: DictConfig, rules: dict[str, Rule] = RULES) -> None:
-    """Raise a :class:`UserError` naming the first key whose value breaks its rule."""
+    """Raise a :class:`UserError` naming the first key whose value breaks its rule, then check the rules
+    that join several keys (:func:`check_selection`, :func:`check_classes`)."""
     for key, rule in rules.items():
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
@@ -92,3 +100,39 @@ def check_values(cfg: DictConfig, rules: dict[str, Rule] = RULES) -> None:
         value = OmegaConf.select(cfg, key)
         if not rule.accepts(value):
             raise UserError(f"{key}={value} is not valid: {key} must be {rule.describe()}")
+    check_selection(cfg)
+    data = cfg.get("data") if isinstance(cfg.get("data", None), DictConfig) else None
+    if _is_classifier_training(cfg) and data is not None and data.get("name") == "synthetic" and data.get("synthetic"):
+        n = data.synthetic.get("num_classes")
+        check_classes([None] * n if isinstance(n, int) else None, data)
+
+
+def _is_classifier_training(cfg: DictConfig) -> bool:
+    """A cnnlab-train run of a model that learns class labels (its config has ``model.num_classes``)."""
+    model = cfg.get("model", None)
+    return "monitor" in cfg and isinstance(model, DictConfig) and "num_classes" in model and bool(cfg.get("train", True))
+
+
+def check_selection(cfg: DictConfig) -> None:
+    """A training run chooses its best checkpoint on ``monitor``; with ``data.val_fraction=0`` the val split is the
+    test split, so that choice (and anything else read from val) would be made on test: refused."""
+    data = cfg.get("data", None)
+    if not ("monitor" in cfg and isinstance(data, DictConfig) and "val_fraction" in data and cfg.get("train", True)):
+        return
+    monitor = str(cfg.get("monitor") or "")
+    if data.get("val_fraction") == 0 and monitor.startswith("val/"):
+        raise UserError(f"data.val_fraction=0 leaves no validation split, so the best checkpoint (monitor={monitor}) "
+                        "would be chosen on the test split: set data.val_fraction > 0 (e.g. 0.1), or monitor a "
+                        "training metric (monitor=train/loss monitor_mode=min)")
+
+
+def check_classes(classes: list | None, data: DictConfig) -> None:
+    """A classifier needs two classes or more (one class has nothing to tell apart: no accuracy to monitor)."""
+    if classes is None or len(classes) >= 2:
+        return
+    if data.get("name") == "synthetic" and not data.get("source"):
+        raise UserError(f"data.synthetic.num_classes={len(classes)}: a classifier needs at least 2 classes; "
+                        "set data.synthetic.num_classes >= 2")
+    raise UserError(f"{data.get('source')} has {len(classes)} class ({', '.join(map(str, classes))}): a classifier needs "
+                    "at least 2 class directories (<class>/<image>); add another class, or train a colorizer "
+                    "(experiment=colorize_imagefolder), which needs no labels")

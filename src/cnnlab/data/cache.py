@@ -17,18 +17,21 @@ run that built the cache did. Writes go to a temporary directory that is renamed
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
 import logging
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from PIL.Image import DecompressionBombError
 
 from cnnlab.errors import UserError
 from cnnlab.io.files import atomic_dir
@@ -124,27 +127,66 @@ def _split_class(parts: tuple[str, ...]) -> tuple[str | None, str] | None:
 
 
 def _iter_archive(path: Path) -> Iterator[tuple[tuple[str, ...], bytes]]:
+    """The image members of an archive, which is verified whole as it is read: a damaged archive raises a
+    :class:`UserError` (after the last member, or at the damaged one), so it never becomes a smaller dataset."""
     name = path.name.lower()
     if name.endswith((".tar.gz", ".tgz", ".tar")):
-        try:
-            with tarfile.open(path, "r|*") as tar:
-                for m in tar:
-                    if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES):
-                        f = tar.extractfile(m)
-                        if f is not None:
-                            yield tuple(Path(m.name).parts), f.read()
-        except (tarfile.TarError, EOFError, OSError) as err:
-            raise UserError(f"cannot read archive {path}: {err}; check the file is a complete .tar.gz") from err
+        yield from _iter_tar(path, compressed=not name.endswith(".tar"))
     elif name.endswith(".zip"):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                for info in zf.infolist():
-                    if not info.is_dir() and info.filename.lower().endswith(IMAGE_SUFFIXES):
-                        yield tuple(Path(info.filename).parts), zf.read(info)
-        except zipfile.BadZipFile as err:
-            raise UserError(f"cannot read archive {path}: {err}; check the file is a complete .zip") from err
+        yield from _iter_zip(path)
     else:
         raise UserError(f"{path} is not a directory, .tar.gz, .tgz, .tar or .zip: point data.source at an ImageFolder")
+
+
+def _damaged(path: Path, why: str, after: str | None) -> UserError:
+    where = f" after member {after}" if after else " at its start"
+    return UserError(f"archive {path} is damaged{where} ({why}): copy or download it again; no dataset cache was written")
+
+
+def _iter_tar(path: Path, compressed: bool) -> Iterator[tuple[tuple[str, ...], bytes]]:
+    """Members of a tar (gzip-compressed or not), streamed. ``tarfile`` ends quietly at a damaged header, and its
+    stream reader never checks the gzip checksum: so gzip is read by :mod:`gzip` (CRC and length checked at the
+    end), and what follows the last member must be the archive's zero padding and nothing else."""
+    last = None
+    try:
+        with open(path, "rb") as raw, (gzip.GzipFile(fileobj=raw) if compressed else raw) as stream, \
+                tarfile.open(fileobj=stream, mode="r|") as tar:
+            for m in tar:
+                if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES):
+                    f = tar.extractfile(m)
+                    if f is not None:
+                        yield tuple(Path(m.name).parts), f.read()
+                last = m.name
+            # tar stopped at its end-of-archive marker, or at a header it could not read: only zeros may follow
+            while chunk := tar.fileobj.read(1 << 20):
+                if chunk.count(0) != len(chunk):
+                    raise _damaged(path, "a member header does not read; the members after it would be lost", last)
+    except UserError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+        raise _damaged(path, f"{type(err).__name__}: {err}", last) from err
+
+
+def _iter_zip(path: Path) -> Iterator[tuple[tuple[str, ...], bytes]]:
+    """Members of a zip; a member that does not decompress or fails its CRC is the archive's damage, not a
+    corrupt image to skip."""
+    last = None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.is_dir() and info.filename.lower().endswith(IMAGE_SUFFIXES):
+                    try:
+                        data = zf.read(info)
+                    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+                        raise UserError(f"archive {path} is damaged: member {info.filename} does not read "
+                                        f"({type(err).__name__}: {err}); copy or download it again; no dataset "
+                                        "cache was written") from err
+                    yield tuple(Path(info.filename).parts), data
+                last = info.filename
+    except UserError:
+        raise
+    except (zipfile.BadZipFile, OSError) as err:
+        raise _damaged(path, f"{type(err).__name__}: {err}", last) from err
 
 
 def _iter_directory(path: Path) -> Iterator[tuple[tuple[str, ...], bytes]]:
@@ -189,6 +231,9 @@ def build_imagefolder_cache(
         split, cls = sc
         try:
             img = decode_image(data, image_size)
+        except DecompressionBombError as err:  # not corrupt, but not an image to decode blindly either
+            raise UserError(f"image {'/'.join(parts)} in {source} is too large to decode safely ({err}): "
+                            "shrink or remove it") from err
         except (UnidentifiedImageError, OSError, ValueError) as err:
             if on_corrupt == "fail":
                 raise _corrupt_error("/".join(parts), source, str(err)) from err

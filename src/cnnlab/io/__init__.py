@@ -6,6 +6,7 @@ Submodules, imported directly (``from cnnlab.io.files import write_json``):
 - ``images``: reading user images (any PIL mode, EXIF orientation; ``skimage:`` photos), ``IMAGE_SUFFIXES``, the one
   resize, PNG and matplotlib-figure writing.
 - ``cache``: ``keyed_cache``, the one "load a keyed .pt or compute and save it" (a damaged file is recomputed).
-- ``checkpoints``: ``read_cnnlab_file``, the one ``torch.load`` for cnnlab's own files.
+- ``checkpoints``: ``read_cnnlab_file``, the one ``torch.load`` for cnnlab's own files (CRC-checked), and
+  ``AtomicCheckpointIO``, the trainer's checkpoint writer.
 - ``progress``: the one optional progress-bar wrapper.
 """
