@@ -14,14 +14,13 @@ figures to W&B (offline without credentials).
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.cli import hydra_main, instantiate, instantiate_group, resolve_device
 from cnnlab.errors import UserError
-from cnnlab.reference import CLASSIFIER, is_reference, require
+from cnnlab.reference import CLASSIFIER, is_reference, require_file
 
 log = logging.getLogger("cnnlab")
 
@@ -49,8 +48,7 @@ def check(cfg: DictConfig) -> None:
         raise UserError(f"no checkpoint given: {NETWORK_OPTIONS}")
     if ckpt and network.get("arch"):
         raise UserError(f"both ckpt={ckpt} and network.arch={network['arch']} given: pass one network")
-    if is_reference(ckpt, CLASSIFIER):
-        require(ckpt, CLASSIFIER, NETWORK_OPTIONS)
+    require_file("ckpt", ckpt, CLASSIFIER, NETWORK_OPTIONS)
     resolve_device(cfg.device)
     if cfg.get("split", "test") not in SPLITS:
         raise UserError(f"split must be one of {list(SPLITS)}, got {cfg.split!r} (val to choose settings, test to report)")
@@ -99,18 +97,13 @@ def run(cfg: DictConfig) -> dict:
 
     from cnnlab.analysis.context import AnalysisContext
     from cnnlab.analysis.report import Report
-    from cnnlab.analysis.runners import ORDER, RUNNERS
-    from cnnlab.io.files import write_json
+    from cnnlab.analysis.runners import ORDER, check_analyses, run_all
     from cnnlab.subject import load_subject
     from cnnlab.tracking import ensure_wandb_started, finish_wandb
 
     check(cfg)
     analyses = OmegaConf.to_container(cfg.get("analyses") or {}, resolve=True)
-    unknown = [a for a in analyses if a not in RUNNERS]
-    if unknown:
-        raise UserError(f"unknown analysis {unknown}: choose from {ORDER} (analysis=[...])")
-    if not analyses:
-        raise UserError(f"no analysis selected: pass analysis=[{','.join(ORDER)}] or analysis=all")
+    check_analyses(analyses)
     device = resolve_device(cfg.device)
     torch.manual_seed(int(cfg.seed or 0))
     out_dir = Path(cfg.paths.output_dir)
@@ -128,19 +121,8 @@ def run(cfg: DictConfig) -> dict:
     ctx = AnalysisContext(subject, dm, out_dir, split=cfg.split, limit=cfg.get("limit"), batch_size=int(cfg.batch_size),
                           device=device, feature_cache_dir=cfg.get("feature_cache_dir"), loggers=loggers,
                           seed=int(cfg.seed or 0), report=report)
-    summary = {}
-    todo = [a for a in ORDER if a in analyses]
-    for i, name in enumerate(todo, 1):
-        t0 = time.perf_counter()
-        log.info("analysis %d/%d: %s", i, len(todo), name)
-        result = RUNNERS[name](ctx, **(analyses[name] or {}))
-        summary[name] = {"seconds": round(time.perf_counter() - t0, 2),
-                         **{k: v for k, v in result.items() if isinstance(v, (int, float, str, list, dict)) and k != "patches"}}
-        log.info("analysis %s done in %.0f s", name, summary[name]["seconds"])
-    path = report.write(out_dir / cfg.get("report_name", "report.html"))
-    write_json(out_dir / "analysis.json", {"report": str(path), "figures": [str(p) for p in ctx.figures], "analyses": summary})
-    log.info("report: %s", path)
-    print(f"report: {path}")
+    summary = run_all(ctx, analyses, cfg.get("report_name", "report.html"))
+    print(f"report: {out_dir / cfg.get('report_name', 'report.html')}")
     finish_wandb()
     return summary
 

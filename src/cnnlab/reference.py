@@ -30,7 +30,7 @@ class Reference:
         return Path(log_dir) / "reference" / self.run / "checkpoints" / "best.ckpt"
 
 
-CLASSIFIER = Reference("the reference CIFAR-10 classifier", "supervised_cifar", "cnnlab-train experiment=reference_cifar", "~15")
+CLASSIFIER = Reference("the reference CIFAR-10 classifier", "supervised_cifar", "cnnlab-train experiment=reference_cifar", "~10")
 COLORIZER = Reference("the reference colorizer", "colorize_cifar", "cnnlab-train experiment=reference_colorizer", "~15")
 
 
@@ -40,6 +40,14 @@ def is_reference(path: str | Path | None, ref: Reference) -> bool:
         return False
     parts = Path(str(path)).parts
     return parts[-4:] == ("reference", ref.run, "checkpoints", "best.ckpt")
+
+
+def require_file(option: str, path: str | Path | None, ref: Reference, others: str) -> None:
+    """Refuse a network file that does not exist, before any work: for ``ref``'s own path, say how to build it."""
+    if is_reference(path, ref):
+        require(path, ref, others)
+    elif path and not Path(str(path)).expanduser().exists():
+        raise UserError(f"{option}={path} does not exist: pass an existing file, or {others}")
 
 
 def require(path: str | Path, ref: Reference, others: str) -> None:

@@ -458,3 +458,36 @@ RUNNERS = {
 }
 #: the report's order
 ORDER = list(RUNNERS)
+
+
+def check_analyses(analyses: dict) -> None:
+    """Refuse unknown analysis names and an empty selection."""
+    unknown = [a for a in analyses if a not in RUNNERS]
+    if unknown:
+        raise UserError(f"unknown analysis {unknown}: choose from {ORDER} (analysis=[...])")
+    if not analyses:
+        raise UserError(f"no analysis selected: pass analysis=[{','.join(ORDER)}] or analysis=all")
+
+
+def run_all(ctx: AnalysisContext, analyses: dict[str, dict | None], report_name: str = "report.html") -> dict:
+    """Run ``analyses`` (name -> keyword arguments) in the report's order, saying which runs and how long each took;
+    write the report and ``analysis.json`` into the run dir. Returns ``{name: summary}`` (with ``seconds``)."""
+    import time
+
+    from cnnlab.io.files import write_json
+
+    check_analyses(analyses)
+    log = logging.getLogger("cnnlab")
+    summary = {}
+    todo = [a for a in ORDER if a in analyses]
+    for i, name in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        log.info("analysis %d/%d: %s", i, len(todo), name)
+        result = RUNNERS[name](ctx, **(analyses[name] or {}))
+        summary[name] = {"seconds": round(time.perf_counter() - t0, 2),
+                         **{k: v for k, v in result.items() if isinstance(v, (int, float, str, list, dict)) and k != "patches"}}
+        log.info("analysis %s done in %.0f s", name, summary[name]["seconds"])
+    path = ctx.report.write(ctx.out_dir / report_name)
+    write_json(ctx.out_dir / "analysis.json", {"report": str(path), "figures": [str(p) for p in ctx.figures], "analyses": summary})
+    log.info("report: %s", path)
+    return summary

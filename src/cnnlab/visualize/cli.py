@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.cli import hydra_main, instantiate, instantiate_group, resolve_device
 from cnnlab.config import print_config_tree
 from cnnlab.errors import UserError
-from cnnlab.reference import CLASSIFIER, is_reference, require
+from cnnlab.reference import CLASSIFIER, require_file
 
 # torch, Lightning and W&B are imported inside run(): a config mistake is reported in a second
 
@@ -35,12 +35,12 @@ def check(cfg: DictConfig) -> None:
     so a listing leaves no run dir behind."""
     resolve_device(cfg.get("device", "auto"))
     net = cfg.network
-    ckpt = net.get("checkpoint")
-    if not (net.get("trunk") or net.get("arch")):
-        if is_reference(ckpt, CLASSIFIER):
-            require(ckpt, CLASSIFIER, NETWORK_OPTIONS)
-        elif not ckpt:
+    if net.get("trunk"):
+        require_file("network.trunk", net.trunk, CLASSIFIER, NETWORK_OPTIONS)
+    elif not net.get("arch"):
+        if not net.get("checkpoint"):
             raise UserError(f"no network given: {NETWORK_OPTIONS}")
+        require_file("network.checkpoint", net.checkpoint, CLASSIFIER, NETWORK_OPTIONS)
     if cfg.get("list_layers"):
         print(build_network(net).describe_layers())
         raise SystemExit(0)

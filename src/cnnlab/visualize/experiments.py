@@ -17,9 +17,9 @@ import torch.nn.functional as F
 
 from cnnlab.analysis.attribution import saliency_map
 from cnnlab.errors import UserError
+from cnnlab.figures import grid_figure
 from cnnlab.hooks import LOGITS, LayerCapture
 from cnnlab.subject import Subject
-from cnnlab.figures import grid_figure
 from cnnlab.visualize import attacks as A
 from cnnlab.visualize import objectives as O
 from cnnlab.visualize.images import cifar_test_images, load_image, resize
@@ -65,9 +65,8 @@ class Context:
         """Write a matplotlib figure to ``<run dir>/images/<key>.png`` and send it to W&B."""
         import matplotlib.pyplot as plt
 
-        from cnnlab.tracking import log_images
-
         from cnnlab.io.files import atomic_save
+        from cnnlab.tracking import log_images
 
         path = atomic_save(self.out_dir / "images" / f"{key}.png", lambda tmp: fig.savefig(tmp, format="png", dpi=fig.dpi))
         plt.close(fig)
