@@ -408,7 +408,8 @@ def robustness(ctx: Context, eps: Sequence[float], count: int, steps: int, resta
     med = "not reached within eps_max" if median == float("inf") else f"{median * 255:.2f}/255"
     lines += ["", f"Median minimal L-inf perturbation (PGD bisection over eps, correctly classified points, n = {int(correct.sum())}): {med}."]
     write_text(ctx.out_dir / "robustness.md", "\n".join(lines) + "\n")
-    ctx.save_figure("robustness_curve", _curve_figure(rows, label, median), caption="robust accuracy against L-inf eps")
+    title = f"Robust accuracy of {ctx.network.name}, {len(x)} CIFAR-10 test images (bands: 95% Wilson intervals)"
+    ctx.save_figure("robustness_curve", _curve_figure(rows, label, median, title), caption="robust accuracy against L-inf eps")
     out = {f"robust/{r['attack']}/eps{r['eps_255']:g}": r["accuracy"] for r in rows}
     out.update({"curve_n": len(x), "curve_restarts": int(restarts), "curve_steps": int(steps),
                 "median_min_linf_255": median * 255 if median != float("inf") else None,
@@ -416,7 +417,7 @@ def robustness(ctx: Context, eps: Sequence[float], count: int, steps: int, resta
     return out
 
 
-def _curve_figure(rows: list[dict], label: dict, median: float):
+def _curve_figure(rows: list[dict], label: dict, median: float, title: str = ""):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -435,6 +436,7 @@ def _curve_figure(rows: list[dict], label: dict, median: float):
     ax.set_ylabel("robust accuracy")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9, wrap=True)
     fig.tight_layout()
     return fig
 
