@@ -159,12 +159,12 @@ def run_occlusion(ctx: AnalysisContext, images: int = 4, patch: int = 8, stride:
     rgb = _display_rgb(ctx, imgs)
     for i in range(len(imgs)):
         axes[0, i].imshow(rgb[i].permute(1, 2, 0).numpy())
-        axes[0, i].set_title(f"{names[i]} p={p0[i]:.2f}", fontsize=8)
+        axes[0, i].set_title(f"{target} {names[i]}: {output} {p0[i]:.2f}", fontsize=8)
         im = axes[1, i].imshow(heat[i].numpy(), cmap="jet", vmin=0, vmax=1 if output == "prob" else None)
-        axes[1, i].set_title(f"min {maps[i].min():.2f}", fontsize=8)
+        axes[1, i].set_title(f"occluded: min {maps[i].min():.2f}", fontsize=8)
         for a in axes[:, i]:
             a.axis("off")
-    fig.colorbar(im, ax=axes[1, :].tolist(), shrink=0.8)
+    fig.colorbar(im, ax=axes[1, :].tolist(), shrink=0.8, label=f"{output} of the target class")
     ctx.save_figure(sec, "occlusion", fig, f"top: image, target class and its probability; bottom: class {output} with the occluder over each pixel")
     return {"maps": maps, "targets": tgt.cpu()}
 
