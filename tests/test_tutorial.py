@@ -26,7 +26,7 @@ TUTORIAL = PROJECT_ROOT / "docs" / "tutorial.md"
 
 #: per command, what makes it smoke-sized (appended; the viz and analysis keys only where that viz is chosen)
 SMOKE = {
-    "cnnlab-train": ["trainer.max_epochs=1", "++trainer.max_steps=3", "data.train_limit=200", "data.test_limit=100",
+    "cnnlab-train": ["trainer.max_epochs=1", "data.train_limit=64", "data.test_limit=100",
                      "data.batch_size=32", "data.eval_batch_size=100", "++trainer.limit_val_batches=1", "backbone.width=4",
                      "logger=csv", "callbacks.progress_bar=null"],
     "cnnlab-gap": [],
