@@ -160,7 +160,9 @@ def test_bad_inputs_are_one_line_errors(classifier_ckpt, data_dir, tmp_path, mon
     with pytest.raises(UserError, match="does not exist"):
         run(compose_cfg(*base[1:], f"ckpt={tmp_path / 'nope.ckpt'}", "analysis=filters"))
     with pytest.raises(UserError, match="no checkpoint given"):
-        run(compose_cfg(*base[1:], "analysis=filters"))
+        run(compose_cfg(*base[1:], "ckpt=null", "analysis=filters"))
+    with pytest.raises(UserError, match=r"reference CIFAR-10 classifier is not built yet.*`cnnlab-train experiment=reference_cifar`.*network.arch="):
+        run(compose_cfg(*base[1:], f"paths.log_dir={tmp_path / 'fresh'}", "analysis=filters"))
     not_a_ckpt = tmp_path / "x.pt"
     torch.save({"weights": torch.zeros(2)}, not_a_ckpt)
     with pytest.raises(UserError, match="neither a cnnlab Lightning checkpoint nor a trunk file"):

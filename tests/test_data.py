@@ -127,6 +127,13 @@ def test_splits_label_fraction_and_colour_spaces(tmp_path):
             assert 0.0 <= x.min() and x.max() <= 1.0
     with pytest.raises(UserError, match="unknown colour space"):
         ImageDataModule(**kw, color_space="hsv")
+    quick = ImageDataModule(**kw, test_limit=30)
+    quick.setup()
+    ref = ImageDataModule(**kw)
+    ref.setup()
+    test, whole = quick.splits["test"], ref.splits["test"]
+    assert len(whole) == 100 and len(test) == 30 and np.bincount(test.labels.numpy()).tolist() == [3] * 10
+    assert torch.equal(quick.splits["val"].images, ref.splits["val"].images), "only the test split is cut"
 
 
 def test_epoch_seeded_sampler_repeats_per_epoch(tmp_path):

@@ -1,6 +1,7 @@
 """``cnnlab-analyze``: understanding tools on any cnnlab checkpoint, with one self-contained HTML report.
 
-    cnnlab-analyze ckpt=outputs/reference/supervised_cifar/checkpoints/last.ckpt       # every analysis
+    cnnlab-analyze                                                                   # every analysis of the reference classifier
+    cnnlab-analyze limit=100                                                         # the same on 100 test images (minutes)
     cnnlab-analyze ckpt=<colorization run>/trunk.pt analysis=[filters,patches,color_units]
     cnnlab-analyze ckpt=... analysis=occlusion analyses.occlusion.patch=6 limit=2000
     cnnlab-analyze network.arch=resnet50 network.weights=<resnet50.pth> network.image_size=96 analysis=[attribution]
@@ -13,35 +14,49 @@ figures to W&B (offline without credentials).
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.cli import hydra_main, instantiate, instantiate_group, resolve_device
 from cnnlab.errors import UserError
+from cnnlab.reference import CLASSIFIER, is_reference, require_file
 
 log = logging.getLogger("cnnlab")
 
 
+#: the options that name a network, for the errors that ask for one
+NETWORK_OPTIONS = ("analyse another network: ckpt=<run dir>/checkpoints/best.ckpt, ckpt=<run dir>/trunk.pt "
+                   "or network.arch=<torchvision model> (e.g. network.arch=resnet18)")
+
+
 def _network(cfg: DictConfig) -> tuple[str | None, dict]:
-    """``(checkpoint path or None, network options)``: the network to inspect."""
+    """``(checkpoint path or None, network options)``: the network to inspect; ``network.arch`` replaces the
+    default checkpoint (the reference classifier)."""
     network = OmegaConf.to_container(cfg.get("network") or {}, resolve=True)
     ckpt = None if OmegaConf.is_missing(cfg, "ckpt") else cfg.ckpt
+    if network.get("arch") and is_reference(ckpt, CLASSIFIER):
+        ckpt = None
     return ckpt or None, network
 
 
 def check(cfg: DictConfig) -> None:
-    """What ``cnnlab-analyze`` can refuse before any work."""
+    """What ``cnnlab-analyze`` can refuse before any work (before the run dir exists); ``list_layers=true``
+    lists them here and exits, so a listing leaves no run dir behind."""
     ckpt, network = _network(cfg)
     if not ckpt and not network.get("arch"):
-        raise UserError("no checkpoint given: pass ckpt=<run dir>/checkpoints/last.ckpt, ckpt=<run dir>/trunk.pt "
-                        "or network.arch=<torchvision model>")
+        raise UserError(f"no checkpoint given: {NETWORK_OPTIONS}")
     if ckpt and network.get("arch"):
         raise UserError(f"both ckpt={ckpt} and network.arch={network['arch']} given: pass one network")
+    require_file("ckpt", ckpt, CLASSIFIER, NETWORK_OPTIONS)
     resolve_device(cfg.device)
     if cfg.get("split", "test") not in SPLITS:
         raise UserError(f"split must be one of {list(SPLITS)}, got {cfg.split!r} (val to choose settings, test to report)")
+    if cfg.get("list_layers"):
+        from cnnlab.subject import load_subject
+
+        print(load_subject(path=ckpt, **network).describe_layers())
+        raise SystemExit(0)
 
 
 #: the splits an analysis can read; ``val`` is the training run's held-out split (see ``build_datamodule``)
@@ -82,18 +97,13 @@ def run(cfg: DictConfig) -> dict:
 
     from cnnlab.analysis.context import AnalysisContext
     from cnnlab.analysis.report import Report
-    from cnnlab.analysis.runners import ORDER, RUNNERS
-    from cnnlab.io.files import write_json
+    from cnnlab.analysis.runners import ORDER, check_analyses, run_all
     from cnnlab.subject import load_subject
     from cnnlab.tracking import ensure_wandb_started, finish_wandb
 
     check(cfg)
     analyses = OmegaConf.to_container(cfg.get("analyses") or {}, resolve=True)
-    unknown = [a for a in analyses if a not in RUNNERS]
-    if unknown:
-        raise UserError(f"unknown analysis {unknown}: choose from {ORDER} (analysis=[...])")
-    if not analyses:
-        raise UserError(f"no analysis selected: pass analysis=[{','.join(ORDER)}] or analysis=all")
+    check_analyses(analyses)
     device = resolve_device(cfg.device)
     torch.manual_seed(int(cfg.seed or 0))
     out_dir = Path(cfg.paths.output_dir)
@@ -111,19 +121,8 @@ def run(cfg: DictConfig) -> dict:
     ctx = AnalysisContext(subject, dm, out_dir, split=cfg.split, limit=cfg.get("limit"), batch_size=int(cfg.batch_size),
                           device=device, feature_cache_dir=cfg.get("feature_cache_dir"), loggers=loggers,
                           seed=int(cfg.seed or 0), report=report)
-    summary = {}
-    for name in ORDER:
-        if name not in analyses:
-            continue
-        t0 = time.perf_counter()
-        log.info("analysis %s", name)
-        result = RUNNERS[name](ctx, **(analyses[name] or {}))
-        summary[name] = {"seconds": round(time.perf_counter() - t0, 2),
-                         **{k: v for k, v in result.items() if isinstance(v, (int, float, str, list, dict)) and k != "patches"}}
-    path = report.write(out_dir / cfg.get("report_name", "report.html"))
-    write_json(out_dir / "analysis.json", {"report": str(path), "figures": [str(p) for p in ctx.figures], "analyses": summary})
-    log.info("report: %s", path)
-    print(f"report: {path}")
+    summary = run_all(ctx, analyses, cfg.get("report_name", "report.html"))
+    print(f"report: {out_dir / cfg.get('report_name', 'report.html')}")
     finish_wandb()
     return summary
 

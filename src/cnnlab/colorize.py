@@ -1,10 +1,11 @@
 """``cnnlab-colorize``: colorize an image or a folder of images with a trained colorization checkpoint.
 
-    cnnlab-colorize photo.jpg --ckpt outputs/colorize_cifar/runs/<dir>/checkpoints/last.ckpt
+    cnnlab-colorize photos/ --panel          # the reference colorizer (cnnlab-train experiment=reference_colorizer)
+    cnnlab-colorize photo.jpg --ckpt outputs/colorize_cifar/runs/<dir>/checkpoints/best.ckpt
     cnnlab-colorize photos/ --ckpt <ckpt> --out colorized/ --panel
 
-Each input becomes ``<out>/<name>_color.png`` at the input's full resolution (with ``--panel``: gray |
-colorized side by side, and the original too when it had colour). The model predicts the colour at a
+Each input becomes ``<out>/<name>_color.png`` at the input's full resolution (with ``--panel``: gray input |
+colorized side by side, and the original too when it had colour, each captioned). The model predicts the colour at a
 working size (the scale it was trained at, or ``--size``); that colour is upsampled and recombined with
 the photo's own full-resolution lightness, so every detail stays and memory does not grow with the photo.
 
@@ -27,8 +28,10 @@ from PIL import Image
 from cnnlab.cli import exit_on_user_error
 from cnnlab.color import lab_to_rgb, rgb_to_lab
 from cnnlab.colorization.hypercolumn import grid_bands, grid_map, pixel_centers, sample_hypercolumns
+from cnnlab.config import PROJECT_ROOT
 from cnnlab.errors import UserError
 from cnnlab.io.images import IMAGE_SUFFIXES, open_image, png_text, resize, to_tensor, write_png
+from cnnlab.reference import COLORIZER, is_reference, require
 
 #: PNG text key naming the input an output was made from (how reruns recognise their own results)
 SOURCE_KEY = "cnnlab-colorize-source"
@@ -123,10 +126,13 @@ def colorize_image(model, im: Image.Image, size: int | None = None, full_resolut
     result = recombine(rgb8, ab)
     if not panel:
         return result
-    parts = [recombine(rgb8, None), result]
+    from cnnlab.figures import captioned_row
+
+    parts, captions = [recombine(rgb8, None), result], ["gray input (its lightness)", "colorized"]
     if int((rgb8.max(2).astype(np.int16) - rgb8.min(2)).max()) > 2:  # the original had colour: show it as truth
         parts.append(rgb8)
-    return np.concatenate(parts, axis=1)
+        captions.append("original")
+    return captioned_row(parts, captions)
 
 
 def _progress(items: list, enabled: bool):
@@ -151,6 +157,8 @@ def colorize_files(inputs: list[Path], ckpt: str | Path, out_dir: Path, size: in
 
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file: pass a folder for the colorized images")
+    if is_reference(ckpt, COLORIZER):
+        require(ckpt, COLORIZER, "pass --ckpt <a colorization run>/checkpoints/best.ckpt")
     model = load_module(ckpt, expect=Colorizer)
     result: dict[str, list[Path]] = {"written": [], "done": [], "skipped": []}
     with _writing(out_dir, result["written"]):
@@ -205,7 +213,9 @@ def _writing(target: Path, written: list[Path]):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cnnlab-colorize", description="Colorize images with a trained colorization checkpoint.")
     p.add_argument("input", help="an image file or a folder of images")
-    p.add_argument("--ckpt", required=True, help="a colorization checkpoint (.ckpt from a cnnlab-train colorization run)")
+    p.add_argument("--ckpt", default=str(COLORIZER.path(PROJECT_ROOT / "outputs")),
+                   help="a colorization checkpoint (.ckpt from a cnnlab-train colorization run); default: the reference "
+                        f"colorizer, built once by `{COLORIZER.command}`")
     p.add_argument("--out", default="colorized", help="output folder (default: colorized/); may be the input folder")
     p.add_argument("--size", type=int, default=None,
                    help="working size: the model sees the shorter side at this many pixels (default: the size it was "

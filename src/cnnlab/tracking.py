@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import save_image
 
 log = logging.getLogger(__name__)
 WANDB_ID_FILE = "wandb_id.txt"
@@ -209,9 +209,26 @@ def log_images(loggers: Sequence[Logger], key: str, images: Sequence[torch.Tenso
 @rank_zero_only
 def log_image_grid(trainer, key: str, images: torch.Tensor, nrow: int = 8, caption: str | None = None,
                    normalize: bool = False, out_dir: str | Path | None = None) -> Path | None:
-    """Save an image grid as ``<run dir>/images/<key>/step_<N>.png`` and send it to every image-capable logger."""
+    """Save a labelled image grid as ``<run dir>/images/<key>/step_<N>.png`` and send it to every image-capable logger.
+
+    The PNG is titled with ``key``, the epoch and the step; a ``caption`` of ``" | "``-separated names whose count
+    divides ``nrow`` ("gray | prediction | truth") labels the columns, repeated across the row.
+    """
+    import matplotlib.pyplot as plt
+
+    from cnnlab.figures import grid_figure
+    from cnnlab.io.files import atomic_save
+
     root = Path(out_dir or trainer.default_root_dir)
-    path = save_grid(images, root / "images" / key.replace("/", "_") / f"step_{trainer.global_step:07d}.png", nrow, normalize=normalize)
-    grid = make_grid(images.detach().float().cpu(), nrow=nrow, normalize=normalize).clamp(0, 1)
-    log_images(trainer.loggers, key, [grid], caption, step=trainer.global_step)
+    images = images.detach().float().cpu()
+    if normalize:  # to [0, 1] over the whole batch, as make_grid(normalize=True)
+        images = (images - images.min()) / (images.max() - images.min()).clamp_min(1e-12)
+    names = caption.split(" | ") if caption else []
+    cols = names * (nrow // len(names)) if names and nrow % len(names) == 0 else None
+    fig = grid_figure(images, nrow, f"{key}, epoch {trainer.current_epoch}, step {trainer.global_step}", cols=cols,
+                      caption=None if cols else caption)
+    path = root / "images" / key.replace("/", "_") / f"step_{trainer.global_step:07d}.png"
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=fig.dpi))
+    plt.close(fig)
+    log_images(trainer.loggers, key, [path], caption, step=trainer.global_step)
     return path

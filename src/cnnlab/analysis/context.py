@@ -124,21 +124,27 @@ class AnalysisContext:
     def section(self, key: str, title: str, text: str = "") -> Section:
         return self.report.section(key, title, text)
 
-    def save_figure(self, section: Section, name: str, figure, caption: str, nrow: int = 8) -> Path:
+    def save_figure(self, section: Section, name: str, figure, caption: str, nrow: int = 8, rows: list[str] | None = None,
+                    cols: list[str] | None = None) -> Path:
         """Save a matplotlib figure or a ``(B, C, H, W)``/``(C, H, W)`` tensor in [0, 1] as ``analysis_<name>.png``.
 
+        Every PNG says what it shows on its own: an image grid gets the section's title, the caption and the
+        ``rows``/``cols`` labels (:func:`~cnnlab.figures.grid_figure`); a figure without a title gets the section's.
         The PNG goes to the run dir, into the report section and to every W&B logger.
         """
-        from cnnlab.tracking import log_images, save_grid
+        from cnnlab.io.images import write_figure
+        from cnnlab.tracking import log_images
 
         path = self.out_dir / f"analysis_{name}.png"
         if isinstance(figure, torch.Tensor):
-            imgs = figure if figure.dim() == 4 else figure[None]
-            save_grid(imgs.clamp(0, 1), path, nrow=nrow, padding=1 if imgs.shape[-1] < 48 else 2)
-        else:
-            from cnnlab.io.images import write_figure
+            from cnnlab.figures import grid_figure
 
-            write_figure(path, figure, dpi=figure.dpi, bbox_inches="tight")
+            imgs = figure if figure.dim() == 4 else figure[None]
+            figure = grid_figure(imgs, nrow, section.title, rows, cols, caption=caption, min_tile=48,
+                                 padding=1 if imgs.shape[-1] < 48 else 2)
+        elif figure._suptitle is None:
+            figure.suptitle(section.title, fontsize=10, weight="bold")
+        write_figure(path, figure, dpi=figure.dpi, bbox_inches="tight")
         section.figures.append(_figure(path, caption))
         self.figures.append(path)
         log_images(self.loggers, f"analysis/{name}", [path], caption)

@@ -58,7 +58,8 @@ def run_filters(ctx: AnalysisContext, layer: str | None = None, higher_layers=()
         k = upscale(flt.kernel_images(lconv.weight, max_out, max_in), scale)
         n_in = min(max_in, lconv.weight.shape[1])
         ctx.save_figure(sec, f"filters_{lname.replace('.', '_')}", k,
-                        f"{lname}: first {min(max_out, lconv.weight.shape[0])} output filters (rows) x first {n_in} input channels (columns)", nrow=n_in)
+                        f"{lname}: first {min(max_out, lconv.weight.shape[0])} output filters (rows) x first {n_in} input channels (columns)", nrow=n_in,
+                        rows=[f"out {i}" for i in range(min(max_out, lconv.weight.shape[0]))], cols=[f"in {j}" for j in range(n_in)])
     return {"layer": name, "filters": int(w.shape[0])}
 
 
@@ -82,7 +83,8 @@ def run_patches(ctx: AnalysisContext, tap: str | None = None, units=8, k: int = 
                       f"For units of {tap} (receptive field {rf.size} px, stride {rf.jump}): the {k} images of the {ctx.split} split "
                       f"({len(ctx.dataset())} images) where the unit's strongest response is largest, cropped to its receptive field.")
     grid = pt.patch_grid_images(found, ctx.images, rf.size, size)
-    ctx.save_figure(sec, f"patches_{tap}", enlarge(grid, 48), f"{tap}: one row per unit ({unit_list}), strongest first", nrow=k)
+    ctx.save_figure(sec, f"patches_{tap}", enlarge(grid, 48), f"{tap}: one row per unit, strongest first", nrow=k,
+                    rows=[f"unit {u}" for u in unit_list], cols=[f"#{i + 1}" for i in range(k)])
     rows = [[u, *(f"{p.activation:.2f}" for p in found[u][:min(k, 5)])] for u in unit_list]
     sec.tables.append((["unit", *(f"#{i + 1}" for i in range(min(k, 5)))], rows))
     return {"tap": tap, "units": unit_list, "patches": found}
@@ -114,7 +116,8 @@ def run_embedding(ctx: AnalysisContext, tap: str | None = None, target_dims: int
     idx, sims = emb.nearest_neighbours(x_e, x_e[q_idx], k=neighbours + 1)
     tiles = torch.cat([ctx.images[idx[r]] for r in range(len(q_idx))]).float() / 255
     ctx.save_figure(sec, "embedding_neighbours", enlarge(tiles, 48),
-                    f"nearest neighbours by cosine similarity of {tap} features: first column is the query, then its {neighbours} nearest", nrow=neighbours + 1)
+                    f"nearest neighbours by cosine similarity of {tap} features: first column is the query, then its {neighbours} nearest", nrow=neighbours + 1,
+                    cols=["query", *(f"{i + 1}" for i in range(neighbours))])
     return {"tap": tap, "coords": coords, "purity": purity}
 
 
@@ -158,12 +161,12 @@ def run_occlusion(ctx: AnalysisContext, images: int = 4, patch: int = 8, stride:
     rgb = _display_rgb(ctx, imgs)
     for i in range(len(imgs)):
         axes[0, i].imshow(rgb[i].permute(1, 2, 0).numpy())
-        axes[0, i].set_title(f"{names[i]} p={p0[i]:.2f}", fontsize=8)
+        axes[0, i].set_title(f"{target} {names[i]}: {output} {p0[i]:.2f}", fontsize=8)
         im = axes[1, i].imshow(heat[i].numpy(), cmap="jet", vmin=0, vmax=1 if output == "prob" else None)
-        axes[1, i].set_title(f"min {maps[i].min():.2f}", fontsize=8)
+        axes[1, i].set_title(f"occluded: min {maps[i].min():.2f}", fontsize=8)
         for a in axes[:, i]:
             a.axis("off")
-    fig.colorbar(im, ax=axes[1, :].tolist(), shrink=0.8)
+    fig.colorbar(im, ax=axes[1, :].tolist(), shrink=0.8, label=f"{output} of the target class")
     ctx.save_figure(sec, "occlusion", fig, f"top: image, target class and its probability; bottom: class {output} with the occluder over each pixel")
     return {"maps": maps, "targets": tgt.cpu()}
 
@@ -196,7 +199,8 @@ def run_attribution(ctx: AnalysisContext, images: int = 4, methods=attr_mod.METH
                       f"Rows: image, then {', '.join(methods)} for the target class ({target}: {names}). Saliency and integrated gradients "
                       f"show max |attribution| over channels; deconvnet and guided backprop are drawn around gray; Grad-CAM at {cam_tap}.")
     grid = torch.cat(rows)
-    ctx.save_figure(sec, "attribution", enlarge(grid, 64), f"rows: image, {', '.join(methods)}", nrow=len(imgs))
+    ctx.save_figure(sec, "attribution", enlarge(grid, 64), f"target class ({target}) above each column; Grad-CAM at {cam_tap}", nrow=len(imgs),
+                    rows=["image", *methods], cols=[ctx.subject.class_name(int(t)) for t in tgt])
     return {"targets": tgt.cpu(), **results}
 
 
@@ -234,7 +238,9 @@ def run_color_units(ctx: AnalysisContext, tap: str | None = None, top_cells: int
     grid = pt.patch_grid_images({u: found[u] for u in picked}, ctx.images, rf.size, ctx.images.shape[-1])
     ctx.save_figure(sec, "color_units_patches", enlarge(grid, 48),
                     f"top patches (in colour, though the trunk saw {ctx.subject.color_space}): first {len(colour_units)} rows the most colour-specific units "
-                    f"{[int(u) for u in colour_units]}, then the most class-selective {[int(u) for u in object_units]}", nrow=k)
+                    f"{[int(u) for u in colour_units]}, then the most class-selective {[int(u) for u in object_units]}", nrow=k,
+                    rows=[*(f"colour unit {u}" for u in colour_units), *(f"object unit {u}" for u in object_units)],
+                    cols=[f"#{i + 1}" for i in range(k)])
     header = ["unit", "kind", "hue consistency", "chroma ratio", "corr(act, chroma)", "hue (deg)", "class selectivity", "preferred class"]
     rows = [[u, str(cats[u]), float(stats.hue_consistency[u]), float(stats.chroma_ratio[u]), float(stats.chroma_corr[u]),
              float(stats.mean_hue_deg[u]), float(stats.class_selectivity[u]), _class_name(classes, int(stats.preferred_class[u]))] for u in picked]
@@ -395,15 +401,19 @@ def run_sanity(ctx: AnalysisContext, images: int = 32, methods=faith.METHODS, ta
     original = {m: maps(model, ex) for m, ex in explainers.items()}
     acc = {k: {m: torch.zeros(len(layers)) for m in explainers} for k in ("spearman", "spearman_abs", "ssim")}
     shown = {m: [original[m][1][0]] for m in explainers}  # abs maps of the first image at every depth (first draw)
+    # one bar over every (draw, depth): its ETA is the section's
+    bar = iter(show_progress(range(draws * len(layers)), f"cascading randomization ({draws} draws x {len(layers)} layers)"))
     for r in range(draws):  # independent re-initializations: one draw of a layer's weights can be a lucky one
         steps = san.cascading_randomization(model, layers, seed + 1000 * r)
-        for j, (_, rand) in enumerate(show_progress(steps, f"cascading randomization {r + 1}/{draws}", len(layers))):
+        for j, (_, rand) in enumerate(steps):
+            next(bar, None)
             for m, ex in explainers.items():
                 signed, absolute = maps(rand, ex)
                 for k, v in san.map_similarity(*original[m], signed, absolute).items():
                     acc[k][m][j] += float(v.mean()) / draws
                 if r == 0:
                     shown[m].append(absolute[0])
+    next(bar, None)  # ends the bar
     scores = {k: {m: [1.0, *(round(float(v), 6) for v in acc[k][m])] for m in explainers} for k in acc}
     depth_names = ["(trained)", *(_layer_label(ctx, model, n) for n in layers)]
     sec = ctx.section("sanity", "Sanity check: cascading model randomization",
@@ -431,7 +441,8 @@ def run_sanity(ctx: AnalysisContext, images: int = 32, methods=faith.METHODS, ta
         rows += [rgb, (t / t.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1))[:, None].expand(-1, 3, -1, -1)]
     ctx.save_figure(sec, "sanity_maps", enlarge(torch.cat(rows), 48),
                     f"one row per method ({', '.join(explainers)}): the image, |map| of the trained model, then after randomizing "
-                    f"down to each of the {len(layers)} layers (columns as in the curves)", nrow=len(depth_names) + 1)
+                    f"down to each of the {len(layers)} layers (columns as in the curves)", nrow=len(depth_names) + 1,
+                    rows=list(explainers), cols=["image", "trained", *(str(j + 1) for j in range(len(layers)))])
     for k in ("spearman_abs", "spearman", "ssim"):
         sec.tables.append(([f"{k}: randomized down to", *explainers],
                            [[d, *(scores[k][m][j] for m in explainers)] for j, d in enumerate(depth_names)]))
@@ -448,3 +459,36 @@ RUNNERS = {
 }
 #: the report's order
 ORDER = list(RUNNERS)
+
+
+def check_analyses(analyses: dict) -> None:
+    """Refuse unknown analysis names and an empty selection."""
+    unknown = [a for a in analyses if a not in RUNNERS]
+    if unknown:
+        raise UserError(f"unknown analysis {unknown}: choose from {ORDER} (analysis=[...])")
+    if not analyses:
+        raise UserError(f"no analysis selected: pass analysis=[{','.join(ORDER)}] or analysis=all")
+
+
+def run_all(ctx: AnalysisContext, analyses: dict[str, dict | None], report_name: str = "report.html") -> dict:
+    """Run ``analyses`` (name -> keyword arguments) in the report's order, saying which runs and how long each took;
+    write the report and ``analysis.json`` into the run dir. Returns ``{name: summary}`` (with ``seconds``)."""
+    import time
+
+    from cnnlab.io.files import write_json
+
+    check_analyses(analyses)
+    log = logging.getLogger("cnnlab")
+    summary = {}
+    todo = [a for a in ORDER if a in analyses]
+    for i, name in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        log.info("analysis %d/%d: %s", i, len(todo), name)
+        result = RUNNERS[name](ctx, **(analyses[name] or {}))
+        summary[name] = {"seconds": round(time.perf_counter() - t0, 2),
+                         **{k: v for k, v in result.items() if isinstance(v, (int, float, str, list, dict)) and k != "patches"}}
+        log.info("analysis %s done in %.0f s", name, summary[name]["seconds"])
+    path = ctx.report.write(ctx.out_dir / report_name)
+    write_json(ctx.out_dir / "analysis.json", {"report": str(path), "figures": [str(p) for p in ctx.figures], "analyses": summary})
+    log.info("report: %s", path)
+    return summary

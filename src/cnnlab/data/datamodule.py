@@ -128,6 +128,7 @@ class ImageDataModule(pl.LightningDataModule):
         label_fraction: float = 1.0,
         label_seed: int = 0,
         train_limit: int | None = None,
+        test_limit: int | None = None,
         shuffle_seed: int = 0,
         color_space: str = "rgb",
         augment: Sequence[str] = ("crop", "flip"),
@@ -211,6 +212,11 @@ class ImageDataModule(pl.LightningDataModule):
             self.splits["test"] = self.splits["val"]
         if len(self.splits["val"]) == 0:
             self.splits["val"] = self.splits["test"]
+        if h.get("test_limit") and h.test_limit < len(self.splits["test"]):
+            # quick runs only: a fixed class-balanced part of the test split; reported numbers use all of it
+            test = self.splits["test"]
+            keep = torch.from_numpy(balanced_subset(test.labels.numpy(), count=h.test_limit, seed=h.split_seed))
+            self.splits["test"] = TensorImageDataset(test.images[keep], test.labels[keep])
         for name, ds in self.splits.items():
             if len(ds) == 0:
                 raise UserError(f"the {name} split is empty: check data.source, data.train_limit and data.label_fraction")

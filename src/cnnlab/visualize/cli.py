@@ -1,6 +1,6 @@
 """``cnnlab-visualize``: run one configured visualization or attack (``python -m cnnlab.visualize``).
 
-    cnnlab-visualize viz=class_model                       # the reference CIFAR-10 classifier
+    cnnlab-visualize                                       # class models of the reference CIFAR-10 classifier
     cnnlab-visualize viz=style viz.style_image=<painting>  # neural style
     cnnlab-visualize viz=inversion network.trunk=<trunk.pt> viz.layers=[conv2_1,conv3_1]
     cnnlab-visualize viz=deepdream network.arch=vgg16 network.weights=<vgg16.pth> viz.layer=conv4_3
@@ -17,10 +17,33 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.cli import hydra_main, instantiate, instantiate_group, resolve_device
 from cnnlab.config import print_config_tree
+from cnnlab.errors import UserError
+from cnnlab.reference import CLASSIFIER, require_file
 
 # torch, Lightning and W&B are imported inside run(): a config mistake is reported in a second
 
 log = logging.getLogger("cnnlab")
+
+
+#: the options that name a network, for the errors that ask for one
+NETWORK_OPTIONS = ("inspect another network: network.checkpoint=<run>/checkpoints/best.ckpt, network.trunk=<run>/trunk.pt "
+                   "or network.arch=<torchvision model> (e.g. network.arch=resnet18)")
+
+
+def check(cfg: DictConfig) -> None:
+    """What ``cnnlab-visualize`` refuses before the run dir exists; ``list_layers=true`` lists them here and exits,
+    so a listing leaves no run dir behind."""
+    resolve_device(cfg.get("device", "auto"))
+    net = cfg.network
+    if net.get("trunk"):
+        require_file("network.trunk", net.trunk, CLASSIFIER, NETWORK_OPTIONS)
+    elif not net.get("arch"):
+        if not net.get("checkpoint"):
+            raise UserError(f"no network given: {NETWORK_OPTIONS}")
+        require_file("network.checkpoint", net.checkpoint, CLASSIFIER, NETWORK_OPTIONS)
+    if cfg.get("list_layers"):
+        print(build_network(net).describe_layers())
+        raise SystemExit(0)
 
 
 def build_network(cfg: DictConfig):
@@ -68,7 +91,7 @@ def run(cfg: DictConfig) -> dict:
     return metrics
 
 
-@hydra_main("visualize", check=lambda cfg: resolve_device(cfg.get("device", "auto")))
+@hydra_main("visualize", check=check)
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

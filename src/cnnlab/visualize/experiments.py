@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from cnnlab.analysis.attribution import saliency_map
 from cnnlab.data.datamodule import cifar_test_images
 from cnnlab.errors import UserError
+from cnnlab.figures import grid_figure
 from cnnlab.hooks import LOGITS, LayerCapture
 from cnnlab.io.images import load_image, resize, write_figure
 from cnnlab.subject import Subject
-from cnnlab.tiles import enlarge
-from cnnlab.tracking import log_images, log_metrics, save_grid
+from cnnlab.tracking import log_images, log_metrics
 from cnnlab.visualize import attacks as A
 from cnnlab.visualize import objectives as O
 from cnnlab.visualize.module import ImageOptimization, run_optimization
@@ -57,22 +57,15 @@ class Context:
         module.to("cpu")
         return module
 
-    def save(self, key: str, images: torch.Tensor, nrow: int = 8, caption: str | None = None, min_tile: int = 96) -> Path:
-        """Write a grid PNG (tiles upscaled with nearest neighbours to >= ``min_tile`` px) and send it to W&B."""
-        images = images.detach().float().cpu().clamp(0, 1)
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        images = enlarge(images, min_tile)
-        path = save_grid(images, self.out_dir / "images" / f"{key}.png", nrow=nrow)
-        from torchvision.utils import make_grid
-
-        log_images(self.loggers, f"viz/{key}", [make_grid(images, nrow=nrow)], caption or key, step=self.step)
-        log.info("saved %s", path)
-        return path
+    def save(self, key: str, images: torch.Tensor, nrow: int = 8, caption: str | None = None, title: str | None = None,
+             rows: Sequence[str] | None = None, cols: Sequence[str] | None = None, notes: Sequence[str] | None = None) -> Path:
+        """Write a labelled grid (:func:`~cnnlab.figures.grid_figure`: ``title`` over ``caption``, row and column labels,
+        a note under each tile) to ``<run dir>/images/<key>.png`` and send it to W&B."""
+        return self.save_figure(key, grid_figure(images, nrow, title, rows, cols, notes, caption), caption or title or key)
 
     def save_figure(self, key: str, fig, caption: str | None = None) -> Path:
         """Write a matplotlib figure to ``<run dir>/images/<key>.png`` and send it to W&B."""
-        path = write_figure(self.out_dir / "images" / f"{key}.png", fig)
+        path = write_figure(self.out_dir / "images" / f"{key}.png", fig, dpi=fig.dpi)
         log_images(self.loggers, f"viz/{key}", [path], caption or key, step=self.step)
         log.info("saved %s", path)
         return path
@@ -94,6 +87,11 @@ class Context:
             return torch.cat([resize(i, tuple(shape)) for i in imgs]), None
         x, y, _ = cifar_test_images(count, self.data_dir)
         return resize(x, size) if size and size != x.shape[-1] else x, y
+
+
+def _cols(n: int) -> int:
+    """Tiles per row for ``n`` single images: at most 5, so labels under 96-px tiles keep their room."""
+    return min(n, 5)
 
 
 def _size(ctx: Context, size) -> int:
@@ -127,8 +125,11 @@ def class_model(ctx: Context, classes: Sequence | None = None, steps: int = 200,
     out = mod.result()
     probs = _logits(ctx, out).softmax(1)
     names = [ctx.network.class_name(i) for i in idx]
-    ctx.save("class_model", out, nrow=len(idx), caption=" | ".join(names))
     conf = probs[torch.arange(len(idx)), torch.tensor(idx)]
+    ctx.save("class_model", out, nrow=_cols(len(idx)), title=f"Class models of {ctx.network.name} (Simonyan et al.)",
+             caption=f"each image maximizes one class score from gray ({steps} steps {optimizer}, L2 {l2_weight:g}"
+                     f"{', robust transforms' if robust else ''}); under it: the class and its softmax probability",
+             notes=[f"{n} p={float(p):.2f}" for n, p in zip(names, conf)])
     return {"objective_start": mod.history[0], "objective_end": mod.history[-1],
             "mean_target_prob": float(conf.mean()), **{f"prob/{n}": float(p) for n, p in zip(names, conf)}}
 
@@ -148,7 +149,10 @@ def saliency(ctx: Context, images: Sequence[str] | None = None, count: int = 10,
     flat = sal.flatten(1)
     norm = (flat / flat.amax(1, keepdim=True).clamp_min(1e-12)).view_as(sal)
     grid = torch.cat([x, norm.unsqueeze(1).expand(-1, 3, -1, -1)])
-    ctx.save("saliency", grid, nrow=len(x), caption="top: image, bottom: |d score / d x| (max over channels)")
+    names = [ctx.network.class_name(int(i)) for i in t]
+    ctx.save("saliency", grid, nrow=len(x), title=f"Image-specific class saliency of {ctx.network.name} (Simonyan et al.)",
+             caption=f"|d score / d x|, max over colour channels, for the {target} class", rows=["image", "saliency"],
+             cols=None if y is None else [f"true {ctx.network.class_name(int(a))}" for a in y], notes=[*names, *names])
     # share of the saliency mass in the central half of the image (objects are mostly centred)
     h, w = sal.shape[-2:]
     centre = sal[:, h // 4: h - h // 4, w // 4: w - w // 4].sum((1, 2)) / sal.sum((1, 2)).clamp_min(1e-12)
@@ -183,7 +187,9 @@ def actmax(ctx: Context, layer: str = LOGITS, units: Sequence | None = None, pre
                            post_steps=[StepRegularizer(**YOSINSKI_PRESETS[p])])
         rows.append(mod.result())
         out[f"{p}/objective_start"], out[f"{p}/objective_end"] = mod.history[0], mod.history[-1]
-    ctx.save("actmax", torch.cat(rows), nrow=len(idx), caption="rows: presets " + ",".join(presets) + "; columns: " + " | ".join(names))
+    ctx.save("actmax", torch.cat(rows), nrow=len(idx), title=f"Activation maximization of {ctx.network.name} (Yosinski et al.)",
+             caption=f"one unit per column, one regularization preset per row ({steps} steps)", rows=[f"preset {p}" for p in presets],
+             cols=names)
     return out
 
 
@@ -196,11 +202,13 @@ def featviz(ctx: Context, layer: str = LOGITS, units: Sequence | None = None, im
     of the radial log10 power spectrum from that of natural images of the same size).
     """
     images, alpha, names, out = render_units(ctx, layer, units, image, size, steps, lr, robust, spectrum)
-    rows, caption = [images], f"{image}: " + " | ".join(names)
+    rows, labels = [images], [image]
     if alpha is not None:
         rows += [alpha.expand(-1, 3, -1, -1), images * alpha + (1 - alpha)]
-        caption += "; rows: image, transparency (accumulated |d loss / d image|), image on white by it"
-    ctx.save(f"featviz_{image}", torch.cat(rows), nrow=len(names), caption=caption)
+        labels += ["transparency", "on white by it"]
+    ctx.save(f"featviz_{image}", torch.cat(rows), nrow=len(names), title=f"Feature visualization of {ctx.network.name}",
+             caption=f"{image} parameterization, {steps} steps{', robust transforms' if robust else ''}; one unit per column"
+                     + ("; transparency = accumulated |d loss / d image|" if alpha is not None else ""), rows=labels, cols=names)
     return out
 
 
@@ -253,7 +261,9 @@ def inversion(ctx: Context, images: Sequence[str] | None = None, count: int = 4,
         out[f"{layer}/objective_start"], out[f"{layer}/objective_end"] = mod.history[0], mod.history[-1]
     # rows: images; columns: original, then one reconstruction per layer
     grid = torch.stack(cols, dim=1).flatten(0, 1)
-    ctx.save("inversion", grid, nrow=len(cols), caption="columns: original, " + ", ".join(layers))
+    ctx.save("inversion", grid, nrow=len(cols), title=f"Feature inversion of {ctx.network.name} (Mahendran & Vedaldi)",
+             caption=f"each image reconstructed from its representation at one layer ({steps} steps)",
+             rows=[f"image {i + 1}" for i in range(b)], cols=["original", *layers])
     return out
 
 
@@ -277,8 +287,10 @@ def deepdream(ctx: Context, image: str = "skimage:coffee", size: int = 160, laye
         detail = result - octave_base
         stages.append(resize(result, (h, w)))
         out[f"octave{k}/objective_start"], out[f"octave{k}/objective_end"] = mod.history[0], mod.history[-1]
-    ctx.save("deepdream_octaves", torch.cat(stages), nrow=len(stages), caption="after each octave (small to full size)")
-    ctx.save("deepdream", torch.cat([base, stages[-1]]), nrow=2, caption=f"before / after, layer {layer}")
+    ctx.save("deepdream_octaves", torch.cat(stages), nrow=len(stages), title=f"DeepDream on {ctx.network.name}, layer {layer}",
+             caption="after each octave (small to full size)", cols=[f"octave {k + 1}/{len(stages)}" for k in range(len(stages))])
+    ctx.save("deepdream", torch.cat([base, stages[-1]]), nrow=2, title=f"DeepDream on {ctx.network.name}",
+             caption=f"ascending 0.5 ||a||^2 at {layer}, {octaves} octaves of {steps} steps", cols=["before", "after"])
     with LayerCapture(ctx.network, [layer]) as cap, torch.no_grad():
         before, after = (0.5 * cap.run(t)[layer].pow(2).sum().item() for t in (base, stages[-1]))
     out.update({"layer_energy_before": before, "layer_energy_after": after})
@@ -308,7 +320,9 @@ def style(ctx: Context, content_image: str = "skimage:astronaut", style_image: s
     kw = {"line_search_fn": "strong_wolfe", "max_iter": 1} if optimizer == "lbfgs" else {}
     mod = ctx.optimize(PixelImage(init=start), obj, steps, "style", optimizer=optimizer, lr=lr, optimizer_kwargs=kw)
     result = mod.result()
-    ctx.save("style", torch.cat([c, s, result]), nrow=3, caption="content | style | result")
+    ctx.save("style", torch.cat([c, s, result]), nrow=3, title=f"Neural style on {ctx.network.name} (Gatys et al.)",
+             caption=f"content at {content_layer}, style at {', '.join(style_layers)}, {steps} {optimizer} steps",
+             cols=["content", "style", "result"])
     with LayerCapture(ctx.network, [content_layer, *style_layers]) as cap, torch.no_grad():
         acts = cap.run(result)
         a0 = cap.run(start)
@@ -342,9 +356,16 @@ def adversarial(ctx: Context, count: int = 10, eps: float = 8 / 255, step_size: 
     adv_md, ok = A.minimal_distortion(net, x, y, steps=md_steps, search_steps=md_search, lr=md_lr)
     pred = {n: A.predict(net, a) for n, a in (("clean", x), ("fgsm", adv_fgsm), ("pgd", adv_pgd), ("targeted", adv_tgt), ("md", adv_md))}
     amp = lambda a: (0.5 + (a - x) / (2 * eps)).clamp(0, 1)  # noqa: E731 - perturbation, eps mapped to full contrast
+    cls = net.class_name
+    notes = [f"-> {cls(int(p))}" if key else "" for key in ("clean", "fgsm", None, "pgd", None, "md", None)
+             for p in pred[key or "clean"]]
     ctx.save("adversarial", torch.cat([x, adv_fgsm, amp(adv_fgsm), adv_pgd, amp(adv_pgd), adv_md,
                                        (0.5 + 10 * (adv_md - x)).clamp(0, 1)]), nrow=len(x),
-             caption="rows: clean, FGSM, its perturbation, PGD, its perturbation, minimal distortion, its perturbation x10")
+             title=f"Adversarial examples against {net.name}",
+             caption=f"L-inf eps {eps * 255:g}/255 (FGSM; PGD {steps} steps), and the smallest L2 change that flips the class; "
+                     "perturbations drawn around gray (eps = full contrast); under each image: the class predicted for it",
+             rows=["clean", "FGSM", "FGSM perturbation", f"PGD-{steps}", "PGD perturbation", "minimal distortion",
+                   "its perturbation x10"], cols=[f"true: {cls(int(t))}" for t in y], notes=notes)
     norms = (adv_md - x).flatten(1).norm(dim=1)
     ok = ok & (pred["clean"] == y)  # distortion needed to flip a correct decision (a wrong one needs none)
     out = {"clean_acc": float((pred["clean"] == y).float().mean()), "fgsm_acc": float((pred["fgsm"] == y).float().mean()),
@@ -382,7 +403,8 @@ def robustness(ctx: Context, eps: Sequence[float], count: int, steps: int, resta
     med = "not reached within eps_max" if median == float("inf") else f"{median * 255:.2f}/255"
     lines += ["", f"Median minimal L-inf perturbation (PGD bisection over eps, correctly classified points, n = {int(correct.sum())}): {med}."]
     write_text(ctx.out_dir / "robustness.md", "\n".join(lines) + "\n")
-    ctx.save_figure("robustness_curve", _curve_figure(rows, label, median), caption="robust accuracy against L-inf eps")
+    title = f"Robust accuracy of {ctx.network.name}, {len(x)} CIFAR-10 test images (bands: 95% Wilson intervals)"
+    ctx.save_figure("robustness_curve", _curve_figure(rows, label, median, title), caption="robust accuracy against L-inf eps")
     out = {f"robust/{r['attack']}/eps{r['eps_255']:g}": r["accuracy"] for r in rows}
     out.update({"curve_n": len(x), "curve_restarts": int(restarts), "curve_steps": int(steps),
                 "median_min_linf_255": median * 255 if median != float("inf") else None,
@@ -390,7 +412,7 @@ def robustness(ctx: Context, eps: Sequence[float], count: int, steps: int, resta
     return out
 
 
-def _curve_figure(rows: list[dict], label: dict, median: float):
+def _curve_figure(rows: list[dict], label: dict, median: float, title: str = ""):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -409,6 +431,7 @@ def _curve_figure(rows: list[dict], label: dict, median: float):
     ax.set_ylabel("robust accuracy")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9, wrap=True)
     fig.tight_layout()
     return fig
 
@@ -420,6 +443,9 @@ def fooling(ctx: Context, classes: Sequence | None = None, size: int | None = No
     imgs, conf, taken = A.fooling_images(ctx.network, torch.tensor(idx), _size(ctx, size), steps, lr, confidence,
                                          generator=torch.Generator().manual_seed(ctx.seed))
     names = [ctx.network.class_name(i) for i in idx]
-    ctx.save("fooling", imgs, nrow=len(idx), caption=" | ".join(f"{n} {c:.3f}" for n, c in zip(names, conf.tolist())))
+    ctx.save("fooling", imgs, nrow=_cols(len(idx)), title=f"Fooling images for {ctx.network.name} (Nguyen et al.)",
+             caption=f"noise optimized until the network gives each class >= {confidence:g} confidence; under each image: "
+                     "the class it is taken for and the network's confidence",
+             notes=[f"{n} {c:.3f}" for n, c in zip(names, conf.tolist())])
     return {"share_confident": float((conf >= confidence).float().mean()), "mean_confidence": float(conf.mean()),
             "mean_steps": float(taken.float().mean()), **{f"conf/{n}": float(c) for n, c in zip(names, conf)}}
