@@ -6,6 +6,7 @@ Each takes the :class:`~cnnlab.analysis.context.AnalysisContext` and the keyword
 
 from __future__ import annotations
 
+import logging
 
 import numpy as np
 import torch
