@@ -456,6 +456,10 @@ class SegmentationDataModule(pl.LightningDataModule):
             masks = m[:, 0].round().to(torch.uint8)
         return convert(x, self.hparams.color_space), masks.long()
 
+    def preprocess_images(self, images: torch.Tensor) -> torch.Tensor:
+        """``uint8 (B, 3, h, w)`` frames -> float input in ``color_space`` (no augmentation; e.g. BatchNorm calibration)."""
+        return convert(images.float().div_(255.0), self.hparams.color_space)
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, masks, sizes = batch
         trainer = self.trainer
