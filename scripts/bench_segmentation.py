@@ -9,7 +9,7 @@
    (``time.process_time``) and the ratio.
 2. Dense inference at 360x480 (CamVid's full size): ``cnnlab-segment``'s path (the model at its working size,
    logits upsampled to the full frame in row bands) and the model run on the whole 360x480 frame, each in a fresh
-   child process reporting its peak RSS (``ru_maxrss``) and the RSS after the model is built.
+   child process reporting its peak RSS (``VmHWM``) and the RSS after the model is built.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ import time
 from pathlib import Path
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import torch
 from PIL import Image
 from cnnlab.models.segmenter import Segmenter
 from cnnlab.segment import segment_image
 
-def rss_mib():
+def status_mib(key):
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
 
 mode, width, hidden, h, w = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
@@ -39,14 +39,15 @@ model = Segmenter({"_target_": "cnnlab.backbones.VGGCifar", "in_channels": 3, "w
                   num_classes=11, hidden=hidden).eval()
 model.data_info = {"image_size": [h, w], "color_space": "rgb"}
 im = Image.fromarray((torch.rand(360, 480, 3) * 255).to(torch.uint8).numpy())
-base = rss_mib()
+base = status_mib("VmRSS")
 t = time.perf_counter()
 if mode == "working":
     labels = segment_image(model, im)
 else:
     with torch.no_grad():
         labels = model(torch.rand(1, 3, 360, 480)).argmax(1)
-print(json.dumps({"mode": mode, "rss_after_model_mib": base, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child would report its parent's peak
+print(json.dumps({"mode": mode, "rss_after_model_mib": base, "peak_rss_mib": status_mib("VmHWM"),
                   "wall_s": time.perf_counter() - t, "labels_shape": list(labels.shape)}))
 """
 
@@ -97,13 +98,15 @@ def main() -> None:
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--samples", type=int, default=128)
+    p.add_argument("--memory-only", action="store_true", help="skip the training steps")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     import os
 
     load = os.getloadavg()
     out = {"date": time.strftime("%Y-%m-%d %H:%M"), "loadavg_start": load, "cpus": os.cpu_count(),
-           "train": training_steps(tuple(args.size), args.batch, args.steps, args.width, args.hidden, args.samples)}
+           "train": None if args.memory_only else
+           training_steps(tuple(args.size), args.batch, args.steps, args.width, args.hidden, args.samples)}
     out["memory"] = []
     for mode in ("working", "full"):
         proc = subprocess.run([sys.executable, "-c", CHILD, mode, str(args.width), str(args.hidden), *map(str, args.size)],

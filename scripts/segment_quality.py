@@ -32,6 +32,7 @@ def main() -> None:
     p.add_argument("--data-dir", default="data")
     p.add_argument("--work", default="outputs/bench/segment_quality")
     p.add_argument("--skip-probe", action="store_true")
+    p.add_argument("--skip-runs", action="store_true", help="only the baseline and the probe")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     import torch
@@ -55,7 +56,7 @@ def main() -> None:
     majority = majority_class_scores(dm.splits["train"].masks, dm.splits["test"].masks, dm.num_classes)
     out["majority"] = {"class": dm.classes[int(majority["class"])], "test_miou": float(majority["miou"]),
                        "test_pixel_acc": float(majority["pixel_acc"])}
-    for seed in args.seeds:
+    for seed in [] if args.skip_runs else args.seeds:
         run_dir = work / f"random_seed{seed}"
         if not (run_dir / "metrics.json").exists():
             t = time.perf_counter()
@@ -65,6 +66,7 @@ def main() -> None:
         m = json.loads((run_dir / "metrics.json").read_text())
         out["runs"][seed] = {k: m[k] for k in m if k.startswith(("test/", "val/miou"))}
     out["random_init_test_miou"] = mean_ci([r["test/miou"] for r in out["runs"].values()])
+    out["random_init_val_miou"] = mean_ci([r["val/miou"] for r in out["runs"].values()])
     if not args.skip_probe:
         torch.manual_seed(args.seeds[0])
         backbone = instantiate({"_target_": "cnnlab.backbones.VGGCifar", "in_channels": 3, "width": args.width, "plan": "vgg8"})
