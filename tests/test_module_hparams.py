@@ -38,6 +38,10 @@ def _non_default_arguments(tmp_path) -> dict[str, dict]:
                           panel_every_n_epochs=3, panel_images=2, optimizer=ADAM, scheduler=STEP, compile=False),
         "LinearProbe": dict(trunk=str(trunk), taps=["conv3_2"], target_dims=64, num_classes=5, image_size=16,
                             expect_arch="vgg_cifar", optimizer=ADAM, scheduler=STEP, compile=False),
+        "Segmenter": dict(backbone=gray, num_classes=5, ignore_index=255, taps=["conv2_2", "conv3_2"], samples_per_image=16,
+                          balanced_sampling=True, hidden=8, dropout=0.1, dense_training=True, eval_chunk_pixels=512,
+                          trunk_lr_mult=0.5, panel_every_n_epochs=3, panel_images=2, optimizer=ADAM, scheduler=STEP,
+                          compile=False),
     }
 
 

@@ -23,7 +23,7 @@ import torch
 from cnnlab.cli import exit_on_user_error
 from cnnlab.errors import UserError
 from cnnlab.hypercolumn import grid_bands, pixel_centers, sample_hypercolumns
-from cnnlab.io.images import IMAGE_SUFFIXES, open_image, resize_shorter, to_tensor, write_png
+from cnnlab.io.images import IMAGE_SUFFIXES, open_image, resize, to_tensor, write_png
 from cnnlab.labelmaps import colour_labels_uint8, legend_image
 
 #: full-resolution pixels labelled at a time
@@ -60,8 +60,8 @@ def segment_image(model, im, size: int | None = None) -> np.ndarray:
     from cnnlab.color import convert
 
     work = size or min(model.data_info.get("image_size") or [360])
-    small = resize_shorter(im, work) if work < min(im.size) else im
-    logits = model(convert(to_tensor(small), model.color_space))
+    small = resize(to_tensor(im), work if work < min(im.size) else None)
+    logits = model(convert(small, model.color_space))
     return full_resolution_labels(logits, im.height, im.width)
 
 

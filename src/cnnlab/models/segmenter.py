@@ -53,12 +53,10 @@ class Segmenter(HypercolumnModel, StagedModule):
         panel_images: int = 4,
         optimizer: dict | None = None, scheduler: dict | None = None, compile: bool = False,
     ):
-        hparams = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__(optimizer, scheduler, compile)
         if num_classes < 2:
             raise UserError(f"model.num_classes={num_classes}: segmentation needs at least two classes")
-        self.save_hyperparameters({**hparams, "backbone": as_dict(backbone), "taps": list(taps) if taps else None,
-                                   "optimizer": self.optimizer_cfg, "scheduler": self.scheduler_cfg})
+        self.save_arguments(taps=list(taps) if taps else None)
         self.backbone = make_backbone(as_dict(backbone))
         self.build_hypercolumn(taps, [num_classes], hidden, dropout)
         self.num_classes, self.ignore_index = num_classes, ignore_index

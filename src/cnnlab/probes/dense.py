@@ -23,13 +23,13 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from cnnlab.backbones import load_trunk
+from cnnlab.backbones import freeze, load_trunk
 from cnnlab.errors import UserError
 from cnnlab.features import FeatureStore, data_fingerprint, state_fingerprint
 from cnnlab.hypercolumn import pixel_centers, sample_hypercolumns
 from cnnlab.labelmaps import sample_label_pixels, scores_from_confusion
 from cnnlab.probes.linear import DEFAULT_WEIGHT_DECAYS, ProbeFit, at_grid_edge, fit_linear_probe
-from cnnlab.probes.trunks import check_trunk_matches, freeze
+from cnnlab.probes.trunks import check_trunk_matches
 
 log = logging.getLogger(__name__)
 
