@@ -520,6 +520,7 @@ def test_help_lists_the_commands_own_groups_only():
     assert "\nviz: " in visualize and not any(f"\n{g}: " in visualize for g in ("budget", "model", "analysis"))
 
 
+@pytest.mark.slow
 def test_the_error_line_is_the_last_line_after_wandb_started(tmp_path, data_dir):
     """W&B (offline) is running when the data module refuses its options: W&B's closing lines come before the error,
     in the one stream a terminal shows (stdout and stderr merged, as they reach the user)."""
