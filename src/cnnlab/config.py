@@ -172,7 +172,7 @@ def resume_argv(argv: list[str]) -> list[str]:
     run_dir = Path(_unquoted(resume[-1].split("=", 1)[1])).expanduser()
     saved = run_dir / ".hydra" / "overrides.yaml"
     if not saved.is_file():
-        raise UserError(f"cannot resume {run_dir}: it has no .hydra/overrides.yaml; "
+        raise UserError(f"cannot resume {run_dir}: it needs .hydra/overrides.yaml and a checkpoint in checkpoints/; "
                         "pass the run directory of an earlier cnnlab-train run")
     saved_overrides = yaml.safe_load(saved.read_text()) or []
     # any checkpoint will do: cnnlab.rundir.resume_checkpoint falls back from a damaged or missing last.ckpt

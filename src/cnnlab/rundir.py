@@ -130,15 +130,19 @@ def claim(run_dir: Path, resuming: bool = False, reuse: bool = False, resume_com
 
 def _refuse_if_taken(run_dir: Path, allowed: bool, resume_command: str | None, command: str | None = None) -> None:
     found = results_in(run_dir)
-    owner = command_of(run_dir) if found else None
-    if found and command and owner and owner != command:
-        raise UserError(f"{run_dir} holds a cnnlab {owner} run ({', '.join(found[:4])}): a {command} run cannot use it, "
-                        "a run dir belongs to one kind of command; start this one in a fresh directory (leave out "
-                        "hydra.run.dir, or give a new one); nothing was written")
-    if found and not allowed:
-        how = f"continue that run with `{resume_command}={run_dir}`, or " if resume_command else ""
-        raise UserError(f"{run_dir} already holds a run ({', '.join(found[:4])}): {how}start a new one in a fresh "
+    if not found:
+        return
+    owner = command_of(run_dir)
+    own_kind = not (command and owner) or owner == command
+    if allowed and own_kind:
+        return
+    if allowed:  # resuming or reusing, but the results are another command's
+        raise UserError(f"{run_dir} holds a run of cnnlab's {owner} command ({', '.join(found[:4])}): the {command} "
+                        "command cannot use it, a run dir belongs to one kind of command; start this one in a fresh "
                         "directory (leave out hydra.run.dir, or give a new one); nothing was written")
+    how = f"continue that run with `{resume_command}={run_dir}`, or " if resume_command and own_kind else ""
+    raise UserError(f"{run_dir} already holds a run ({', '.join(found[:4])}): {how}start a new one in a fresh "
+                    "directory (leave out hydra.run.dir, or give a new one); nothing was written")
 
 
 class ClaimRunDir(Callback):

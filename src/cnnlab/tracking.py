@@ -110,7 +110,8 @@ def ensure_wandb_started(loggers: list[Logger]) -> list[Logger]:
                 warnings.warn(f"W&B failed to start ({_first_line(err)}); continuing offline", stacklevel=2)
                 import wandb
 
-                wandb.teardown()  # drop the half-initialised online session before starting an offline one
+                if not isinstance(err, _NoAnswer):  # an online session was started: drop it before going offline
+                    wandb.teardown()
                 os.environ["WANDB_MODE"] = "offline"
                 try:
                     lg = make_wandb_logger(**{**getattr(lg, "_cnnlab_factory_kwargs", {}), "mode": "offline"})
@@ -123,8 +124,12 @@ def ensure_wandb_started(loggers: list[Logger]) -> list[Logger]:
     return out
 
 
+class _NoAnswer(TimeoutError):
+    """The W&B server gave no answer: no online session was started."""
+
+
 def _server_answers_or_raise(lg: WandbLogger) -> None:
-    """For an online W&B logger: raise ``TimeoutError`` unless its server answers (any HTTP status) within the
+    """For an online W&B logger: raise :class:`_NoAnswer` unless its server answers (any HTTP status) within the
     logger's ``init_timeout``. Offline and disabled loggers, and a run already started, are left alone."""
     import urllib.error
     import urllib.request
@@ -142,7 +147,7 @@ def _server_answers_or_raise(lg: WandbLogger) -> None:
         return  # an answer, even an error status: the server is there
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        raise TimeoutError(f"the server {url} did not answer within {timeout:g} s ({reason})") from None
+        raise _NoAnswer(f"the server {url} gave no answer within {timeout:g} s ({reason})") from None
 
 
 def _first_line(err: BaseException) -> str:
