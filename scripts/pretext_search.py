@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shlex
@@ -52,14 +51,11 @@ RECIPES = {
 }
 
 
-def wilson(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion ``p`` observed on ``n`` trials."""
-    if n <= 0:
-        return math.nan, math.nan
-    d = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / d
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return centre - half, centre + half
+def wilson(p: float, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion ``p`` observed on ``n`` trials (:func:`cnnlab.stats.wilson_interval`)."""
+    from cnnlab.stats import wilson_interval
+
+    return wilson_interval(round(p * n), n)
 
 
 def compose_overrides(budget: str, recipe: Recipe, seed: int, root: Path, extra: list[str]) -> list[str]:
