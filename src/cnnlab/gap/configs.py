@@ -64,9 +64,19 @@ def active_tasks(cfg: DictConfig) -> dict[str, DictConfig]:
     return {str(k): v for k, v in (cfg.get("tasks") or {}).items() if v is not None}
 
 
+#: task settings a task replaces whole when it gives them (a recipe names its own model's options)
+_REPLACED = ("recipe", "variants")
+
+
 def task_setting(cfg: DictConfig, task: str, what: str) -> DictConfig:
-    """The shared ``probe`` / ``finetune`` settings with the task's own values over them."""
-    return OmegaConf.merge(cfg[what], cfg.tasks[task].get(what) or {})
+    """The shared ``probe`` / ``finetune`` settings with the task's own values over them (its ``recipe`` and
+    ``variants``, when given, replace the shared ones: a segmentation model has other options than a classifier)."""
+    own = cfg.tasks[task].get(what) or OmegaConf.create({})
+    merged = OmegaConf.merge(OmegaConf.create(container(cfg[what])), own)  # unstructured: a task may add its own options
+    for k in _REPLACED:
+        if own.get(k) is not None:
+            merged[k] = own[k]
+    return merged
 
 
 def init_space(init: str) -> str:

@@ -314,8 +314,14 @@ class Runner:
         if self.tasks[arm.task].kind == "segmentation":
             from cnnlab.probes.dense import probe_trunk_dense
 
-            res = probe_trunk_dense(self.trunk_path(arm), dm, weight_decays=tuple(p.weight_decays), evaluate_test=evaluate_test,
-                                    device=resolve_device(p.device))
+            dense = probe_trunk_dense(self.trunk_path(arm), dm, weight_decays=tuple(p.weight_decays), evaluate_test=evaluate_test,
+                                      pixels_per_image=int(p.get("pixels_per_image", 128)), seed=int(arm.subset or 0),
+                                      max_iter=int(p.max_iter), device=resolve_device(p.device),
+                                      cache_dir=self.root / "arms" / arm.trunk_arm / f"features_{arm.task}_{init_space(arm.init)}")
+            # one "tap" (the hypercolumn of every tap), scored by mIoU: the shape the report reads for every task
+            res = {"taps": ["hypercolumn"], "n_train": dense["n_train_pixels"], "n_val": dense["n_val_pixels"], "dense": dense,
+                   "linear": {"hypercolumn": {"val": dense["val_miou"], "test": dense["test_miou"], "grid": dense["grid"],
+                                              "weight_decay": dense["weight_decay"], "at_grid_edge": dense["at_grid_edge"]}}}
         else:
             from cnnlab.probes.cached import probe_trunk_cached
 
