@@ -101,3 +101,17 @@ def legend_image(classes: Sequence[str], row_height: int = 16, width: int = 160)
         draw.rectangle([2, y + 2, row_height - 2, y + row_height - 2], fill=tuple(colour), outline=(128, 128, 128))
         draw.text((row_height + 4, y + 2), name, fill=(0, 0, 0))
     return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255.0
+
+
+def class_counts(masks, num_classes: int) -> torch.Tensor:
+    """Labelled pixels per class ``(num_classes,)`` of label maps ``(..., H, W)`` (void and padding left out)."""
+    m = torch.as_tensor(np.asarray(masks)).long().flatten()
+    return torch.bincount(m[(m >= 0) & (m < num_classes)], minlength=num_classes)
+
+
+def majority_class_scores(train_masks, eval_masks, num_classes: int) -> dict[str, torch.Tensor]:
+    """Scores of the trivial baseline that predicts the most frequent training class at every pixel."""
+    majority = int(class_counts(train_masks, num_classes).argmax())
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    confusion[:, majority] = class_counts(eval_masks, num_classes)
+    return {**scores_from_confusion(confusion), "class": torch.tensor(majority)}

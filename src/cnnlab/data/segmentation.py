@@ -342,6 +342,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         channels_of(color_space)
         self.size = _size(image_size)
         self.save_hyperparameters(logger=False)
+        # plain lists: these travel into trunk files and checkpoints, which are read back with torch's weights-only loader
+        self.hparams.image_size, self.hparams.crop_scale = list(self.size), [float(s) for s in crop_scale]
         self.augment = joint_augment(self.size, crop_scale, flip) if augment else None
         self._data: SegData | None = None
         self.splits: dict[str, SegmentationDataset] = {}
