@@ -6,7 +6,7 @@ import math
 import pytest
 
 from cnnlab.gap.arms import plan_arms
-from cnnlab.gap.report import markdown_tables, summarize, write_report
+from cnnlab.gap.report import markdown_tables, summarize, task_markdown, write_report
 from cnnlab.gap.select import best_candidate, best_tap
 
 
@@ -110,3 +110,15 @@ def test_plan_orders_trunks_probes_then_candidates_before_their_test():
         if a.kind == "finetune_test":
             assert all(names.index(n) < names.index(a.name) for n in a.needs) and len(a.needs) == (2 if a.task == "cls" else 1)
     assert math.isclose(arms[-1].fraction, 1.0)
+
+
+def test_rgb_ceiling_gets_its_own_gap_row():
+    col = _fake_collected()
+    col["probe"]["supervised_rgb"] = {u: _probe({"conv1": 0.5, "conv2": 0.7, "conv3": 0.75}, {"conv1": 0.5, "conv2": 0.75, "conv3": 0.8})
+                                      for u in col["probe"]["supervised"]}
+    col["finetune"]["supervised_rgb"] = {0.1: {u: {**r, "test": r["test"] + 0.1} for u, r in col["finetune"]["supervised"][0.1].items()}}
+    res = summarize(col, ["random", "colorization", "supervised", "supervised_rgb"], [0.1])
+    ft = res["finetune"]["0.1"]["gap"]
+    assert ft["gap_closed"]["mean"] == pytest.approx(0.5) and ft["gap_closed_rgb"]["mean"] == pytest.approx(0.1 / 0.3)
+    md = task_markdown({**res, "grids": {}})
+    assert "| gap closed, RGB supervised ceiling |" in md and md.index("| supervised_rgb |") < md.index("| supervised |")

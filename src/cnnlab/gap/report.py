@@ -24,6 +24,8 @@ ROW_ORDER = ("supervised_rgb", "supervised", "random", "colorization")
 DATASET_NAMES = {"cifar10": "CIFAR-10", "stl10": "STL-10", "tinyimagenet": "Tiny-ImageNet-200", "camvid": "CamVid",
                  "synthetic": "synthetic shapes", "imagefolder": "an ImageFolder"}  # the published tables' order
 TRIO = ("colorization", "random", "supervised")
+#: the supervised ceiling on RGB input (the published supervised rows are RGB networks)
+RGB = "supervised_rgb"
 
 
 def unit_key(unit) -> str:
@@ -43,13 +45,17 @@ def over_seeds(by_unit: dict) -> dict:
 
 def paired_block(acc: dict[str, dict], units: list) -> dict:
     """Differences and gap closed over pretraining seeds, from ``acc[init][unit]`` scores on ``units`` (the paired
-    runs every init has): each init's scores are averaged over label subsets within a seed, then paired by seed."""
-    per_seed = {i: seed_means({u: acc.get(i, {}).get(u) for u in units}) for i in TRIO}
+    runs every init has): each init's scores are averaged over label subsets within a seed, then paired by seed.
+    With an RGB supervised ceiling in ``acc``, the gap closed against it too."""
+    per_seed = {i: seed_means({u: acc.get(i, {}).get(u) for u in units}) for i in acc}
     seeds = sorted({u[0] for u in units})
-    col = {i: [per_seed[i].get(s) for s in seeds] for i in TRIO}
-    return {"colorization - random": paired_difference(col["colorization"], col["random"]),
-            "supervised - colorization": paired_difference(col["supervised"], col["colorization"]),
-            "gap_closed": gap_interval(col["colorization"], col["random"], col["supervised"])}
+    col = {i: [per_seed[i].get(s) for s in seeds] for i in per_seed}
+    out = {"colorization - random": paired_difference(col["colorization"], col["random"]),
+           "supervised - colorization": paired_difference(col["supervised"], col["colorization"]),
+           "gap_closed": gap_interval(col["colorization"], col["random"], col["supervised"])}
+    if RGB in col:
+        out["gap_closed_rgb"] = gap_interval(col["colorization"], col["random"], col[RGB])
+    return out
 
 
 def _shared_units(table: dict, inits: Sequence[str]) -> list:
@@ -85,6 +91,7 @@ def summarize(collected: dict, inits: Sequence[str], fractions: Sequence[float],
     probe, finetune = collected["probe"], collected["finetune"]
     inits = list(inits)
     trio = all(i in inits for i in TRIO)
+    gap_inits = TRIO + ((RGB,) if RGB in inits else ())
     if not taps:
         taps = next((r["taps"] for runs in probe.values() for r in runs.values()), [])
     out: dict = {"inits": inits, "taps": list(taps), "label_fractions": [float(f) for f in fractions]}
@@ -104,11 +111,11 @@ def summarize(collected: dict, inits: Sequence[str], fractions: Sequence[float],
     pr["best_tap"] = best
     if trio:
         for family in families:
-            pr[f"{family}_gap"] = {t: paired_block({i: {u: probe[i][u][family][t]["test"] for u in shared} for i in TRIO}, shared)
+            pr[f"{family}_gap"] = {t: paired_block({i: {u: probe[i][u][family][t]["test"] for u in shared} for i in gap_inits}, shared)
                                    for t in taps}
         if len(best) == len(inits):
             pr["linear_gap"]["best"] = paired_block({i: {u: probe[i][u]["linear"][best[i]["tap"]]["test"] for u in shared}
-                                                     for i in TRIO}, shared)
+                                                     for i in gap_inits}, shared)
     out["probe"] = pr
     ft: dict = {}
     for f in fractions:
@@ -124,7 +131,7 @@ def summarize(collected: dict, inits: Sequence[str], fractions: Sequence[float],
                         "lr_at_grid_edge": sum(bool(r.get("lr_at_grid_edge")) for r in rs),
                         "step_is_last": sum(bool(r.get("step_is_last")) for r in rs)}
         if trio:
-            entry["gap"] = paired_block({i: {u: runs[i][u]["test"] for u in units} for i in TRIO}, units)
+            entry["gap"] = paired_block({i: {u: runs[i][u]["test"] for u in units} for i in gap_inits}, units)
         ft[str(float(f))] = entry
     out["finetune"] = ft
     return out
@@ -149,6 +156,9 @@ def _gap_rows(blocks: list[dict | None]) -> list[str]:
     for key, label in _DIFF_ROWS:
         rows.append(f"| {label} | " + " | ".join(format_acc(b[key]) if b else "–" for b in blocks) + " |")
     rows.append("| gap closed | " + " | ".join(format_gap(b["gap_closed"]) if b else "–" for b in blocks) + " |")
+    if any(b and "gap_closed_rgb" in b for b in blocks):
+        rows.append("| gap closed, RGB supervised ceiling | " + " | ".join(
+            format_gap(b["gap_closed_rgb"]) if b and "gap_closed_rgb" in b else "–" for b in blocks) + " |")
     return rows
 
 
