@@ -22,7 +22,7 @@ from cnnlab.errors import UserError
 from cnnlab.features import state_fingerprint
 from cnnlab.gap import arms as A
 from cnnlab.gap.configs import ArmConfigs, active_tasks, init_space, location_free, task_setting, write_config
-from cnnlab.gap.report import log_to_wandb, markdown_tables, setup_title, summarize, timing, unit_key, write_report
+from cnnlab.gap.report import SMOKE_BANNER, log_to_wandb, markdown_tables, setup_title, summarize, timing, unit_key, write_report
 from cnnlab.gap.select import best_candidate
 from cnnlab.io.checkpoints import read_cnnlab_file
 from cnnlab.io.files import write_json
@@ -138,6 +138,8 @@ class Runner:
         #: what the in-process arms' results depend on in a data config (not where the data lives)
         self.pool_key = {k: v for k, v in self.configs.pool.items() if k != "data_dir"}
         self.data_key = {t: {k: v for k, v in d.items() if k != "data_dir"} for t, d in self.configs.task_data.items()}
+        #: a run on synthetic data is a plumbing check, and every output says so
+        self.synthetic = any(d.get("name") == "synthetic" for d in (self.configs.pool, *self.configs.task_data.values()))
         self.timings: dict[str, float] = {}
         self.started = time.time()
         self.by_name: dict[str, A.Arm] = {}
@@ -403,7 +405,7 @@ class Runner:
             res["tasks"][t] = r
         res["budget"] = str(c.budget_name)
         res["protocol_name"] = str(c.get("protocol_name", "custom"))
-        res["synthetic"] = self.configs.pool.get("name") == "synthetic" or any(d.get("name") == "synthetic" for d in self.configs.task_data.values())
+        res["synthetic"] = self.synthetic
         res["validation_only"] = bool(c.validation_only)
         res["inits"] = list(c.inits)
         pre = OmegaConf.to_container(c.pretrain, resolve=True)
@@ -455,6 +457,8 @@ class Runner:
         for arm in plan.arms:
             table.add_row(arm.name, arm.label, {"done": "[green]reused[/]", "check": "[cyan]reused if its inputs are unchanged[/]",
                                                 "to run": "[yellow]to run[/]"}[plan.status[arm.name]])
+        if self.synthetic:
+            console.print(f"[bold red]{SMOKE_BANNER}[/]")
         console.print(table)
         console.print(f"run dir: {self.root}")
         if not todo:
