@@ -11,10 +11,12 @@ from omegaconf import OmegaConf
 from cnnlab.config import CONF_DIR
 from cnnlab.gap.runner import Runner, validate
 
+#: budgets whose report also has the supervised ceiling on RGB input
+RGB = {"standard", "full"}
 EXPECT = {  # budget: (seeds, label subsets, {task: (label fractions, candidates = lrs x variants, probe subsets)})
     "smoke": (1, 2, {"cls": (1, 4, 2), "seg": (1, 1, 1)}),
     "quick": (2, 1, {"cls": (1, 3, 1), "seg": (1, 2, 1)}),
-    "standard": (4, 1, {"cls": (2, 6, 1), "seg": (2, 3, 1)}),
+    "standard": (4, 1, {"cls": (2, 3, 1), "seg": (2, 3, 1)}),
     "gpu_check": (1, 1, {"cls": (1, 2, 1), "seg": (1, 1, 1)}),
     "full": (4, 2, {"cls": (2, 3, 1), "seg": (2, 3, 1)}),
 }
@@ -38,11 +40,13 @@ def test_budget_composes_and_plans_every_arm_kind_of_both_tasks(budget, tmp_path
     seeds, subsets, tasks = EXPECT[budget]
     assert set(runner.tasks) == set(tasks) and {runner.tasks[t].kind for t in tasks} == {"classification", "segmentation"}
     kinds = [(a.kind, a.task) for a in plan.arms]
-    assert kinds.count(("trunk", None)) == 3 * seeds
+    inits = 4 if budget in RGB else 3
+    assert list(cfg.inits)[:3] == ["random", "colorization", "supervised"] and len(cfg.inits) == inits
+    assert kinds.count(("trunk", None)) == inits * seeds
     for t, (fractions, cands, probe_subsets) in tasks.items():
-        assert kinds.count(("probe", t)) == 3 * seeds * probe_subsets
-        assert kinds.count(("finetune", t)) == 3 * seeds * subsets * fractions * cands
-        assert kinds.count(("finetune_test", t)) == 3 * seeds * subsets * fractions
+        assert kinds.count(("probe", t)) == inits * seeds * probe_subsets
+        assert kinds.count(("finetune", t)) == inits * seeds * subsets * fractions * cands
+        assert kinds.count(("finetune_test", t)) == inits * seeds * subsets * fractions
     assert set(plan.status.values()) == {"to run"}, "nothing is done in an empty run dir"
     steps = set()
     for arm in plan.arms:
@@ -50,8 +54,9 @@ def test_budget_composes_and_plans_every_arm_kind_of_both_tasks(budget, tmp_path
             c = runner.arm_config(arm)
             assert c.data == OmegaConf.create({**runner.configs.pool, "color_space": c.data.color_space, "shuffle_seed": arm.seed,
                                                 "label_seed": arm.seed, "label_fraction": 1.0}), "pretraining reads the pool alone"
-            assert c.seed == arm.seed and c.test is False and c.backbone.in_channels == 1
-            assert c.data.color_space == ("lab" if arm.init == "colorization" else "L")
+            rgb = arm.init == "supervised_rgb"
+            assert c.seed == arm.seed and c.test is False and c.backbone.in_channels == (3 if rgb else 1)
+            assert c.data.color_space == ("lab" if arm.init == "colorization" else "rgb" if rgb else "L")
             steps.add((c.trainer.max_steps, c.data.batch_size, c.model.scheduler.total_steps, c.model.scheduler.pct_start))
     assert steps == {(cfg.pretrain.steps, runner.configs.pool["batch_size"], cfg.pretrain.steps, cfg.pretrain.warmup_fraction)}, \
         "supervised and colorization pretraining: the same optimizer steps of the same batch under the same schedule"
