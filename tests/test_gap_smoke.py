@@ -64,7 +64,7 @@ def test_gap_smoke_both_tasks_end_to_end_resume_and_test_labels_change_no_choice
     """A plumbing check: synthetic pool, classification task and segmentation folder; every arm kind of both tasks."""
     out = tmp_path / "gap"
     args = ("budget=smoke", f"paths.data_dir={data_dir}", f"hydra.run.dir={out}", f"tasks.seg.cfg.source={shapes_segfolder}")
-    proc = run_cli("cnnlab.gap", *args)
+    proc = run_cli("cnnlab.gap", *args, timeout=1500)  # ~3 min idle; a machine shared with other jobs needs the margin
     res = json.loads((out / "gap_results.json").read_text())
     assert res["inits"] == list(INITS) and res["protocol"]["seeds"] == [0] and res["protocol"]["label_subsets"] == [0, 1]
     assert res["synthetic"] and "PLUMBING CHECK ON SYNTHETIC DATA" in proc.stdout, "the console says what the run is"
@@ -133,7 +133,7 @@ def test_gap_smoke_both_tasks_end_to_end_resume_and_test_labels_change_no_choice
     # resume: delete one probe arm and the random trunk (re-created with the same seed: identical weights)
     shutil.rmtree(arms / "probe_cls_colorization_seed0_sub0")
     shutil.rmtree(arms / "random_seed0")
-    proc = run_cli("cnnlab.gap", *args, "report.wandb=false")
+    proc = run_cli("cnnlab.gap", *args, "report.wandb=false", timeout=1500)
     assert "54 arms, 35 already done" in proc.stdout and "arms: ran 2, reused 52" in proc.stdout
     after = {p.parent.name: p.stat().st_mtime_ns for p in arms.glob("*/gap_arm.json")}
     rerun = {k for k in after if after[k] != stamps.get(k)}
