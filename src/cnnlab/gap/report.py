@@ -38,6 +38,13 @@ def unit_key(unit) -> str:
 SMOKE_BANNER = "PLUMBING CHECK ON SYNTHETIC DATA: these numbers test that the pipeline runs, they measure nothing"
 
 
+def dataset_name(data: dict) -> str:
+    """``{"name": "camvid"}`` -> ``CamVid``; a data set read from ``source`` is named by its folder or archive."""
+    if data.get("source"):
+        return f"{data.get('name', '?')} data read from {Path(str(data['source'])).name}"
+    return DATASET_NAMES.get(data.get("name"), str(data.get("name", "?")))
+
+
 def over_seeds(by_unit: dict) -> dict:
     """Mean [95% CI] over pretraining seeds of ``{(seed, subset): score}`` (subsets averaged within a seed)."""
     return mean_ci(list(seed_means(by_unit).values()))
@@ -169,8 +176,7 @@ def markdown_tables(res: dict) -> str:
     if res.get("validation_only"):
         lines += ["**Validation only: no test split was read; every number below is a validation score.**", ""]
     for name, r in res.get("tasks", {}).items():
-        data = r.get("data", {}).get("name", "?")
-        lines += [f"## Task {name}: {r.get('kind', 'classification')} on {DATASET_NAMES.get(data, data)}", "", task_markdown(r)]
+        lines += [f"## Task {name}: {r.get('kind', 'classification')} on {dataset_name(r.get('data', {}))}", "", task_markdown(r)]
     if res.get("timing"):
         lines += ["### Where the time went", "", timing_text(res["timing"])]
     return "\n".join(lines) + "\n"
@@ -189,7 +195,9 @@ def task_markdown(res: dict) -> str:
              "differences use a paired t-interval over seeds, the gap closed = (colorization − random) / (supervised − random) "
              "Fieller's interval for a ratio of paired means on the same unit.", ""]
     best = pr.get("best_tap", {})
-    lines += ["### Linear probes per tap (weight decay chosen on val per tap)", "",
+    seg = res.get("kind") == "segmentation"
+    lines += ["### " + ("Dense linear probe on the hypercolumn of every tap (weight decay chosen on val)" if seg else
+                        "Linear probes per tap (weight decay chosen on val per tap)"), "",
               "| init | " + " | ".join(taps) + " | best tap (chosen on val) |", "|---" * (len(taps) + 2) + "|"]
     for i in rows:
         b = best.get(i)
@@ -215,7 +223,7 @@ def task_markdown(res: dict) -> str:
     if fr:
         ft = res["finetune"]
         grid = res.get("grids", {}).get("finetune_lr")
-        lines += ["", "### Fine-tuning the whole network on class-balanced label subsets"
+        lines += ["", "### Fine-tuning the whole network on " + ("seeded subsets of the training frames" if seg else "class-balanced label subsets")
                   + (f" (learning rate from {grid} and checkpoint chosen on val per run)" if grid else ""), "",
                   "| init | " + " | ".join(f"{100 * float(f):g}% labels" for f in fr) + " |", "|---" * (len(fr) + 1) + "|"]
         for i in rows:
@@ -285,10 +293,8 @@ def setup_title(res: dict) -> str:
     net = name + (f" width {bb['width']}" if "width" in bb else "")
     proto = res.get("protocol", {})
     seeds, subsets = len(proto.get("seeds", [])), len(proto.get("label_subsets", []))
-    pool = res.get("pool", {}).get("name", "?")
-    tasks = ", ".join(f"{r.get('kind', '?')} on {DATASET_NAMES.get(r.get('data', {}).get('name'), r.get('data', {}).get('name', '?'))}"
-                      for r in res.get("tasks", {}).values())
-    title = (f"Pretraining gap ({res.get('protocol_name', '?')}): pretrained on {DATASET_NAMES.get(pool, pool)}, evaluated on {tasks}; "
+    tasks = ", ".join(f"{r.get('kind', '?')} on {dataset_name(r.get('data', {}))}" for r in res.get("tasks", {}).values())
+    title = (f"Pretraining gap ({res.get('protocol_name', '?')}): pretrained on {dataset_name(res.get('pool', {}))}, evaluated on {tasks}; "
              f"{net}, lightness input: random vs colorization vs supervised; {seeds} pretraining seed(s) × {subsets} label subset(s); "
              f"budget {res.get('budget', '?')}")
     return (SMOKE_BANNER + " · " + title) if res.get("synthetic") else title
@@ -337,7 +343,9 @@ def plot(res: dict, path: str | Path, title: str = "") -> Path:
         ylabel = f"{name}: test {metric} (%)"
         xs = list(range(len(taps)))
         families = pr.get("families", ["linear", "knn"])
-        for col, family, label in ((0, "linear", "Linear probes per tap (weight decay chosen on val)"), (1, "knn", "kNN per tap")):
+        probe_label = ("Dense linear probe (weight decay chosen on val)" if r.get("kind") == "segmentation" else
+                       "Linear probes per tap (weight decay chosen on val)")
+        for col, family, label in ((0, "linear", probe_label), (1, "knn", "kNN per tap")):
             ax = axes[row][col]
             if family not in families:
                 ax.axis("off")
@@ -359,7 +367,9 @@ def plot(res: dict, path: str | Path, title: str = "") -> Path:
         ax.set_xticks(fx, [f"{100 * f:g}%" for f in fx])
         ax.set_xlabel("labels used")
     if title:
-        fig.suptitle(title + "\nerror bars: 95% CI over pretraining seeds; orange: gap closed [95% Fieller CI]", fontsize=9,
+        import textwrap
+
+        fig.suptitle("\n".join(textwrap.wrap(title, 190)) + "\nerror bars: 95% CI over pretraining seeds; orange: gap closed [95% Fieller CI]", fontsize=9,
                      color="tab:red" if res.get("synthetic") else "black")
     fig.tight_layout()
     path = Path(path)

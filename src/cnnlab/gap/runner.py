@@ -395,7 +395,8 @@ class Runner:
             r["kind"] = str(spec.kind)
             r["metric"] = "mIoU" if spec.kind == "segmentation" else "top-1"
             data = self.configs.task_data[t]
-            r["data"] = {"name": data.get("name"), "val_fraction": data.get("val_fraction"), "image_size": data.get("image_size")}
+            r["data"] = {"name": data.get("name"), "source": data.get("source"), "val_fraction": data.get("val_fraction"),
+                         "image_size": data.get("image_size")}
             r["grids"] = {"finetune_lr": [float(x) for x in ft_cfg.lrs],
                           "finetune_variants": OmegaConf.to_container(ft_cfg.variants, resolve=True),
                           "probe_weight_decay": [float(x) for x in probe_cfg.weight_decays],
@@ -411,7 +412,7 @@ class Runner:
         pre = OmegaConf.to_container(c.pretrain, resolve=True)
         res["recipe"] = {"pretrain": pre}
         pool_dm = self.datamodule(None)
-        res["pool"] = {"name": self.configs.pool.get("name"), "train_limit": self.configs.pool.get("train_limit"),
+        res["pool"] = {"name": self.configs.pool.get("name"), "source": self.configs.pool.get("source"), "train_limit": self.configs.pool.get("train_limit"),
                        "val_fraction": self.configs.pool.get("val_fraction"), "batch_size": self.configs.pool.get("batch_size"),
                        "images": len(pool_dm.splits["train"]) if pool_dm.splits else None,
                        "pretrain_steps": int(c.pretrain.steps)}
