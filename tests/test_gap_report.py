@@ -90,6 +90,9 @@ def test_report_files_table_and_plot(tmp_path):
     assert "±" not in md and "test split" in md and "validation" in md and "n = 2 pretraining seed(s)" in md
     assert "lr chosen on val, random | 0.01 ×2" in md and "## Task cls: classification on CIFAR-10" in md
     assert "PLUMBING CHECK" not in md, "only a report on synthetic data carries the banner"
+    reading = md[md.index("### Reading"):]
+    assert "47% of the gap" in reading and "linear probe at each init's tap chosen on val: 38% [37%, 38%], n = 2" in reading
+    assert "excludes 0 (colorization beats random) and excludes the published 47%" in reading
     img = matplotlib.image.imread(paths["plot"])
     assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 600
     assert markdown_tables(res) in md

@@ -247,7 +247,53 @@ def task_markdown(res: dict) -> str:
         b = best.get(i)
         tap_val = f"{100 * b['val']:.1f} ({b['tap']})" if b and b["val"] is not None else "–"
         lines.append(f"| {i} | {tap_val} | " + " | ".join(format_acc(res["finetune"][f][i]["val"]) for f in fr) + " |")
+    lines += ["", "### Reading", "", *reading(res)]
     return "\n".join(lines) + "\n"
+
+
+#: the published gap closed each task kind is compared with (../shared/reference.md), as a fraction
+PUBLISHED = {
+    "classification": ("Larsson et al., AlexNet fine-tuned ImageNet -> VOC 2007 classification: 53.3 / 65.9 / 79.9 mAP "
+                       "(random / colorization / supervised), 47% of the gap; Zhang et al.'s ImageNet linear probes 19 / 40 / 52 / "
+                       "51 / 49% at conv1-5", 0.47),
+    "segmentation": ("Larsson et al., AlexNet fine-tuned ImageNet -> VOC 2012 segmentation: 19.8 / 38.4 / 48.0 mIoU, 66% of the gap",
+                     0.66),
+}
+
+
+def _read_gap(what: str, g: dict, published: float) -> str:
+    """One sentence on what a gap-closed interval supports."""
+    if g.get("mean") is None:
+        return f"- {what}: no gap closed ({_note(g)})."
+    text = f"- {what}: {format_gap(g)}"
+    if g.get("low") is None:
+        return text + f"; no interval ({_note(g) or 'one seed'}), so it supports no conclusion."
+    zero = "excludes 0 (colorization beats random)" if g["low"] > 0 else "includes 0 (no evidence that colorization beats random)" \
+        if g["high"] > 0 else "lies below 0 (colorization worse than random)"
+    pub = "includes" if g["low"] <= published <= g["high"] else "excludes"
+    return text + f"; the interval {zero} and {pub} the published {100 * published:.0f}%."
+
+
+def _note(g: dict) -> str:
+    return str(g.get("note", "")).split(": ", 1)[-1]
+
+
+def reading(res: dict) -> list[str]:
+    """What the intervals of one task support, beside the published numbers, in sentences."""
+    kind = res.get("kind", "classification")
+    text, published = PUBLISHED.get(kind, PUBLISHED["classification"])
+    out = [f"Published: {text}. The numbers here come from far smaller nets, images and pretraining; compare directions, not magnitudes."]
+    best = res["probe"].get("linear_gap", {}).get("best")
+    if best:
+        out.append(_read_gap("linear probe at each init's tap chosen on val", best["gap_closed"], published))
+    for f, entry in res.get("finetune", {}).items():
+        if "gap" in entry:
+            out.append(_read_gap(f"fine-tuned on {100 * float(f):g}% of the labels", entry["gap"]["gap_closed"], published))
+            last = sum(entry[i].get("step_is_last", 0) for i in res["inits"] if i in entry)
+            runs = sum(len(entry[i].get("step_chosen", [])) for i in res["inits"] if i in entry)
+            if runs and last > runs / 2:
+                out.append(f"  Its best checkpoint was the last validation in {last} of {runs} runs: longer fine-tunes might move it.")
+    return out
 
 
 def timing(markers: list[dict], wall_seconds: float | None) -> dict:
