@@ -60,7 +60,7 @@ def shapes_segfolder(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # ~5 min idle; 17.7 min on a 2-core machine at load 11-19
+@pytest.mark.timeout(1800)  # 17.7 min on a 2-core machine at load 11-19 (not yet timed idle)
 def test_gap_smoke_both_tasks_end_to_end_resume_and_test_labels_change_no_choice(tmp_path, data_dir, shapes_segfolder, monkeypatch):
     """A plumbing check: synthetic pool, classification task and segmentation folder; every arm kind of both tasks."""
     out = tmp_path / "gap"
