@@ -40,7 +40,7 @@ def main() -> None:
     from cnnlab.backbones import save_trunk
     from cnnlab.cli import instantiate
     from cnnlab.data.segmentation import SegmentationDataModule
-    from cnnlab.gap.arithmetic import mean_ci
+    from cnnlab.stats import mean_ci
     from cnnlab.labelmaps import majority_class_scores
     from cnnlab.probes import calibrate_batchnorm
     from cnnlab.probes.dense import probe_trunk_dense
