@@ -47,8 +47,8 @@ def test_train_lab_bins_writes_trunk_panels_and_metrics(lab_run):
     for split in ("val_panels", "test_panels"):
         panels = sorted((lab_run / "images" / split).glob("step_*.png"))
         assert panels, split
-        with Image.open(panels[-1]) as im:
-            assert im.mode == "RGB" and min(im.size) >= 32, (split, im.mode, im.size)
+        with Image.open(panels[-1]) as im:  # a labelled figure (columns gray | prediction | truth) at a size that reads
+            assert im.mode in ("RGB", "RGBA") and min(im.size) >= 300, (split, im.mode, im.size)
 
 
 def _checksums(folder):
@@ -76,10 +76,11 @@ def test_colorize_cli_images_folder_and_errors(lab_run, tmp_path, capsys):
     out = tmp_path / "out"
     run_cli("cnnlab.colorize", str(src), "--ckpt", str(ckpt), "--out", str(out), "--panel")
     gray_out = Image.open(out / "gray_color.png")
-    assert gray_out.mode == "RGB" and gray_out.size == (48 * 2, 40)  # gray | colorized, at the input's resolution
-    assert Image.open(out / "rgb_color.png").size == (24 * 3, 24)  # gray | colorized | original
+    # captioned gray | colorized, at the input's resolution, 8 px apart, under a caption strip
+    assert gray_out.mode == "RGB" and gray_out.size[0] == 48 * 2 + 8 and gray_out.size[1] > 40
+    assert Image.open(out / "rgb_color.png").size[0] == 24 * 3 + 2 * 8  # gray | colorized | original
     # the gray part of the panel is the input's own full-resolution lightness, pixel for pixel
-    assert np.abs(np.asarray(gray_out)[:, :48].astype(int) - gray[..., None]).max() <= 1
+    assert np.abs(np.asarray(gray_out)[-40:, :48].astype(int) - gray[..., None]).max() <= 1
 
     wrong = tmp_path / "classifier.ckpt"
     torch.save({"cnnlab_class": "cnnlab.models.classifier.Classifier"}, wrong)

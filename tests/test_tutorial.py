@@ -81,6 +81,7 @@ def test_the_page_has_the_walk_in_order():
     assert len(fenced(TUTORIAL.read_text(), "python")) == 1
 
 
+@pytest.mark.timeout(1800)  # eleven processes: ~4 min on an idle 2-core CPU, 15+ when it is shared
 def test_every_tutorial_command_runs_at_smoke_size(cifar_archive, data_dir, tmp_path):
     modules = _modules()
     env = {**os.environ, "CNNLAB_DATA": str(cifar_archive.parent), "WANDB_MODE": "offline", "WANDB_SILENT": "true",

@@ -23,7 +23,7 @@ class Reference:
     what: str
     run: str  # the run dir under <paths.log_dir>/reference/
     command: str
-    minutes: str  # how long the command took on the 2-core development CPU (docs/benchmarks.md)
+    minutes: str  # how long the command took on the 2-core development CPU, idle to busy (docs/benchmarks.md)
 
     def path(self, log_dir: str | Path) -> Path:
         """The checkpoint the default commands read."""
@@ -31,7 +31,7 @@ class Reference:
 
 
 CLASSIFIER = Reference("the reference CIFAR-10 classifier", "supervised_cifar", "cnnlab-train experiment=reference_cifar", "~10")
-COLORIZER = Reference("the reference colorizer", "colorize_cifar", "cnnlab-train experiment=reference_colorizer", "~15")
+COLORIZER = Reference("the reference colorizer", "colorize_cifar", "cnnlab-train experiment=reference_colorizer", "7-50")
 
 
 def is_reference(path: str | Path | None, ref: Reference) -> bool:
