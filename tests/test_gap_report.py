@@ -58,7 +58,7 @@ def test_summarize_pairs_runs_and_picks_the_best_tap_on_val():
 def test_label_subsets_are_averaged_within_a_seed_before_the_interval():
     """Two subsets of each of two seeds are 4 paired runs but 2 independent units: every n is 2."""
     col = _fake_collected()
-    for i, by_f in col["finetune"].items():
+    for by_f in col["finetune"].values():
         runs = by_f[0.1]
         by_f[0.1] = {(s, k): {**runs[(s, 0)], "test": runs[(s, 0)]["test"] + (0.04 if k else -0.04)} for s in (0, 1) for k in (0, 1)}
     res = summarize(col, ["random", "colorization", "supervised"], [0.1])

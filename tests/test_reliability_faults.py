@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import socket
 import subprocess
@@ -271,7 +270,9 @@ def test_a_run_dir_with_a_non_ascii_path_resumes(moved_to_non_ascii):
     before = checksums(run_dir)
     proc = run_cli("cnnlab.train", f"resume={run_dir}")
     assert f"run {run_dir} is already finished" in proc.stdout + proc.stderr
-    kept = lambda sums: {k: v for k, v in sums.items() if k.startswith("checkpoints/") or k in ("metrics.json", "trunk.pt")}
+    def kept(sums):
+        return {k: v for k, v in sums.items() if k.startswith("checkpoints/") or k in ("metrics.json", "trunk.pt")}
+
     assert kept(checksums(run_dir)) == kept(before)
 
 

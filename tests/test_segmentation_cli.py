@@ -93,7 +93,7 @@ def test_a_bad_source_is_one_line_and_writes_nothing(tmp_path, data_dir):
                    f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={run_dir}", check=False)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: label map of train/images/f.png is 16x10 but its image is 16x12: "
+    assert errors == ["error: label map of train/images/f.png is 16x10 but its image is 16x12: "
                       "give every image a label map of the same size"], proc.stderr[-2000:]
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.json").exists()
     assert not (tmp_path / "data" / "cache").exists() or not any((tmp_path / "data" / "cache").iterdir())
