@@ -1,10 +1,11 @@
 """How cnnlab-gap's arms should run on a CPU shared with other work: launchers and torch threads side by side.
 
-One gap plan (by default a slice of the quick budget: a random and a colorization trunk on 10,000 CIFAR-10
-images, their probes, one fine-tune search) is run back to back, each time in a fresh run dir, as
+One gap plan (by default a slice of the quick budget: a random and a colorization trunk on 2,000 CIFAR-10
+images, their probes, one fine-tune search: 8 arms) is run back to back, each time in a fresh run dir, as
 
 - ``local``: every arm in one process with torch's default threads (one per core), the former default;
 - ``local threads=1``: the same with one thread;
+- ``local passive``: torch's default threads, idle ones sleeping instead of spinning (``OMP_WAIT_POLICY=PASSIVE``);
 - ``pool``: two worker processes with one thread each (``launcher=pool launcher.workers=2 threads=1``);
 
 first with no neighbour of ours, then with ``--neighbours`` CPU-bound processes (busy loops) running beside it.
@@ -17,6 +18,7 @@ data cache, loading a trunk; a pool worker pays the first three once, a submitit
 
     PYTHONPATH=src CNNLAB_DATA=/work/shared/data python scripts/bench_gap_workers.py --out bench_workers.json
     PYTHONPATH=src python scripts/bench_gap_workers.py --budget smoke --plan "" --out bench_smoke.json
+    PYTHONPATH=src python scripts/bench_gap_workers.py --steps 20 --out bench_steps.json   # thread settings only
 """
 
 from __future__ import annotations
@@ -31,9 +33,12 @@ import tempfile
 import time
 from pathlib import Path
 
-LAUNCHERS = {"local": [], "local threads=1": ["threads=1"], "pool 2x1": ["launcher=pool", "launcher.workers=2", "threads=1"]}
-PLAN = ("inits=[random,colorization] seeds=[0] label_subsets=[0] data.train_limit=10000 finetune.lrs=[0.03] "
-        "report.wandb=false")
+#: launcher name -> (overrides, environment)
+LAUNCHERS = {"local": ([], {}), "local threads=1": (["threads=1"], {}),
+             "local passive": ([], {"OMP_WAIT_POLICY": "PASSIVE"}),
+             "pool 2x1": (["launcher=pool", "launcher.workers=2", "threads=1"], {})}
+PLAN = ("inits=[random,colorization] seeds=[0] label_subsets=[0] data.train_limit=2000 random_init.calibrate_batches=4 "
+        "finetune.lrs=[0.03] report.wandb=false")
 
 CHILD = r"""
 import json, sys, time
@@ -54,6 +59,58 @@ print(json.dumps({"imports": t1 - t0, "runner_and_plan": t2 - t1, "data_cache": 
 """
 
 
+STEPS = r"""
+import json, os, sys, time
+import torch
+from cnnlab.backbones.cifar import VGGCifar
+threads, steps = int(sys.argv[1]), int(sys.argv[2])
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+net = VGGCifar(in_channels=1, width=16)
+opt = torch.optim.SGD(net.parameters(), lr=0.01)
+x = torch.rand(64, 1, 32, 32)
+def step():
+    opt.zero_grad()
+    out = net(x)
+    (out if torch.is_tensor(out) else next(iter(out.values()))).float().square().mean().backward()
+    opt.step()
+for _ in range(2):
+    step()
+t0 = time.perf_counter(); c0 = time.process_time()
+for _ in range(steps):
+    step()
+print(json.dumps({"s_per_step": (time.perf_counter() - t0) / steps, "cpu_s_per_step": (time.process_time() - c0) / steps}))
+"""
+
+
+def steps_side_by_side(steps: int, neighbours: int) -> dict:
+    """Training steps of the quick budget's network (width-16 VGG-8, batch 64, 32 px, one channel), back to back:
+    one process with 2 threads (torch's default here), the same with idle threads sleeping (OMP_WAIT_POLICY=PASSIVE),
+    one process with 1 thread, and two 1-thread processes at once (a pool of two): throughput in steps/s."""
+    def child(threads: int, env: dict | None = None) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", STEPS, str(threads), str(steps)], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, **(env or {})})
+
+    def result(p: subprocess.Popen) -> dict:
+        return json.loads(p.communicate()[0].strip().splitlines()[-1])
+
+    out = {"load_before": load(), "neighbours": neighbours}
+    procs = [busy() for _ in range(neighbours)]
+    try:
+        for name, threads, env in (("2 threads", 2, None), ("2 threads passive", 2, {"OMP_WAIT_POLICY": "PASSIVE"}),
+                                   ("1 thread", 1, None)):
+            r = result(child(threads, env))
+            out[name] = {**r, "steps_per_s": 1 / r["s_per_step"]}
+        pair = [child(1), child(1)]
+        rs = [result(p) for p in pair]
+        out["two 1-thread processes"] = {"s_per_step": [r["s_per_step"] for r in rs], "steps_per_s": sum(1 / r["s_per_step"] for r in rs)}
+    finally:
+        for p in procs:
+            p.kill()
+    out["load_after"] = load()
+    return out
+
+
 def load() -> str:
     return Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
 
@@ -62,8 +119,8 @@ def busy() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
-def run_gap(args, extra: list[str], out: Path) -> dict:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+def run_gap(args, extra: list[str], out: Path, env_extra: dict) -> dict:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **env_extra}
     cmd = [sys.executable, "-m", "cnnlab.gap", f"budget={args.budget}", *args.plan.split(), *extra, f"hydra.run.dir={out}"]
     if args.data_dir:
         cmd.append(f"paths.data_dir={args.data_dir}")
@@ -121,7 +178,15 @@ def main() -> None:
     ap.add_argument("--neighbours", type=int, default=2)
     ap.add_argument("--launchers", default=",".join(LAUNCHERS))
     ap.add_argument("--out", default="bench_gap_workers.json")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="only time this many training steps per thread setting (side by side), no gap runs")
     args = ap.parse_args()
+    if args.steps:
+        res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(), "command": " ".join(sys.argv),
+               "steps": [steps_side_by_side(args.steps, n) for n in (0, args.neighbours)]}
+        Path(args.out).write_text(json.dumps(res, indent=1))
+        print(json.dumps(res, indent=1))
+        return
     root = Path(tempfile.mkdtemp(prefix="bench_gap_workers_"))
     res: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
                  "command": " ".join(sys.argv), "runs": {}}
@@ -131,7 +196,7 @@ def main() -> None:
             try:
                 for name in args.launchers.split(","):
                     out = root / f"{name.replace(' ', '_').replace('=', '')}_{n}"
-                    r = run_gap(args, LAUNCHERS[name], out)
+                    r = run_gap(args, LAUNCHERS[name][0], out, LAUNCHERS[name][1])
                     res["runs"].setdefault(name, {})[f"neighbours={n}"] = r
                     print(name, n, r, flush=True)
                     Path(args.out).write_text(json.dumps(res, indent=1))

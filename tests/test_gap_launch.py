@@ -154,6 +154,7 @@ def test_submitit_path_runs_the_plan_as_jobs(sequential, data_dir):
     shutil.rmtree(out)
 
 
+@pytest.mark.slow
 def test_multirun_jobs_share_a_wandb_group(tmp_path, data_dir):
     sweep = tmp_path / "sweep"
     run_cli("cnnlab.train", "-m", "data=synthetic", "data.synthetic.n_train=100", "data.synthetic.n_test=50", "backbone.width=4",
@@ -179,6 +180,30 @@ def test_pool_plans_one_worker_per_gpu_or_core(monkeypatch):
     assert launch.Pool().plan_workers() == (3, ["2", "3", "5"], 2)
     with pytest.raises(UserError, match="one worker per GPU"):
         launch.Pool(workers=4).plan_workers()
+
+
+def test_slurm_job_script_from_the_launcher_config(tmp_path, monkeypatch):
+    """conf/launcher/slurm.yaml into submitit's own sbatch script (no cluster: submitit only looks for an
+    ``srun`` on PATH before writing it); a preempted job is requeued with its arm (a Checkpointable)."""
+    from cnnlab.gap.configs import compose_gap
+    from cnnlab.gap.launch import ArmJob, Submitit, launcher_of
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    cfg, _ = compose_gap(["budget=full", "launcher=slurm", "launcher.partition=gpu", "launcher.timeout_min=90",
+                          "+launcher.additional.account=lab", f"paths.output_dir={tmp_path}"])
+    launcher = launcher_of(cfg)
+    assert isinstance(launcher, Submitit)
+    ex = launcher.executor(tmp_path / "jobs" / "colorization_seed0")
+    script = ex._executor._make_submission_file_text("python -m x", "uid")
+    for line in ("--partition=gpu", "--time=90", "--gpus-per-node=1", "--account=lab", "--signal=USR2@",
+                 f"--output={tmp_path / 'jobs' / 'colorization_seed0'}/%j_0_log.out"):
+        assert line in script, line
+    job = ArmJob("cfg", str(tmp_path), {}, "colorization_seed0", None)
+    again = job.checkpoint()
+    assert again.function is job and not again.args, "requeued as it was: the arm starts again"
 
 
 def test_gpu_check_budget_with_the_pool_composes(tmp_path):

@@ -397,6 +397,8 @@ def execute(runner: Runner, plan: Plan, todo: list[Arm], launcher: Launcher,
     """Run ``todo`` with ``launcher``: each arm as soon as its inputs are finished, in plan order, ``launcher.slots``
     at a time. After a failure nothing new starts; the running arms finish, then the first failure is raised
     (the finished arms are kept: rerunning the command resumes)."""
+    if not todo:
+        return
     known = {a.name for a in plan.arms}
     finished = {n for n, s in plan.status.items() if s == "done"}
     waiting = list(todo)
