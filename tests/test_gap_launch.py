@@ -125,6 +125,7 @@ def test_pool_equals_sequential_and_a_killed_worker_loses_only_its_arm(sequentia
     assert "error: arm " in stderr and "colorization_seed0" in stderr and "rerun the same command to resume" in stderr
     first = _stamps(out)
     assert "colorization_seed0" not in first and len(first) < N_ARMS
+    assert not (out / "gap_results.json").exists(), "no report from a run with an arm missing"
 
     again = run_cli("cnnlab.gap", *args)
     assert "pool of 2 worker(s) on CPU, 1 thread(s) each" in again.stdout
