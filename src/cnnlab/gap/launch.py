@@ -404,8 +404,9 @@ def execute(runner: Runner, plan: Plan, todo: list[Arm], launcher: Launcher,
     waiting = list(todo)
     running: dict[str, tuple] = {}
     failures: list[tuple[Arm, BaseException]] = []
-    # the report's W&B run (written after the arms) joins the arms' group through the same variable
-    os.environ.setdefault("WANDB_RUN_GROUP", wandb_group(runner.root))
+    # the report's W&B run (written after the arms) joins the arms' group through the same variable (W&B reads it at
+    # the process's first run: a second gap run in one process would need the report to pass its group itself)
+    os.environ["WANDB_RUN_GROUP"] = wandb_group(runner.root)
     launcher.start(runner)
     try:
         while waiting or running:
