@@ -397,8 +397,6 @@ def execute(runner: Runner, plan: Plan, todo: list[Arm], launcher: Launcher,
     """Run ``todo`` with ``launcher``: each arm as soon as its inputs are finished, in plan order, ``launcher.slots``
     at a time. After a failure nothing new starts; the running arms finish, then the first failure is raised
     (the finished arms are kept: rerunning the command resumes)."""
-    if not todo:
-        return
     known = {a.name for a in plan.arms}
     finished = {n for n, s in plan.status.items() if s == "done"}
     waiting = list(todo)
@@ -407,6 +405,8 @@ def execute(runner: Runner, plan: Plan, todo: list[Arm], launcher: Launcher,
     # the report's W&B run (written after the arms) joins the arms' group through the same variable (W&B reads it at
     # the process's first run: a second gap run in one process would need the report to pass its group itself)
     os.environ["WANDB_RUN_GROUP"] = wandb_group(runner.root)
+    if not todo:
+        return
     launcher.start(runner)
     try:
         while waiting or running:
