@@ -44,7 +44,7 @@ def _batched(fn, x, y, batch: int):
 
 
 def _row(name: str, correct: torch.Tensor, seconds: float) -> dict:
-    from cnnlab.visualize.attacks import wilson_interval
+    from cnnlab.stats import wilson_interval
 
     k, n = int(correct.sum()), correct.numel()
     lo, hi = wilson_interval(k, n)

@@ -50,7 +50,7 @@ t1 = time.time()
 cfg_yaml, root, choices, trunk = json.loads(sys.argv[1])
 runner = worker_runner(cfg_yaml, root, choices)
 t2 = time.time()
-dm = runner.datamodule(); dm.setup()
+dm = runner.datamodule(None); dm.setup()  # the pretraining pool
 t3 = time.time()
 from cnnlab.backbones import load_trunk
 load_trunk(trunk)
@@ -161,7 +161,7 @@ def overhead(args, run_dir: Path) -> dict:
     runner = worker_runner(portable_config(cfg), str(run_dir), choices)
     runner.plan()
     t2 = time.time()
-    dm = runner.datamodule()
+    dm = runner.datamodule(None)
     dm.setup()
     t3 = time.time()
     load_trunk(trunk)

@@ -17,7 +17,7 @@ channel), and eps is in those units (1/255 of the lightness range is 0.39 L unit
 
 Reported per init: the mean over the paired runs with a 95% t-interval (n = paired runs), and the paired
 differences colorization - random and supervised - colorization with their 95% paired t-interval
-(``cnnlab.gap.arithmetic``). The intervals are over training runs on this fixed image set; they do not include the
+(``cnnlab.stats``). The intervals are over training runs on this fixed image set; they do not include the
 sampling error of the images themselves (a Wilson interval of about +-4 points at n = 500). Because clean accuracy
 differs between inits, robust accuracy is also given relative to clean accuracy (robust / clean = the share of the
 points a model classifies correctly that survive the attack) and on the points every compared model classifies
@@ -164,7 +164,7 @@ def per_model(res: dict[str, np.ndarray], common: np.ndarray) -> dict:
 
 def summarize(models: dict[tuple[int, int], dict[str, dict]], eps255: list[float]) -> dict:
     """Per init mean over paired runs with its t-interval, and the paired differences, for every measure."""
-    from cnnlab.gap.arithmetic import mean_ci, paired_difference
+    from cnnlab.stats import mean_ci, paired_difference
 
     units = list(models)
     measures = [f"{a}{s}" for s in ("", "_rel", "_common") for a in ATTACKS]
@@ -189,11 +189,9 @@ def summarize(models: dict[tuple[int, int], dict[str, dict]], eps255: list[float
 
 
 def _ci(c: dict, scale: float = 100, digits: int = 1) -> str:
-    if c["mean"] is None:
-        return "n/a"
-    if c["low"] is None:
-        return f"{c['mean'] * scale:.{digits}f}"
-    return f"{c['mean'] * scale:.{digits}f} [{c['low'] * scale:.{digits}f}, {c['high'] * scale:.{digits}f}]"
+    from cnnlab.stats import format_interval
+
+    return format_interval(c, scale, digits, with_n=False)
 
 
 def markdown(summary: dict, eps255: list[float], n_units: int, n_images: int, n_common: int, restarts: int, steps: int) -> str:

@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
+
+from cnnlab.stats import mean_halfwidth, t_critical
 
 
 def _json(run: str, name: str) -> dict:
@@ -36,7 +37,7 @@ def select_ig(runs: list[str]) -> tuple[list[list], object]:
         per = d["per_image"]["integrated_gradients"]
         diff = np.asarray(per["insertion"]) - np.asarray(per["deletion"])
         n = len(diff)
-        half = stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / np.sqrt(n)
+        half = mean_halfwidth(diff)[1]
         auc, rnd = d["auc"]["integrated_gradients"], d["auc"]["random"]
         rows.append([d["ig_baseline"], n, auc["deletion_auc"], auc["deletion_ci"], auc["insertion_auc"], auc["insertion_ci"],
                      float(diff.mean()), float(half), rnd["deletion_auc"], rnd["insertion_auc"]])
@@ -51,7 +52,7 @@ def select_draws(runs: list[str], candidates: list[int], tol: float) -> tuple[di
     if any(d["draws"] != 1 for d in per_draw) or len(set(seeds)) != len(seeds):
         raise SystemExit("error: pass draws=1 runs with different seeds (0, 1000, 2000, ...)")
     r = len(per_draw)
-    t = stats.t.ppf(0.975, r - 1)
+    t = t_critical(r)
     worst, where = 0.0, None
     for score in ("spearman_abs", "spearman", "ssim"):
         for method in per_draw[0]["scores"][score]:

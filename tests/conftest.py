@@ -29,16 +29,21 @@ def data_dir() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def cifar_archive() -> Path:
-    """The real CIFAR-10 JPEG archive, or a skip (CNNLAB_DATA unset) / failure (set but missing)."""
+def shared_archive(name: str) -> Path:
+    """``$CNNLAB_DATA/<name>``, or a skip (CNNLAB_DATA unset) / failure (set but missing)."""
     root = os.environ.get("CNNLAB_DATA")
     if not root:
-        pytest.skip("CNNLAB_DATA is not set: point it at the directory holding cifar10-jpg.tar.gz to run integration tests")
-    path = Path(root) / "cifar10-jpg.tar.gz"
+        pytest.skip(f"CNNLAB_DATA is not set: point it at the directory holding {name} to run integration tests")
+    path = Path(root) / name
     if not path.is_file():
         pytest.fail(f"CNNLAB_DATA={root} but {path} does not exist")
     return path
+
+
+@pytest.fixture(scope="session")
+def cifar_archive() -> Path:
+    """The real CIFAR-10 JPEG archive (see :func:`shared_archive`)."""
+    return shared_archive("cifar10-jpg.tar.gz")
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cnnlab.errors import UserError
+from cnnlab.stats import wilson_interval
 from cnnlab.visualize import attacks as A
 from tests.test_visualize import net  # noqa: F401 - the synthetic-trained VGG (one_thread comes from conftest)
 
@@ -31,7 +32,7 @@ def test_pgd_accuracy_is_monotone_in_eps_up_to_sampling(net, points):  # noqa: F
     acc = raw.float().mean(0)
     n = len(x)
     for a, b in zip(acc[:-1].tolist(), acc[1:].tolist()):
-        lo, hi = A.wilson_interval(round(a * n), n)
+        lo, hi = wilson_interval(round(a * n), n)
         assert b <= hi  # a larger ball is never clearly harder to leave
     assert acc[0] == 1.0 and acc[-1] < acc[0]  # the net is not robust at 16/255
     worst = A.robustness_curve(net, x, y, EPS, ("pgd",), steps=5, generator=torch.Generator().manual_seed(0))["pgd"]
@@ -76,13 +77,6 @@ def test_curve_summary_has_clean_point_and_intervals(net, points):  # noqa: F811
     rows = A.curve_summary(curves, [8 / 255, 2 / 255])
     assert [r["eps_255"] for r in rows] == [0, 2, 8, 0, 2, 8] and {r["attack"] for r in rows} == {"fgsm", "pgd"}
     assert all(r["ci_low"] <= r["accuracy"] <= r["ci_high"] and r["n"] == len(x) for r in rows)
-
-
-def test_wilson_interval():
-    lo, hi = A.wilson_interval(0, 100)
-    assert lo == 0.0 and 0.03 < hi < 0.04
-    lo, hi = A.wilson_interval(50, 100)
-    assert lo == pytest.approx(1 - hi) and 0.09 < hi - 0.5 < 0.1
 
 
 @pytest.mark.parametrize("eps", [[0.0, 8 / 255], [8 / 255, 8.0], [-1 / 255]])

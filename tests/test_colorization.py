@@ -8,8 +8,7 @@ import torch
 from cnnlab.color import lab_to_rgb, rgb_to_hue_chroma, rgb_to_lab
 from cnnlab.colorization import bins as B
 from cnnlab.colorization.decode import annealed_probs, decode_ab, decode_hue_chroma
-from cnnlab.colorization.hypercolumn import (dense_hypercolumns, gather_pixels, pixel_centers, random_pixels,
-                                             sample_hypercolumns)
+from cnnlab.hypercolumn import dense_hypercolumns, gather_pixels, pixel_centers, random_pixels, sample_hypercolumns
 from cnnlab.colorization.metrics import ab_error_auc, AbAuC
 from cnnlab.colorization.prior import cached_ab_stats, compute_ab_stats
 from cnnlab.errors import UserError

@@ -1,62 +1,123 @@
-"""Every budget preset composes, validates and plans the arms it promises (no GPU and no data needed to plan)."""
+"""Every budget preset composes, validates and plans the arms it promises (no GPU and no data needed to plan);
+the transfer protocol's properties that hold before anything runs: no downstream image or label reaches a
+pretraining, and every pretrained init gets the same optimizer steps under the same schedule."""
+
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from cnnlab.config import CONF_DIR
 from cnnlab.gap.runner import Runner, validate
 
-EXPECT = {  # budget: (seeds, label subsets, label fractions, fine-tune candidates = lrs x recipe variants, probe subsets)
-    "smoke": (1, 2, 1, 4, 2),
-    "quick": (2, 2, 1, 3, 2),
-    "standard": (3, 2, 2, 6, 2),
-    "gpu_check": (1, 2, 1, 2, 2),
-    "full": (3, 3, 3, 4, 1),
+#: budgets whose report also has the supervised ceiling on RGB input
+RGB = {"standard", "full"}
+EXPECT = {  # budget: (seeds, label subsets, {task: (label fractions, candidates = lrs x variants, probe subsets)})
+    "smoke": (1, 2, {"cls": (1, 4, 2), "seg": (1, 1, 1)}),
+    "quick": (2, 1, {"cls": (1, 3, 1), "seg": (1, 2, 1)}),
+    "standard": (4, 1, {"cls": (2, 3, 1), "seg": (2, 3, 1)}),
+    "gpu_check": (1, 1, {"cls": (1, 2, 1), "seg": (1, 1, 1)}),
+    "full": (4, 2, {"cls": (2, 3, 1), "seg": (2, 3, 1)}),
 }
+#: the full budget reads folders a user names
+SOURCES = {"full": ["pool.cfg.source=/imagenet", "tasks.cls.cfg.source=/voc07_folder"]}
 
 
-def _cfg(budget: str, tmp_path):
+def _cfg(budget: str, tmp_path, *overrides):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("gap", overrides=[f"budget={budget}", f"paths.output_dir={tmp_path}"])
+        cfg = compose("gap", overrides=[f"budget={budget}", f"paths.output_dir={tmp_path}", *SOURCES.get(budget, []), *overrides])
+    OmegaConf.set_struct(cfg, False)
+    return cfg
 
 
 @pytest.mark.parametrize("budget", sorted(EXPECT))
-def test_budget_composes_and_plans_every_arm_kind(budget, tmp_path):
+def test_budget_composes_and_plans_every_arm_kind_of_both_tasks(budget, tmp_path):
     cfg = _cfg(budget, tmp_path)
     validate(cfg)
-    runner = Runner(cfg, tmp_path, {"data": "synthetic" if budget == "smoke" else "cifar10", "backbone": "vgg_cifar"})
+    runner = Runner(cfg, tmp_path, {})
     plan = runner.plan()
-    seeds, subsets, fractions, cands, probe_subsets = EXPECT[budget]
-    kinds = [a.kind for a in plan.arms]
-    assert kinds.count("trunk") == 3 * seeds and kinds.count("probe") == 3 * seeds * probe_subsets
-    assert kinds.count("finetune") == 3 * seeds * subsets * fractions * cands
-    assert kinds.count("finetune_test") == 3 * seeds * subsets * fractions
+    seeds, subsets, tasks = EXPECT[budget]
+    assert set(runner.tasks) == set(tasks) and {runner.tasks[t].kind for t in tasks} == {"classification", "segmentation"}
+    kinds = [(a.kind, a.task) for a in plan.arms]
+    inits = 4 if budget in RGB else 3
+    assert list(cfg.inits)[:3] == ["random", "colorization", "supervised"] and len(cfg.inits) == inits
+    assert kinds.count(("trunk", None)) == inits * seeds
+    for t, (fractions, cands, probe_subsets) in tasks.items():
+        assert kinds.count(("probe", t)) == inits * seeds * probe_subsets
+        assert kinds.count(("finetune", t)) == inits * seeds * subsets * fractions * cands
+        assert kinds.count(("finetune_test", t)) == inits * seeds * subsets * fractions
     assert set(plan.status.values()) == {"to run"}, "nothing is done in an empty run dir"
-    # the pretraining arms are composed train configs: the gap's data (lightness, val split) and backbone
+    steps = set()
     for arm in plan.arms:
         if arm.kind == "trunk" and arm.init != "random":
             c = runner.arm_config(arm)
-            assert c.data.val_fraction == cfg.data.val_fraction and c.seed == arm.seed and c.test is False
-            assert c.backbone.width == cfg.backbone.width and c.backbone.in_channels == 1
-            assert c.data.color_space == ("lab" if arm.init == "colorization" else "L")
-            assert c.data.label_fraction == 1.0, "pretraining sees every training image outside the validation split"
+            assert c.data == OmegaConf.create({**runner.configs.pool, "color_space": c.data.color_space, "shuffle_seed": arm.seed,
+                                                "label_seed": arm.seed, "label_fraction": 1.0}), "pretraining reads the pool alone"
+            rgb = arm.init == "supervised_rgb"
+            assert c.seed == arm.seed and c.test is False and c.backbone.in_channels == (3 if rgb else 1)
+            assert c.data.color_space == ("lab" if arm.init == "colorization" else "rgb" if rgb else "L")
+            steps.add((c.trainer.max_steps, c.data.batch_size, c.model.scheduler.total_steps, c.model.scheduler.pct_start))
+    assert steps == {(cfg.pretrain.steps, runner.configs.pool["batch_size"], cfg.pretrain.steps, cfg.pretrain.warmup_fraction)}, \
+        "supervised and colorization pretraining: the same optimizer steps of the same batch under the same schedule"
     if budget in ("full", "gpu_check"):
-        assert cfg.data.num_workers > 0 and cfg.probe.device == "auto"
+        assert runner.configs.pool["num_workers"] > 0 and cfg.probe.device == "auto"
+    if budget == "full":
+        assert runner.configs.pool["image_size"] == 224 and runner.arch == "vgg16_bn"
+        assert runner.configs.task_data["seg"]["name"] == "voc"
 
 
-def test_full_budget_scales_finetune_length_with_the_labelled_pool(tmp_path):
-    from pathlib import Path
+def test_no_downstream_image_or_label_reaches_pretraining(tmp_path):
+    """Changing everything about the downstream tasks (their data, labels, fractions, subsets) leaves every pretraining
+    arm's config, and so its key and its trunk, unchanged; changing the pool does not."""
+    def pretrain_keys(*overrides):
+        cfg = _cfg("quick", tmp_path, *overrides)
+        runner = Runner(cfg, tmp_path, {})
+        plan = runner.plan()
+        trunks = [a for a in plan.arms if a.kind == "trunk"]
+        return {a.name: runner.key(a) for a in trunks}, {a.name: runner.arm_config(a) for a in trunks if a.init != "random"}
 
-    from cnnlab.gap.configs import ArmConfigs
+    keys, cfgs = pretrain_keys()
+    other_keys, other_cfgs = pretrain_keys("tasks.cls.data=stl10", "tasks.cls.label_fractions=[0.5]", "label_subsets=[3]",
+                                           "tasks.seg.cfg.image_size=[90,120]", "tasks.seg=null")
+    assert keys == other_keys and len(keys) == 6
+    assert {n: OmegaConf.to_container(c, resolve=True) for n, c in cfgs.items()} == \
+           {n: OmegaConf.to_container(c, resolve=True) for n, c in other_cfgs.items()}
+    for c in cfgs.values():
+        assert c.data.name == "tinyimagenet" and c.data.train_limit == 20000, "the pool, not CIFAR-10 or CamVid"
+    assert pretrain_keys("pool.cfg.train_limit=10000")[0] != keys, "the key does follow the pool"
+    # the in-domain preset is the earlier question, by name: pool = the task's own training split outside its val
+    cfg = _cfg("quick", tmp_path, "protocol=in_domain")
+    runner = Runner(cfg, tmp_path, {})
+    assert cfg.protocol_name == "in_domain" and set(runner.tasks) == {"cls"}
+    assert runner.configs.pool["name"] == "cifar10" and runner.configs.pool["val_fraction"] == runner.configs.task_data["cls"]["val_fraction"]
 
-    cfg = _cfg("full", tmp_path)
-    configs = ArmConfigs(cfg, {"data": "cifar10", "backbone": "vgg_cifar"})
+
+def test_rgb_ceiling_is_pretrained_and_evaluated_on_colour(tmp_path):
+    cfg = _cfg("smoke", tmp_path, "inits=[random,colorization,supervised,supervised_rgb]")
+    validate(cfg)
+    runner = Runner(cfg, tmp_path, {})
+    arms = {a.name: a for a in runner.plan().arms}
+    pre = runner.arm_config(arms["supervised_rgb_seed0"])
+    assert pre.data.color_space == "rgb" and pre.backbone.in_channels == 3
+    ft = runner.configs.finetune("cls", "supervised_rgb", 0, 0, 0.5, 0.01, Path("/x/trunk.pt"), 150, "ft", tmp_path / "ft")
+    assert ft.data.color_space == "rgb" and ft.data.name == "synthetic"
+    assert runner.configs.finetune("cls", "supervised", 0, 0, 0.5, 0.01, Path("/x/trunk.pt"), 150, "ft", tmp_path / "ft").data.color_space == "L"
+
+
+def test_standard_finetune_length_scales_with_the_labelled_pool(tmp_path):
+    cfg = _cfg("standard", tmp_path)
+    runner = Runner(cfg, tmp_path, {})
     steps = {}
-    for f, n in ((0.01, 490), (0.1, 4900), (1.0, 49000)):
-        c = configs.finetune("colorization", 0, 1, f, 0.01, Path("/x/trunk.pt"), n, "ft", tmp_path / "ft")
+    for f, n in ((0.01, 490), (0.1, 4900)):
+        c = runner.configs.finetune("cls", "colorization", 0, 1, f, 0.01, Path("/x/trunk.pt"), n, "ft", tmp_path / "ft")
         steps[f] = c.trainer.max_steps
-        assert c.trainer.precision == "bf16-mixed" and c.model.scheduler.T_max == c.trainer.max_steps
+        assert c.model.scheduler.T_max == c.trainer.max_steps and c.model.scheduler.interval == "step"
         assert c.trainer.max_steps % c.trainer.val_check_interval == 0 and c.trainer.check_val_every_n_epoch is None
         assert c.data.label_fraction == f and c.data.label_seed == 1 and c.test is False, "candidates never read test"
         assert c.callbacks.get("last_checkpoint") is None, "one best-on-val checkpoint per candidate"
-    assert steps == {0.01: 500, 0.1: 3800, 1.0: 20000}
+        assert c.data.name == "cifar10" and c.data.color_space == "L"
+    assert steps == {0.01: 423, 0.1: 900}
+    seg = runner.configs.finetune("seg", "random", 0, 0, 1.0, 1e-3, Path("/x/trunk.pt"), 367, "ft", tmp_path / "ft")
+    assert seg.monitor == "val/miou" and seg.model.trunk_lr_mult == 1.0 and "warmup_steps" not in seg.model
+    assert seg.model._target_.endswith("Segmenter") and seg.data.name == "camvid" and seg.backbone._target_.endswith("backbone_from_trunk")

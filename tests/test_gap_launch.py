@@ -19,8 +19,9 @@ import pytest
 from cnnlab.config import PROJECT_ROOT
 from tests.conftest import run_cli
 
-# every arm kind on the smoke data, small: 2 trunks (random, trained), 2 probes, 1 candidate + 1 test arm each
-PLAN = ("budget=smoke", "inits=[random,colorization]", "label_subsets=[0]", "~finetune.variants.lpft", "finetune.lrs=[0.05]",
+# every arm kind on the smoke data, small (the classification task only): 2 trunks (random, trained), 2 probes,
+# 1 candidate + 1 test arm each
+PLAN = ("budget=smoke", "~tasks.seg", "inits=[random,colorization]", "label_subsets=[0]", "~finetune.variants.lpft", "finetune.lrs=[0.05]",
         "threads=1")
 N_ARMS = 8
 #: what an arm leaves that holds numbers

@@ -1,10 +1,11 @@
-"""cnnlab-gap end to end on the smoke budget (synthetic data): the protocol's properties, resuming, test labels
-that change no choice, and one-line errors for bad input."""
+"""cnnlab-gap end to end on the smoke budget (synthetic pool and classification task, tiny CamVid segmentation):
+the protocol's properties, resuming, test labels that change no choice, and one-line errors for bad input."""
 
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -15,12 +16,15 @@ INITS = ("random", "colorization", "supervised")
 
 
 def _choices(res: dict) -> dict:
-    """Everything the protocol chose on validation, from a gap_results.json."""
-    pr = res["probe"]
-    return {"best_tap": {i: b["tap"] for i, b in pr["best_tap"].items()},
-            "weight_decay": {i: {t: pr["linear"][i][t]["weight_decay_chosen"] for t in res["taps"]} for i in res["inits"]},
-            "lr": {f: {i: (e[i]["lr_chosen"], e[i]["variant_chosen"], e[i]["step_chosen"]) for i in res["inits"]}
-                   for f, e in res["finetune"].items()}}
+    """Everything the protocol chose on validation, per task, from a gap_results.json."""
+    out = {}
+    for name, r in res["tasks"].items():
+        pr = r["probe"]
+        out[name] = {"best_tap": {i: b["tap"] for i, b in pr["best_tap"].items()},
+                     "weight_decay": {i: {t: pr["linear"][i][t]["weight_decay_chosen"] for t in r["taps"]} for i in r["inits"]},
+                     "finetune": {f: {i: (e[i]["lr_chosen"], e[i]["variant_chosen"], e[i]["step_chosen"]) for i in r["inits"]}
+                                  for f, e in r["finetune"].items()}}
+    return out
 
 
 def _compose(*overrides):
@@ -32,128 +36,149 @@ def _compose(*overrides):
         return compose("gap", overrides=list(overrides))
 
 
+@pytest.fixture(scope="module")
+def shapes_segfolder(tmp_path_factory) -> Path:
+    """A tiny synthetic segmentation folder (train 24 / val 8 / test 8 frames of 24x32): class 0 background, 1 and 2
+    rectangles of their own colour. The smoke budget's own CamVid is scored at full resolution, minutes on a CPU."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("shapes_seg")
+    (root / "classes.txt").write_text("background\nred\nblue\n")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("val", 8), ("test", 8)):
+        for sub in ("images", "labels"):
+            (root / split / sub).mkdir(parents=True)
+        for i in range(n):
+            image = rng.integers(90, 140, (24, 32, 3), dtype=np.uint8)
+            mask = np.zeros((24, 32), np.uint8)
+            for cls, colour in ((1, (200, 40, 40)), (2, (40, 40, 200))):
+                y, x = rng.integers(0, 14), rng.integers(0, 20)
+                image[y:y + 10, x:x + 12], mask[y:y + 10, x:x + 12] = colour, cls
+            Image.fromarray(image).save(root / split / "images" / f"{i:03d}.png")
+            Image.fromarray(mask).save(root / split / "labels" / f"{i:03d}.png")
+    return root
+
+
 @pytest.mark.slow
-def test_gap_smoke_end_to_end_resume_and_test_labels_change_no_choice(tmp_path, data_dir, monkeypatch):
+def test_gap_smoke_both_tasks_end_to_end_resume_and_test_labels_change_no_choice(tmp_path, data_dir, shapes_segfolder, monkeypatch):
+    """A plumbing check: synthetic pool, classification task and segmentation folder; every arm kind of both tasks."""
     out = tmp_path / "gap"
-    args = ("budget=smoke", f"paths.data_dir={data_dir}", f"hydra.run.dir={out}")
-    proc = run_cli("cnnlab.gap", *args)
+    args = ("budget=smoke", f"paths.data_dir={data_dir}", f"hydra.run.dir={out}", f"tasks.seg.cfg.source={shapes_segfolder}")
+    proc = run_cli("cnnlab.gap", *args, timeout=1500)  # ~3 min idle; a machine shared with other jobs needs the margin
     res = json.loads((out / "gap_results.json").read_text())
     assert res["inits"] == list(INITS) and res["protocol"]["seeds"] == [0] and res["protocol"]["label_subsets"] == [0, 1]
-    taps = res["taps"]
-    assert taps[0] == "conv1_1" and taps[-1] == "conv4_2"
+    assert res["synthetic"] and "PLUMBING CHECK ON SYNTHETIC DATA" in proc.stdout, "the console says what the run is"
+    cls, seg = res["tasks"]["cls"], res["tasks"]["seg"]
+    taps = cls["taps"]
+    assert taps[0] == "conv1_1" and taps[-1] == "conv4_2" and seg["taps"] == ["hypercolumn"] and seg["metric"] == "mIoU"
     arms = out / "arms"
-    # probes: fit on the label subset, the weight decay chosen on val is the grid's best, the test split read once
+    # pretraining read the pool alone (6 classes, its own images), the same steps for both pretrained inits
+    for name in ("supervised_seed0", "colorization_seed0"):
+        c = OmegaConf.load(arms / name / "config.yaml")
+        assert c.data.synthetic.num_classes == 6 and c.data.synthetic.seed == 7 and c.trainer.max_steps == 8
+        assert json.loads((arms / name / "gap_arm.json").read_text())["run"]["steps"] == 8, "every pretraining ran its 8 steps"
+        assert (arms / name / "trunk.pt").is_file()
+    # probes: fit on the task's label subset, the weight decay chosen on val is the grid's best, the test split read once
     for init in INITS:
         for k in (0, 1):
-            p = json.loads((arms / f"probe_{init}_seed0_sub{k}" / "probe.json").read_text())
-            assert 0.45 * 270 <= p["n_train"] <= 0.55 * 270 and (p["n_val"], p["n_test"]) == (30, 100), "half the pool; val; test"
+            p = json.loads((arms / f"probe_cls_{init}_seed0_sub{k}" / "probe.json").read_text())
+            assert 0.45 * 270 <= p["n_train"] <= 0.55 * 270 and (p["n_val"], p["n_test"]) == (30, 100), "half the task's pool; val; test"
             for t in taps:
                 lin = p["linear"][t]
                 assert lin["val"] == max(lin["grid"].values()) and lin["grid"][repr(lin["weight_decay"])] == lin["val"]
                 assert 0.0 <= lin["test"] <= 1.0 and p["knn"][t]["k"] == 20
-        best = res["probe"]["best_tap"][init]
-        assert best["chosen_on"] == "validation" and best["test"]["n"] == 2
+        best = cls["probe"]["best_tap"][init]
+        assert best["chosen_on"] == "validation" and best["test"]["n"] == 1, "n counts pretraining seeds, not label subsets"
         assert best["test"]["mean"] > 0.2, "the best linear probe of every init is at least twice chance on 10 classes"
-        assert max(res["probe"]["knn"][init][t]["test"]["mean"] for t in taps) > 0.2
+        d = json.loads((arms / f"probe_seg_{init}_seed0" / "probe.json").read_text())["dense"]
+        assert d["val_miou"] == max(d["grid"].values()) and 0 <= d["test_miou"] <= 1
     # fine-tunes: each candidate kept its best-on-val checkpoint and never read test; the test arm chose on val
     for init in INITS:
         for k in (0, 1):
-            base = arms / f"finetune_{init}_f0.5_seed0_sub{k}"
+            base = arms / f"finetune_cls_{init}_f0.5_seed0_sub{k}"
             choice = json.loads((base / "choice.json").read_text())
             assert choice["val"] == max(choice["grid"].values()) and choice["lr"] in (0.01, 0.05)
             assert len(choice["grid"]) == 4 and choice["variant"] in ("plain", "lpft"), "the grid is lr x recipe variant"
-            assert choice["lr_at_grid_edge"], "with two rates every choice is at the grid's edge, and says so"
-            assert choice["step"] in (2, 4), "a checkpoint of one of the two validations (every 2 of 4 steps)"
-            assert choice["step_is_last"] == (choice["step"] == 4)
+            assert choice["step"] in (2, 4) and choice["step_is_last"] == (choice["step"] == 4)
             for lr in ("0.01", "0.05"):
                 for suffix, head_only in (("", 0), ("_lpft", 2)):
-                    cand = arms / f"finetune_{init}_f0.5_seed0_sub{k}_lr{lr}{suffix}"
+                    cand = arms / f"finetune_cls_{init}_f0.5_seed0_sub{k}_lr{lr}{suffix}"
                     metrics = json.loads((cand / "metrics.json").read_text())
                     assert not any(key.startswith("test/") for key in metrics), "a candidate never reads the test split"
                     c = OmegaConf.load(cand / "config.yaml")
                     assert c.data.label_seed == k and c.data.label_fraction == 0.5 and c.model.optimizer.lr == float(lr)
                     assert c.model.head_only_steps == head_only and c.model.warmup_steps == 1, "the variant over the recipe"
+                    assert c.data.synthetic.num_classes == 10 and c.data.color_space == "L"
                     assert [p.name for p in (cand / "checkpoints").iterdir()] == [Path(json.loads((cand / "candidate.json").read_text())["path"]).name]
-                    clock = json.loads((cand / "clock.json").read_text())
-                    assert clock["train_batch_count"] == 4 and 0 < clock["train_batches"] and clock["test"] == 0
             assert "test/acc" in json.loads((base / "metrics.json").read_text())
-            assert json.loads((base / "clock.json").read_text())["test"] > 0, "the test run's files are in the test arm's dir"
-    gap = res["finetune"]["0.5"]["gap"]
-    for block in (gap, res["probe"]["linear_gap"]["best"], *res["probe"]["knn_gap"].values()):
-        g = block["gap_closed"]
-        assert (g["mean"] is None) == bool(g["note"].startswith("undefined")), "a gap is a number or undefined with its reason"
-        d = block["colorization - random"]
-        assert d["n"] == 2 and d["low"] <= d["mean"] <= d["high"]
+            seg_choice = json.loads((arms / f"finetune_seg_{init}_f0.5_seed0_sub{k}" / "choice.json").read_text())
+            assert seg_choice["val"] is not None and 0 <= seg_choice["test"] <= 1 and seg_choice["lr"] == 0.001
+            assert "test/miou" in json.loads((arms / f"finetune_seg_{init}_f0.5_seed0_sub{k}" / "metrics.json").read_text())
+    for r in (cls, seg):
+        for block in (r["finetune"]["0.5"]["gap"], r["probe"]["linear_gap"]["best"]):
+            g = block["gap_closed"]
+            assert (g["mean"] is None) == bool(g["note"].startswith("undefined")), "a gap is a number or undefined with its reason"
+            assert block["colorization - random"]["n"] == 1, "one pretraining seed: one unit, no interval"
     md = (out / "gap_table.md").read_text()
-    assert "| gap closed |" in md and "n = 2" in md and "±" not in md and "chosen on val" in md
-    assert "budget smoke" in md.splitlines()[0] and "{" not in md.splitlines()[0], "the setup in words"
-    assert "recipe variant chosen on val" in md and "at the grid's edge" in md and "Where the time went" in md
+    assert md.startswith("## PLUMBING CHECK ON SYNTHETIC DATA") and "**PLUMBING CHECK ON SYNTHETIC DATA" in md
+    assert "## Task cls: classification" in md and "## Task seg: segmentation" in md and "mIoU %" in md
+    assert "| gap closed |" in md and "±" not in md and "chosen on val" in md and "Where the time went" in md
     t = res["timing"]
-    assert 0 < t["train_batch_seconds"] < t["arm_seconds"] <= t["wall_seconds"] and 0 < t["train_share_of_arms"] < 1
-    assert t["by_kind"]["finetune"]["arms"] == 24 and t["by_kind"]["finetune"]["validation"] > 0
+    assert 0 < t["train_batch_seconds"] < t["arm_seconds"] <= t["wall_seconds"]
     assert (out / "gap.png").stat().st_size > 10_000
     assert list((out / "wandb").glob("offline-run-*")), "the table and plot go to an offline W&B run"
-    assert "39 arms, 0 already done" in proc.stdout
-    for name in ("supervised_seed0", "colorization_seed0"):
-        assert (arms / name / "trunk.pt").is_file() and (arms / name / "metrics.json").is_file()
-        assert OmegaConf.load(arms / name / "config.yaml").trainer.max_epochs == 1, "each pretraining ran from its composed config"
-    from cnnlab.backbones import read_trunk
-
-    metas = {i: read_trunk(arms / f"{i}_seed0" / "trunk.pt") for i in INITS}
-    assert {m["method"] for m in metas.values()} == set(INITS)
-    assert {(m["in_channels"], m["color_space"], m["arch"], m["arch_kwargs"]["width"]) for m in metas.values()} == {(1, "L", "vgg_cifar", 8)}
+    assert "54 arms, 0 already done" in proc.stdout
     stamps = {p.parent.name: p.stat().st_mtime_ns for p in arms.glob("*/gap_arm.json")}
 
     # resume: delete one probe arm and the random trunk (re-created with the same seed: identical weights)
-    shutil.rmtree(arms / "probe_colorization_seed0_sub0")
+    shutil.rmtree(arms / "probe_cls_colorization_seed0_sub0")
     shutil.rmtree(arms / "random_seed0")
-    proc = run_cli("cnnlab.gap", *args)
-    assert "39 arms, 25 already done" in proc.stdout and "arms: ran 2, reused 37" in proc.stdout
+    proc = run_cli("cnnlab.gap", *args, "report.wandb=false", timeout=1500)
+    assert "54 arms, 35 already done" in proc.stdout and "arms: ran 2, reused 52" in proc.stdout
     after = {p.parent.name: p.stat().st_mtime_ns for p in arms.glob("*/gap_arm.json")}
     rerun = {k for k in after if after[k] != stamps.get(k)}
-    assert rerun == {"probe_colorization_seed0_sub0", "random_seed0"}, f"only the deleted arms run again, not {rerun}"
+    assert rerun == {"probe_cls_colorization_seed0_sub0", "random_seed0"}, f"only the deleted arms run again, not {rerun}"
     res2 = json.loads((out / "gap_results.json").read_text())
-    assert res2["probe"]["linear"]["colorization"] == res["probe"]["linear"]["colorization"], "the same trunk and seed give the same probe"
-    assert res2["finetune"] == res["finetune"]
+    assert res2["tasks"]["cls"]["probe"]["linear"]["colorization"] == cls["probe"]["linear"]["colorization"]
+    assert res2["tasks"]["cls"]["finetune"] == cls["finetune"] and res2["tasks"]["seg"]["finetune"] == seg["finetune"]
 
-    # dropping a recipe variant from the search keeps every plain candidate; only the six test arms choose again
-    proc = run_cli("cnnlab.gap", *args, "~finetune.variants.lpft", "report.wandb=false")
-    assert "27 arms, 21 already done" in proc.stdout and "arms: ran 6, reused 21" in proc.stdout
-
-    # the same run on the same trunks with the test labels permuted: every choice identical, the test numbers not
+    # the same run on the same trunks with every task's test labels permuted: every choice identical, the test numbers not
     from cnnlab.data.datamodule import ImageDataModule
+    from cnnlab.data.segmentation import SegmentationDataModule
     from cnnlab.gap import run
 
     shuffled = tmp_path / "shuffled"
     for name in (f"{i}_seed0" for i in INITS):
         shutil.copytree(arms / name, shuffled / "arms" / name)
-    setup = ImageDataModule.setup
-
-    def setup_with_shuffled_test_labels(self, stage=None):
-        fresh = not self.splits
-        setup(self, stage)
-        if fresh:
-            test = self.splits["test"]
-            test.labels = test.labels[torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(1))]
-
-    monkeypatch.setattr(ImageDataModule, "setup", setup_with_shuffled_test_labels)
-    cfg = _compose("budget=smoke", f"paths.data_dir={data_dir}", f"paths.output_dir={shuffled}", "report.wandb=false")
-    res3 = run(cfg, out_dir=shuffled, choices={"data": "synthetic", "backbone": "vgg_cifar"})
+    for cls_, field in ((ImageDataModule, "labels"), (SegmentationDataModule, "masks")):
+        def permuted(self, stage=None, _setup=cls_.setup, _field=field):
+            fresh = not self.splits
+            _setup(self, stage)
+            if fresh:
+                test = self.splits["test"]
+                values = getattr(test, _field)
+                setattr(test, _field, values[torch.randperm(len(values), generator=torch.Generator().manual_seed(1))])
+        monkeypatch.setattr(cls_, "setup", permuted)
+    cfg = _compose(*args[:2], f"paths.output_dir={shuffled}", f"tasks.seg.cfg.source={shapes_segfolder}", "report.wandb=false")
+    res3 = run(cfg, out_dir=shuffled, choices={})
     assert all(res3["arms"][f"{i}_seed0"]["reused"] for i in INITS), "the copied trunks are reused"
     assert _choices(res3) == _choices(res), "no choice depends on a test label"
-    assert res3["probe"]["linear"] != res["probe"]["linear"], "the permuted test labels did reach the test scores"
+    assert res3["tasks"]["cls"]["probe"]["linear"] != cls["probe"]["linear"], "the permuted test labels did reach the test scores"
+    assert res3["tasks"]["seg"]["probe"]["linear"] != seg["probe"]["linear"], "the permuted test masks did reach the test scores"
 
 
 @pytest.mark.parametrize("override, message", [
-    ("label_fractions=[0.1,1.5]", "label fraction 1.5 is outside (0, 1]"),
+    ("tasks.cls.label_fractions=[0.1,1.5]", "label fraction 1.5 of task cls is outside (0, 1]"),
     ("probe.taps=[conv1_1,conv9_9]", "unknown tap(s) ['conv9_9']"),
     ("inits=[random,imagenet]", "unknown init(s) ['imagenet']"),
-    ("data.val_fraction=0", "every choice of the gap is made on the validation split"),
+    ("tasks.cls.cfg.val_fraction=0", "every choice of the gap is made on the validation split"),
     ("finetune.lrs=[]", "finetune.lrs is empty"),
     ("+finetune.variants.fast={lr:1.0}", "a variant sets fine-tune recipe options only"),
+    ("tasks.seg.kind=detection", "tasks.seg.kind=detection: choose one of"),
+    ("pretrain.steps=0", "pretrain.steps=0"),
 ])
 def test_gap_bad_input_is_one_line_error(tmp_path, data_dir, override, message):
-    if override.startswith("label"):  # one real process for the exit code and the one-line message
+    if override.startswith("tasks.cls.label"):  # one real process for the exit code and the one-line message
         proc = run_cli("cnnlab.gap", "budget=smoke", override, f"paths.data_dir={data_dir}", f"hydra.run.dir={tmp_path}", check=False)
         assert proc.returncode == 2
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -165,5 +190,39 @@ def test_gap_bad_input_is_one_line_error(tmp_path, data_dir, override, message):
 
     cfg = _compose("budget=smoke", override, f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path}")
     with pytest.raises(UserError) as err:
-        run(cfg, out_dir=tmp_path, choices={"data": "synthetic", "backbone": "vgg_cifar"})
+        run(cfg, out_dir=tmp_path, choices={})
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_validation_only_run_reads_no_test_split(tmp_path, data_dir):
+    """The gap's own plan as a search: validation_only=true runs probes and fine-tune choices without any test read."""
+    from cnnlab.gap import run
+
+    cfg = _compose("budget=smoke", f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path}", "report.wandb=false",
+                   "validation_only=true", "inits=[random]", "tasks.seg=null", "probe.taps=[conv2_2,conv4_2]",
+                   "finetune.lrs=[0.05]", "~finetune.variants.lpft")
+    res = run(cfg, out_dir=tmp_path, choices={})
+    found = []
+
+    def walk(node, path=""):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in ("test", "test_miou") and v is not None and not isinstance(v, dict):
+                    found.append(f"{path}/{k}")
+                if k == "n_test" and v:
+                    found.append(f"{path}/{k}")
+                walk(v, f"{path}/{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+
+    for probe in (tmp_path / "arms").glob("probe_*/probe.json"):
+        walk(json.loads(probe.read_text()), probe.parent.name)
+    for choice in (tmp_path / "arms").glob("finetune_*/choice.json"):
+        walk(json.loads(choice.read_text()), choice.parent.name)
+    assert not found, f"a validation-only run read the test split: {found}"
+    r = res["tasks"]["cls"]
+    assert r["probe"]["linear"]["random"]["conv2_2"]["val"]["mean"] is not None and r["finetune"]["0.5"]["random"]["val"]["mean"] is not None
+    assert all(not json.loads(m.read_text()) for m in (tmp_path / "arms").glob("finetune_cls_random_f0.5_seed0_sub?/metrics.json"))
+    assert "Validation only: no test split was read" in (tmp_path / "gap_table.md").read_text()

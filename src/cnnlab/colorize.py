@@ -25,7 +25,7 @@ from PIL import Image
 
 from cnnlab.cli import exit_on_user_error
 from cnnlab.color import lab_to_rgb, rgb_to_lab
-from cnnlab.colorization.hypercolumn import grid_bands, grid_map, pixel_centers, sample_hypercolumns
+from cnnlab.hypercolumn import grid_bands, grid_map, pixel_centers, sample_hypercolumns
 from cnnlab.errors import UserError
 from cnnlab.io.images import IMAGE_SUFFIXES, open_image, png_text, resize_shorter, to_tensor, write_png
 

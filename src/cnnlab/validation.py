@@ -18,7 +18,8 @@ from cnnlab.errors import UserError
 @dataclass(frozen=True)
 class Rule:
     """A number kind (``int`` or ``float``) with optional bounds; ``low_open``/``high_open`` exclude the bound;
-    ``each``: the value is a list whose every item follows the rule."""
+    ``each``: the value is a list whose every item follows the rule; ``pair``: a value or a list of two (an image size
+    ``[height, width]``)."""
 
     kind: type
     low: float | None = None
@@ -27,8 +28,11 @@ class Rule:
     high_open: bool = False
     nullable: bool = False
     each: bool = False
+    pair: bool = False
 
     def accepts(self, value) -> bool:
+        if self.pair and isinstance(value, (list, tuple, ListConfig)):
+            return len(value) == 2 and all(self._accepts(v) for v in value)
         if self.each:
             return isinstance(value, (list, tuple, ListConfig)) and all(self._accepts(v) for v in value)
         return self._accepts(value)
@@ -49,6 +53,7 @@ class Rule:
         elif self.low is not None:
             what += f" {'>' if self.low_open else '>='} {self.low:g}"
         what += " or null" if self.nullable else ""
+        what += " or a [height, width] pair of them" if self.pair else ""
         return f"a list of {what.replace('an integer', 'integers').replace('a number', 'numbers')}" if self.each else what
 
 
@@ -70,7 +75,7 @@ RULES: dict[str, Rule] = {
     "model.optimizer.momentum": Rule(float, low=0),
     "data.batch_size": POSITIVE_INT,
     "data.eval_batch_size": POSITIVE_INT,
-    "data.image_size": POSITIVE_INT,
+    "data.image_size": Rule(int, low=1, pair=True),
     "data.num_workers": Rule(int, low=0),
     "data.train_limit": Rule(int, low=1, nullable=True),
     "data.label_fraction": FRACTION,

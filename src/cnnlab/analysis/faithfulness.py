@@ -20,6 +20,7 @@ from torch import nn
 from cnnlab.analysis import attribution as attr_mod
 from cnnlab.analysis import occlusion as occ
 from cnnlab.errors import UserError
+from cnnlab.stats import mean_halfwidth
 
 #: every attribution method the project has: Captum's five and occlusion sensitivity
 METHODS = (*attr_mod.METHODS, "occlusion")
@@ -187,8 +188,5 @@ def deletion_insertion(model: nn.Module, x: torch.Tensor, target: torch.Tensor, 
 
 
 def mean_ci(values: torch.Tensor) -> tuple[float, float]:
-    """Mean and the half-width of its 95% normal interval over the ``n`` values."""
-    v = values.double()
-    n = len(v)
-    half = 1.96 * float(v.std(unbiased=True)) / n ** 0.5 if n > 1 else float("nan")
-    return float(v.mean()), half
+    """Mean and the half-width of its 95% t-interval over the ``n`` values (:func:`cnnlab.stats.mean_halfwidth`)."""
+    return mean_halfwidth(values.double().tolist())

@@ -17,8 +17,9 @@ from cnnlab.data import synthetic
 from cnnlab.data.cache import CachedDataset, CachedSplit, build_imagefolder_cache, cache_key, load_cache, write_cache
 from cnnlab.errors import UserError
 
-DATASETS = ("cifar10", "stl10", "imagefolder", "synthetic")
+DATASETS = ("cifar10", "stl10", "tinyimagenet", "imagefolder", "synthetic")
 CIFAR10_ARCHIVE = "cifar10-jpg.tar.gz"
+TINYIMAGENET_ARCHIVE = "tinyimagenet32-jpg.tar.gz"
 #: environment variable naming an extra directory searched for dataset archives
 DATA_ENV = "CNNLAB_DATA"
 
@@ -61,6 +62,8 @@ def resolve(
         raise UserError("data=imagefolder needs data.source=<ImageFolder directory or .tar.gz/.zip archive>")
     if name == "synthetic":
         return _synthetic(cache_dir, image_size, synthetic_train, synthetic_test, synthetic_classes, synthetic_seed)
+    if name == "tinyimagenet":
+        return _tinyimagenet(data_dir, cache_dir, image_size, on_corrupt, progress)
     if name == "cifar10":
         return _cifar10(data_dir, cache_dir, image_size, download, on_corrupt, progress)
     return _stl10(data_dir, cache_dir, image_size, download)
@@ -75,6 +78,15 @@ def _synthetic(cache_dir: Path, image_size: int, n_train: int, n_test: int, clas
     names = list(synthetic.SHAPES[:classes])
     return write_cache(path, names, {"train": CachedSplit(xtr, ytr), "test": CachedSplit(xte, yte)},
                        {"source": "synthetic", "image_size": image_size, "name": "synthetic"})
+
+
+def _tinyimagenet(data_dir: Path, cache_dir: Path, image_size: int, on_corrupt: str, progress: bool) -> CachedDataset:
+    for d in search_dirs(data_dir):
+        if (d / TINYIMAGENET_ARCHIVE).is_file():
+            return build_imagefolder_cache(d / TINYIMAGENET_ARCHIVE, cache_dir, image_size, name="tinyimagenet",
+                                           on_corrupt=on_corrupt, progress=progress)
+    raise UserError(f"Tiny-ImageNet not found: put {TINYIMAGENET_ARCHIVE} (ImageFolder JPEGs, train/ and val/) in {data_dir} "
+                    f"or in ${DATA_ENV}, or point data.source at an ImageFolder of it")
 
 
 def _cifar10(data_dir: Path, cache_dir: Path, image_size: int, download: bool, on_corrupt: str, progress: bool) -> CachedDataset:

@@ -3,15 +3,16 @@
 An arm is one unit of work with its own directory ``<gap run dir>/arms/<name>/``:
 
 - ``<init>_seed<s>`` (kind ``trunk``): a seeded random init (in-process, instant), or a pretraining
-  (supervised / colorization) on every training image outside the validation split, a ``cnnlab-train`` run;
-- ``probe_<init>_seed<s>[_sub<k>]``: linear probes (weight decay chosen on val) and kNN on every tap of that
-  trunk, fit on label subset ``k`` (the whole pool when ``probe.label_fraction`` is 1);
-- ``finetune_<init>_f<f>_seed<s>_sub<k>_lr<lr>[_<variant>]`` (kind ``finetune``): one candidate of the
-  fine-tune search, the whole network trained on the class-balanced label subset ``k`` of fraction ``f`` at one
-  learning rate and recipe variant (no suffix for ``plain``, so adding a variant to a finished run reuses its plain
-  candidates), validated during training; its best-on-val checkpoint is kept; the test split is not read;
-- ``finetune_<init>_f<f>_seed<s>_sub<k>`` (kind ``finetune_test``): the candidate (learning rate, variant and
-  checkpoint) chosen on val, tested once.
+  (supervised / colorization) on the pretraining pool, a ``cnnlab-train`` run; no downstream task's data;
+- ``probe_<task>_<init>_seed<s>[_sub<k>]``: the task's probes of that trunk, fit on label subset ``k`` of the
+  task's training split (all of it when ``probe.label_fraction`` is 1): for classification linear probes (weight
+  decay chosen on val) and kNN on every tap, for segmentation the dense linear probe (mIoU);
+- ``finetune_<task>_<init>_f<f>_seed<s>_sub<k>_lr<lr>[_<variant>]`` (kind ``finetune``): one candidate of the
+  fine-tune search, the whole network trained on the label subset ``k`` of fraction ``f`` of the task's training
+  split at one learning rate and recipe variant (no suffix for ``plain``, so adding a variant to a finished run
+  reuses its plain candidates), validated during training; its best-on-val checkpoint is kept; test is not read;
+- ``finetune_<task>_<init>_f<f>_seed<s>_sub<k>`` (kind ``finetune_test``): the candidate (learning rate, variant
+  and checkpoint) chosen on val, tested once.
 
 Every ``cnnlab-train`` arm writes its composed config to ``config.yaml`` in its directory and runs from it;
 each finished arm writes ``gap_arm.json`` holding its key (a hash of that config, of the fingerprints of the
@@ -30,7 +31,9 @@ from pathlib import Path
 
 from cnnlab.io.files import write_json
 
-INITS = ("random", "colorization", "supervised")
+INITS = ("random", "colorization", "supervised", "supervised_rgb")
+#: the task kinds a downstream task can be
+TASK_KINDS = ("classification", "segmentation")
 MARKER = "gap_arm.json"
 #: the fine-tune recipe variant with no overrides (its candidates' names carry no suffix)
 PLAIN = "plain"
@@ -53,6 +56,8 @@ class Arm:
     trunk_arm: str | None = None
     #: other arms whose outputs this one reads (a test arm: its candidates)
     needs: list[str] = field(default_factory=list)
+    #: the downstream task (a key of ``tasks``) of a probe or fine-tune arm; None for trunks
+    task: str | None = None
 
     def dir(self, root: Path) -> Path:
         return Path(root) / "arms" / self.name
@@ -66,11 +71,11 @@ class Arm:
         else:
             what = f"fine-tune {fraction_label(self.fraction)} labels, subset {self.subset}"
             what += f", lr {self.lr:g}, {self.variant}" if self.kind == "finetune" else ", chosen on val, test"
-        return f"{what} · {self.init} · seed {self.seed}"
+        return f"{what} · {self.init} · seed {self.seed}" + ("" if self.task is None else f" · task {self.task}")
 
     @property
     def unit(self) -> tuple[int, int | None]:
-        """The paired run this arm belongs to: (pretraining seed, label subset)."""
+        """The paired run this arm belongs to: (pretraining seed, label subset); intervals run over the seeds."""
         return self.seed, self.subset
 
 
@@ -82,27 +87,28 @@ def trunk_arm_name(init: str, seed: int) -> str:
     return f"{init}_seed{seed}"
 
 
-def plan_arms(inits: list[str], seeds: list[int], fractions: list[float], subsets: list[int], lrs: list[float],
-              probe_subsets: list[int | None], variants: list[str] = (PLAIN,)) -> list[Arm]:
-    """Every arm in run order: all trunks, then all probes (the headline table), then the fine-tunes.
+def plan_arms(inits: list[str], seeds: list[int], tasks: dict[str, dict], subsets: list[int], lrs: list[float] | None = None,
+              variants: list[str] = (PLAIN,)) -> list[Arm]:
+    """Every arm in run order: all trunks, then every task's probes (the headline tables), then the fine-tunes.
 
-    The fine-tune candidates of a run are the grid ``lrs`` x ``variants``, in that order (lr-major).
-
+    ``tasks[name]`` is ``{"fractions": [...], "probe_subsets": [None] or subsets, "lrs": [...]}`` (``lrs`` falls
+    back to the argument). A task's fine-tune candidates of a run are the grid ``lrs`` x ``variants``, lr-major.
     Seeds are interleaved within each stage, so a run stopped early still has every init for the first
     paired runs of each stage, and its partial report (``run_arms=false``) compares like with like.
     """
     trunks = [Arm(trunk_arm_name(i, s), "trunk", i, s, trunk_arm=trunk_arm_name(i, s)) for s in seeds for i in inits]
-    probes = [Arm(f"probe_{i}_seed{s}" + ("" if k is None else f"_sub{k}"), "probe", i, s, subset=k, trunk_arm=trunk_arm_name(i, s))
-              for s in seeds for k in probe_subsets for i in inits]
-    fts = []
-    for f in fractions:
-        for s in seeds:
-            for k in subsets:
-                for i in inits:
-                    base = f"finetune_{i}_f{f:g}_seed{s}_sub{k}"
-                    cands = [Arm(f"{base}_lr{lr:g}" + ("" if v == PLAIN else f"_{v}"), "finetune", i, s, f, k, lr, v,
-                                 trunk_arm_name(i, s)) for lr in lrs for v in variants]
-                    fts += cands + [Arm(base, "finetune_test", i, s, f, k, None, None, trunk_arm_name(i, s), [c.name for c in cands])]
+    probes, fts = [], []
+    for t, spec in tasks.items():
+        probes += [Arm(f"probe_{t}_{i}_seed{s}" + ("" if k is None else f"_sub{k}"), "probe", i, s, subset=k,
+                       trunk_arm=trunk_arm_name(i, s), task=t) for s in seeds for k in spec["probe_subsets"] for i in inits]
+        for f in spec["fractions"]:
+            for s in seeds:
+                for k in subsets:
+                    for i in inits:
+                        base = f"finetune_{t}_{i}_f{f:g}_seed{s}_sub{k}"
+                        cands = [Arm(f"{base}_lr{lr:g}" + ("" if v == PLAIN else f"_{v}"), "finetune", i, s, f, k, lr, v,
+                                     trunk_arm_name(i, s), task=t) for lr in spec.get("lrs", lrs) for v in spec.get("variants", variants)]
+                        fts += cands + [Arm(base, "finetune_test", i, s, f, k, None, None, trunk_arm_name(i, s), [c.name for c in cands], task=t)]
     return trunks + probes + fts
 
 
@@ -129,7 +135,7 @@ def is_done(arm: Arm, root: Path, key: str | None) -> bool:
 
 
 def mark_done(arm: Arm, root: Path, key: str, seconds: float, extra: dict | None = None) -> None:
-    write_json(arm.dir(root) / MARKER, {"name": arm.name, "kind": arm.kind, "init": arm.init, "seed": arm.seed,
+    write_json(arm.dir(root) / MARKER, {"name": arm.name, "kind": arm.kind, "task": arm.task, "init": arm.init, "seed": arm.seed,
                                         "fraction": arm.fraction, "subset": arm.subset, "lr": arm.lr, "variant": arm.variant, "key": key,
                                         "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                                         **(extra or {})})

@@ -1,9 +1,10 @@
 """Collecting the arms' numbers into the gap results: JSON, markdown tables, a plot, and W&B.
 
-Every accuracy in the tables was read on the test split once, with choices made on validation (the best tap
-per init, the probe weight decay per tap, the fine-tune learning rate and checkpoint); the validation numbers
-behind those choices are in ``gap_results.json``. Intervals: 95% t-intervals over paired runs for accuracies
-and differences, Fieller's interval for the gap closed (see :mod:`cnnlab.gap.arithmetic`).
+One table per downstream task. Every score in the tables was read on the task's test split once, with choices made
+on its validation split (the best tap per init, the probe weight decay per tap, the fine-tune learning rate,
+recipe variant and checkpoint); the validation numbers behind those choices are in ``gap_results.json``.
+Intervals: the pretraining seed is the unit (label subsets are averaged within a seed first), 95% t-intervals over
+seeds for scores and paired differences, Fieller's interval for the gap closed (see :mod:`cnnlab.stats`).
 """
 
 from __future__ import annotations
@@ -13,14 +14,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from cnnlab.gap.arithmetic import format_acc, format_gap, gap_interval, mean_ci, paired_difference
+from cnnlab.stats import format_acc, format_gap, gap_interval, mean_ci, paired_difference, seed_means
 from cnnlab.gap.select import best_tap
 from cnnlab.io.files import write_json, write_text
 
 log = logging.getLogger(__name__)
 
-ROW_ORDER = ("supervised", "random", "colorization")  # the published tables' order
+ROW_ORDER = ("supervised_rgb", "supervised", "random", "colorization")
+DATASET_NAMES = {"cifar10": "CIFAR-10", "stl10": "STL-10", "tinyimagenet": "Tiny-ImageNet-200", "camvid": "CamVid",
+                 "synthetic": "synthetic shapes", "imagefolder": "an ImageFolder"}  # the published tables' order
 TRIO = ("colorization", "random", "supervised")
+#: the supervised ceiling on RGB input (the published supervised rows are RGB networks)
+RGB = "supervised_rgb"
 
 
 def unit_key(unit) -> str:
@@ -29,12 +34,35 @@ def unit_key(unit) -> str:
     return f"seed{seed}" + ("" if subset is None else f"_sub{subset}")
 
 
+#: the banner of a report on synthetic data
+SMOKE_BANNER = "PLUMBING CHECK ON SYNTHETIC DATA: these numbers test that the pipeline runs, they measure nothing"
+
+
+def dataset_name(data: dict) -> str:
+    """``{"name": "camvid"}`` -> ``CamVid``; a data set read from ``source`` is named by its folder or archive."""
+    if data.get("source"):
+        return f"{data.get('name', '?')} data read from {Path(str(data['source'])).name}"
+    return DATASET_NAMES.get(data.get("name"), str(data.get("name", "?")))
+
+
+def over_seeds(by_unit: dict) -> dict:
+    """Mean [95% CI] over pretraining seeds of ``{(seed, subset): score}`` (subsets averaged within a seed)."""
+    return mean_ci(list(seed_means(by_unit).values()))
+
+
 def paired_block(acc: dict[str, dict], units: list) -> dict:
-    """Differences and gap closed over ``units`` (paired runs every init has); ``acc[init][unit]`` is an accuracy."""
-    col = {i: [acc.get(i, {}).get(u) for u in units] for i in TRIO}
-    return {"colorization - random": paired_difference(col["colorization"], col["random"]),
-            "supervised - colorization": paired_difference(col["supervised"], col["colorization"]),
-            "gap_closed": gap_interval(col["colorization"], col["random"], col["supervised"])}
+    """Differences and gap closed over pretraining seeds, from ``acc[init][unit]`` scores on ``units`` (the paired
+    runs every init has): each init's scores are averaged over label subsets within a seed, then paired by seed.
+    With an RGB supervised ceiling in ``acc``, the gap closed against it too."""
+    per_seed = {i: seed_means({u: acc.get(i, {}).get(u) for u in units}) for i in acc}
+    seeds = sorted({u[0] for u in units})
+    col = {i: [per_seed[i].get(s) for s in seeds] for i in per_seed}
+    out = {"colorization - random": paired_difference(col["colorization"], col["random"]),
+           "supervised - colorization": paired_difference(col["supervised"], col["colorization"]),
+           "gap_closed": gap_interval(col["colorization"], col["random"], col["supervised"])}
+    if RGB in col:
+        out["gap_closed_rgb"] = gap_interval(col["colorization"], col["random"], col[RGB])
+    return out
 
 
 def _shared_units(table: dict, inits: Sequence[str]) -> list:
@@ -48,9 +76,9 @@ def _per_tap(probe: dict, inits, taps, family: str, units_of: dict) -> dict:
         runs = probe.get(i, {})
         out[i] = {}
         for t in taps:
-            val = [runs[u][family][t]["val"] for u in units_of[i] if t in runs[u][family]]
-            test = [runs[u][family][t]["test"] for u in units_of[i] if t in runs[u][family]]
-            entry = {"test": mean_ci(test), "val": mean_ci(val)}
+            have = [u for u in units_of[i] if t in runs[u].get(family, {})]
+            entry = {"test": over_seeds({u: runs[u][family][t]["test"] for u in have}),
+                     "val": over_seeds({u: runs[u][family][t]["val"] for u in have})}
             if family == "linear":
                 fits = [runs[u][family][t] for u in units_of[i] if t in runs[u][family]]
                 entry["weight_decay_chosen"] = [f["weight_decay"] for f in fits]
@@ -64,18 +92,21 @@ def summarize(collected: dict, inits: Sequence[str], fractions: Sequence[float],
     """Accuracies, paired differences and the gap closed from the finished arms (see :meth:`Runner.collect`).
 
     ``collected["probe"][init][unit]`` is a probe result (``cnnlab.probes.cached.probe_trunk_cached``), ``collected["finetune"][init]
-    [fraction][unit]`` a fine-tune choice (``{"lr", "step", "val", "test", "grid"}``); ``unit = (seed, subset)``.
+    [fraction][unit]`` a fine-tune choice (``{"lr", "step", "val", "test", "grid"}``); ``unit = (seed, subset)``. Every
+    interval runs over pretraining seeds (``n`` = seeds), the subsets of a seed averaged first.
     """
     probe, finetune = collected["probe"], collected["finetune"]
     inits = list(inits)
     trio = all(i in inits for i in TRIO)
+    gap_inits = TRIO + ((RGB,) if RGB in inits else ())
     if not taps:
         taps = next((r["taps"] for runs in probe.values() for r in runs.values()), [])
     out: dict = {"inits": inits, "taps": list(taps), "label_fractions": [float(f) for f in fractions]}
     units_of = {i: sorted(probe.get(i, {}), key=lambda u: (u[0], -1 if u[1] is None else u[1])) for i in inits}
     shared = _shared_units(probe, inits)
-    pr: dict = {"units": [unit_key(u) for u in shared]}
-    for family in ("linear", "knn"):
+    families = [f for f in ("linear", "knn") if any(f in r for runs in probe.values() for r in runs.values())] or ["linear"]
+    pr: dict = {"units": [unit_key(u) for u in shared], "seeds": sorted({u[0] for u in shared}), "families": families}
+    for family in families:
         pr[family] = _per_tap(probe, inits, taps, family, units_of)
     # the "best" tap of each init, chosen on its mean validation accuracy over paired runs (linear probes)
     best = {}
@@ -86,27 +117,28 @@ def summarize(collected: dict, inits: Sequence[str], fractions: Sequence[float],
                        "test": pr["linear"][i][tap]["test"]}
     pr["best_tap"] = best
     if trio:
-        for family in ("linear", "knn"):
-            pr[f"{family}_gap"] = {t: paired_block({i: {u: probe[i][u][family][t]["test"] for u in shared} for i in TRIO}, shared)
+        for family in families:
+            pr[f"{family}_gap"] = {t: paired_block({i: {u: probe[i][u][family][t]["test"] for u in shared} for i in gap_inits}, shared)
                                    for t in taps}
         if len(best) == len(inits):
             pr["linear_gap"]["best"] = paired_block({i: {u: probe[i][u]["linear"][best[i]["tap"]]["test"] for u in shared}
-                                                     for i in TRIO}, shared)
+                                                     for i in gap_inits}, shared)
     out["probe"] = pr
     ft: dict = {}
     for f in fractions:
         runs = {i: finetune.get(i, {}).get(float(f), {}) for i in inits}
         units = _shared_units(runs, inits)
-        entry = {"units": [unit_key(u) for u in units]}
+        entry = {"units": [unit_key(u) for u in units], "seeds": sorted({u[0] for u in units})}
         for i in inits:
             rs = list(runs[i].values())
-            entry[i] = {"test": mean_ci(r["test"] for r in rs), "val": mean_ci(r["val"] for r in rs),
+            entry[i] = {"test": over_seeds({u: r["test"] for u, r in runs[i].items()}),
+                        "val": over_seeds({u: r["val"] for u, r in runs[i].items()}),
                         "lr_chosen": [r["lr"] for r in rs], "step_chosen": [r["step"] for r in rs],
                         "variant_chosen": [r.get("variant") for r in rs],
                         "lr_at_grid_edge": sum(bool(r.get("lr_at_grid_edge")) for r in rs),
                         "step_is_last": sum(bool(r.get("step_is_last")) for r in rs)}
         if trio:
-            entry["gap"] = paired_block({i: {u: runs[i][u]["test"] for u in units} for i in TRIO}, units)
+            entry["gap"] = paired_block({i: {u: runs[i][u]["test"] for u in units} for i in gap_inits}, units)
         ft[str(float(f))] = entry
     out["finetune"] = ft
     return out
@@ -131,19 +163,41 @@ def _gap_rows(blocks: list[dict | None]) -> list[str]:
     for key, label in _DIFF_ROWS:
         rows.append(f"| {label} | " + " | ".join(format_acc(b[key]) if b else "–" for b in blocks) + " |")
     rows.append("| gap closed | " + " | ".join(format_gap(b["gap_closed"]) if b else "–" for b in blocks) + " |")
+    if any(b and "gap_closed_rgb" in b for b in blocks):
+        rows.append("| gap closed, RGB supervised ceiling | " + " | ".join(
+            format_gap(b["gap_closed_rgb"]) if b and "gap_closed_rgb" in b else "–" for b in blocks) + " |")
     return rows
 
 
 def markdown_tables(res: dict) -> str:
-    """The per-tap probe tables (shaped like the published per-layer tables) and the label-fraction table."""
+    """Per downstream task its tables (probes per tap like the published per-layer tables, fine-tunes per label
+    fraction), then where the time went; a report on synthetic data says so first."""
+    lines = [f"**{SMOKE_BANNER}**", ""] if res.get("synthetic") else []
+    if res.get("validation_only"):
+        lines += ["**Validation only: no test split was read; every number below is a validation score.**", ""]
+    for name, r in res.get("tasks", {}).items():
+        lines += [f"## Task {name}: {r.get('kind', 'classification')} on {dataset_name(r.get('data', {}))}", "", task_markdown(r)]
+    if res.get("timing"):
+        lines += ["### Where the time went", "", timing_text(res["timing"])]
+    return "\n".join(lines) + "\n"
+
+
+def task_markdown(res: dict) -> str:
+    """One task's tables: probes per tap (and kNN for classification), fine-tunes per label fraction, the
+    validation numbers behind the choices."""
     taps, pr = res["taps"], res["probe"]
     rows = _rows(res["inits"])
-    lines = ["Every number: top-1 % on the test split, read once per final arm; mean [95% CI], n = paired runs "
-             "(pretraining seed × label subset). Choices (best tap, weight decay, learning rate, checkpoint) were made "
-             "on the validation split; differences use a paired t-interval, the gap closed "
-             "= (colorization − random) / (supervised − random) uses Fieller's interval for a ratio of paired means (the paired bootstrap is in gap_results.json).", ""]
+    metric = res.get("metric", "top-1")
+    n_seeds = len(pr.get("seeds", []))
+    lines = [f"Every number: {metric} % on the task's test split, read once per final arm; mean [95% CI] over n = "
+             f"{n_seeds or '?'} pretraining seed(s) (the label subsets of a seed share its trunks and are averaged within it first). "
+             "Choices (best tap, weight decay, learning rate, recipe variant, checkpoint) were made on the validation split; "
+             "differences use a paired t-interval over seeds, the gap closed = (colorization − random) / (supervised − random) "
+             "Fieller's interval for a ratio of paired means on the same unit.", ""]
     best = pr.get("best_tap", {})
-    lines += ["### Linear probes per tap (weight decay chosen on val per tap)", "",
+    seg = res.get("kind") == "segmentation"
+    lines += ["### " + ("Dense linear probe on the hypercolumn of every tap (weight decay chosen on val)" if seg else
+                        "Linear probes per tap (weight decay chosen on val per tap)"), "",
               "| init | " + " | ".join(taps) + " | best tap (chosen on val) |", "|---" * (len(taps) + 2) + "|"]
     for i in rows:
         b = best.get(i)
@@ -158,17 +212,18 @@ def markdown_tables(res: dict) -> str:
                  for t in taps]
         lines.append(f"| {i} | " + " | ".join(cells) + " |")
     k = res.get("grids", {}).get("knn", {})
-    lines += ["", f"### kNN per tap (cosine, weighted, k = {k.get('k', '?')}, T = {k.get('temperature', '?')}; nothing tuned)", "",
-              "| init | " + " | ".join(taps) + " |", "|---" * (len(taps) + 1) + "|"]
-    for i in rows:
-        lines.append(f"| {i} | " + " | ".join(format_acc(pr["knn"][i][t]["test"]) for t in taps) + " |")
-    if "knn_gap" in pr:
-        lines += _gap_rows([pr["knn_gap"].get(t) for t in taps])
+    if "knn" in pr.get("families", ["linear", "knn"]):
+        lines += ["", f"### kNN per tap (cosine, weighted, k = {k.get('k', '?')}, T = {k.get('temperature', '?')}; nothing tuned)", "",
+                  "| init | " + " | ".join(taps) + " |", "|---" * (len(taps) + 1) + "|"]
+        for i in rows:
+            lines.append(f"| {i} | " + " | ".join(format_acc(pr["knn"][i][t]["test"]) for t in taps) + " |")
+        if "knn_gap" in pr:
+            lines += _gap_rows([pr["knn_gap"].get(t) for t in taps])
     fr = [str(float(f)) for f in res["label_fractions"]]
     if fr:
         ft = res["finetune"]
         grid = res.get("grids", {}).get("finetune_lr")
-        lines += ["", "### Fine-tuning the whole network on class-balanced label subsets"
+        lines += ["", "### Fine-tuning the whole network on " + ("seeded subsets of the training frames" if seg else "class-balanced label subsets")
                   + (f" (learning rate from {grid} and checkpoint chosen on val per run)" if grid else ""), "",
                   "| init | " + " | ".join(f"{100 * float(f):g}% labels" for f in fr) + " |", "|---" * (len(fr) + 1) + "|"]
         for i in rows:
@@ -192,9 +247,53 @@ def markdown_tables(res: dict) -> str:
         b = best.get(i)
         tap_val = f"{100 * b['val']:.1f} ({b['tap']})" if b and b["val"] is not None else "–"
         lines.append(f"| {i} | {tap_val} | " + " | ".join(format_acc(res["finetune"][f][i]["val"]) for f in fr) + " |")
-    if res.get("timing"):
-        lines += ["", "### Where the time went", "", timing_text(res["timing"])]
+    lines += ["", "### Reading", "", *reading(res)]
     return "\n".join(lines) + "\n"
+
+
+#: the published gap closed each task kind is compared with (../shared/reference.md), as a fraction
+PUBLISHED = {
+    "classification": ("Larsson et al., AlexNet fine-tuned ImageNet -> VOC 2007 classification: 53.3 / 65.9 / 79.9 mAP "
+                       "(random / colorization / supervised), 47% of the gap; Zhang et al.'s ImageNet linear probes 19 / 40 / 52 / "
+                       "51 / 49% at conv1-5", 0.47),
+    "segmentation": ("Larsson et al., AlexNet fine-tuned ImageNet -> VOC 2012 segmentation: 19.8 / 38.4 / 48.0 mIoU, 66% of the gap",
+                     0.66),
+}
+
+
+def _read_gap(what: str, g: dict, published: float) -> str:
+    """One sentence on what a gap-closed interval supports."""
+    if g.get("mean") is None:
+        return f"- {what}: no gap closed ({_note(g)})."
+    text = f"- {what}: {format_gap(g)}"
+    if g.get("low") is None:
+        return text + f"; no interval ({_note(g) or 'one seed'}), so it supports no conclusion."
+    zero = "excludes 0 (colorization beats random)" if g["low"] > 0 else "includes 0 (no evidence that colorization beats random)" \
+        if g["high"] > 0 else "lies below 0 (colorization worse than random)"
+    pub = "includes" if g["low"] <= published <= g["high"] else "excludes"
+    return text + f"; the interval {zero} and {pub} the published {100 * published:.0f}%."
+
+
+def _note(g: dict) -> str:
+    return str(g.get("note", "")).split(": ", 1)[-1]
+
+
+def reading(res: dict) -> list[str]:
+    """What the intervals of one task support, beside the published numbers, in sentences."""
+    kind = res.get("kind", "classification")
+    text, published = PUBLISHED.get(kind, PUBLISHED["classification"])
+    out = [f"Published: {text}. The numbers here come from far smaller nets, images and pretraining; compare directions, not magnitudes."]
+    best = res["probe"].get("linear_gap", {}).get("best")
+    if best:
+        out.append(_read_gap("linear probe at each init's tap chosen on val", best["gap_closed"], published))
+    for f, entry in res.get("finetune", {}).items():
+        if "gap" in entry:
+            out.append(_read_gap(f"fine-tuned on {100 * float(f):g}% of the labels", entry["gap"]["gap_closed"], published))
+            last = sum(entry[i].get("step_is_last", 0) for i in res["inits"] if i in entry)
+            runs = sum(len(entry[i].get("step_chosen", [])) for i in res["inits"] if i in entry)
+            if runs and last > runs / 2:
+                out.append(f"  Its best checkpoint was the last validation in {last} of {runs} runs: longer fine-tunes might move it.")
+    return out
 
 
 def timing(markers: list[dict], wall_seconds: float | None) -> dict:
@@ -233,17 +332,18 @@ def timing_text(t: dict) -> str:
 
 
 def setup_title(res: dict) -> str:
-    """The setup in words, for the plot and the table: data, network, inits, runs, budget."""
+    """The setup in words, for the plot and the table: pool, tasks, network, inits, runs, budget (and a smoke banner)."""
     bb = res.get("backbone", {})
     plan = str(bb.get("plan", ""))
     name = f"{plan.rstrip('0123456789').upper()}-{plan[len(plan.rstrip('0123456789')):]}" if plan[-1:].isdigit() else bb.get("arch", "?")
     net = name + (f" width {bb['width']}" if "width" in bb else "")
     proto = res.get("protocol", {})
     seeds, subsets = len(proto.get("seeds", [])), len(proto.get("label_subsets", []))
-    data = res.get("data", {})
-    dataset = {"cifar10": "CIFAR-10", "stl10": "STL-10", "synthetic": "synthetic shapes"}.get(data.get("name"), data.get("name", "?"))
-    return (f"Pretraining gap on {dataset}, {net} on lightness input: random vs colorization vs supervised; "
-            f"{seeds} pretraining seed(s) × {subsets} label subset(s); budget {res.get('budget', '?')}")
+    tasks = ", ".join(f"{r.get('kind', '?')} on {dataset_name(r.get('data', {}))}" for r in res.get("tasks", {}).values())
+    title = (f"Pretraining gap ({res.get('protocol_name', '?')}): pretrained on {dataset_name(res.get('pool', {}))}, evaluated on {tasks}; "
+             f"{net}, lightness input: random vs colorization vs supervised; {seeds} pretraining seed(s) × {subsets} label subset(s); "
+             f"budget {res.get('budget', '?')}")
+    return (SMOKE_BANNER + " · " + title) if res.get("synthetic") else title
 
 
 # --------------------------------------------------------------------------------- plot
@@ -274,32 +374,49 @@ def _accuracy_panel(ax, series: dict, gaps: list, ylabel: str, title: str):
 
 
 def plot(res: dict, path: str | Path, title: str = "") -> Path:
-    """Linear probes and kNN per tap, fine-tuning per label fraction: test accuracy with 95% CIs, gap closed above."""
+    """One row per task: probes (and kNN) per tap, fine-tuning per label fraction; test scores with 95% CIs over
+    pretraining seeds, the gap closed above each point."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    taps, fr, pr = res["taps"], [str(float(f)) for f in res["label_fractions"]], res["probe"]
-    ncols = 3 if fr else 2
-    fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 4.4), squeeze=False)
-    xs = list(range(len(taps)))
-    for col, family, name in ((0, "linear", "Linear probes per tap (weight decay chosen on val)"), (1, "knn", "kNN per tap")):
-        series = {i: [(x, pr[family][i][t]["test"]) for x, t in zip(xs, taps)] for i in _rows(res["inits"])}
-        gaps = [(x, pr[f"{family}_gap"][t]["gap_closed"]) for x, t in zip(xs, taps)] if f"{family}_gap" in pr else []
-        ax = _accuracy_panel(axes[0][col], series, gaps, "test top-1 (%)", name)
-        ax.set_xticks(xs, taps, rotation=30, fontsize=8)
-    if fr:
+    tasks = res.get("tasks", {})
+    fig, axes = plt.subplots(max(1, len(tasks)), 3, figsize=(16.5, 4.4 * max(1, len(tasks))), squeeze=False)
+    for row, (name, r) in enumerate(tasks.items()):
+        taps, fr, pr = r["taps"], [str(float(f)) for f in r["label_fractions"]], r["probe"]
+        metric = r.get("metric", "top-1")
+        ylabel = f"{name}: test {metric} (%)"
+        xs = list(range(len(taps)))
+        families = pr.get("families", ["linear", "knn"])
+        probe_label = ("Dense linear probe (weight decay chosen on val)" if r.get("kind") == "segmentation" else
+                       "Linear probes per tap (weight decay chosen on val)")
+        for col, family, label in ((0, "linear", probe_label), (1, "knn", "kNN per tap")):
+            ax = axes[row][col]
+            if family not in families:
+                ax.axis("off")
+                continue
+            series = {i: [(x, pr[family][i][t]["test"]) for x, t in zip(xs, taps)] for i in _rows(r["inits"])}
+            gaps = [(x, pr[f"{family}_gap"][t]["gap_closed"]) for x, t in zip(xs, taps)] if f"{family}_gap" in pr else []
+            _accuracy_panel(ax, series, gaps, ylabel, f"{name} · {label}")
+            ax.set_xticks(xs, taps, rotation=30, fontsize=8)
+        ax = axes[row][2]
+        if not fr:
+            ax.axis("off")
+            continue
         fx = [float(f) for f in fr]
-        series = {i: [(x, res["finetune"][f][i]["test"]) for x, f in zip(fx, fr)] for i in _rows(res["inits"])}
-        gaps = [(x, res["finetune"][f]["gap"]["gap_closed"]) for x, f in zip(fx, fr) if "gap" in res["finetune"][f]]
-        ax = _accuracy_panel(axes[0][2], series, gaps, "test top-1 (%)", "Fine-tuning (lr and checkpoint chosen on val)")
+        series = {i: [(x, r["finetune"][f][i]["test"]) for x, f in zip(fx, fr)] for i in _rows(r["inits"])}
+        gaps = [(x, r["finetune"][f]["gap"]["gap_closed"]) for x, f in zip(fx, fr) if "gap" in r["finetune"][f]]
+        _accuracy_panel(ax, series, gaps, ylabel, f"{name} · fine-tuning (lr, variant, checkpoint chosen on val)")
         if len(fx) > 1:
             ax.set_xscale("log")
         ax.set_xticks(fx, [f"{100 * f:g}%" for f in fx])
         ax.set_xlabel("labels used")
     if title:
-        fig.suptitle(title + "\nerror bars: 95% CI over paired runs; orange: gap closed [95% Fieller CI]", fontsize=9)
+        import textwrap
+
+        fig.suptitle("\n".join(textwrap.wrap(title, 190)) + "\nerror bars: 95% CI over pretraining seeds; orange: gap closed [95% Fieller CI]", fontsize=9,
+                     color="tab:red" if res.get("synthetic") else "black")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -336,14 +453,14 @@ def log_to_wandb(res: dict, paths: dict[str, Path], out_dir: str | Path, name: s
         log.warning("W&B failed (%s): the report files are on disk anyway", err)
         return None
     run.log({"gap/plot": wandb.Image(str(paths["plot"])), "gap/markdown": wandb.Html("<pre>" + paths["markdown"].read_text() + "</pre>")})
-    pr = res["probe"]
-    for t, block in (pr.get("linear_gap") or {}).items():
-        run.summary[f"gap_closed/linear/{t}"] = block["gap_closed"]["mean"]
-    for t, block in (pr.get("knn_gap") or {}).items():
-        run.summary[f"gap_closed/knn/{t}"] = block["gap_closed"]["mean"]
-    for f, entry in res["finetune"].items():
-        if "gap" in entry:
-            run.summary[f"gap_closed/finetune/{f}"] = entry["gap"]["gap_closed"]["mean"]
+    for name, r in res.get("tasks", {}).items():
+        pr = r["probe"]
+        for family in ("linear", "knn"):
+            for t, block in (pr.get(f"{family}_gap") or {}).items():
+                run.summary[f"gap_closed/{name}/{family}/{t}"] = block["gap_closed"]["mean"]
+        for f, entry in r["finetune"].items():
+            if "gap" in entry:
+                run.summary[f"gap_closed/{name}/finetune/{f}"] = entry["gap"]["gap_closed"]["mean"]
     run_dir = run.dir
     run.finish()
     return str(Path(run_dir).parent)

@@ -21,8 +21,8 @@ from cnnlab.cli import instantiate, resolve_device
 from cnnlab.errors import UserError
 from cnnlab.features import state_fingerprint
 from cnnlab.gap import arms as A
-from cnnlab.gap.configs import ArmConfigs, location_free, write_config
-from cnnlab.gap.report import log_to_wandb, markdown_tables, setup_title, summarize, timing, unit_key, write_report
+from cnnlab.gap.configs import ArmConfigs, active_tasks, init_space, location_free, task_setting, write_config
+from cnnlab.gap.report import SMOKE_BANNER, log_to_wandb, markdown_tables, setup_title, summarize, timing, unit_key, write_report
 from cnnlab.gap.select import best_candidate
 from cnnlab.io.checkpoints import read_cnnlab_file
 from cnnlab.io.files import write_json
@@ -38,26 +38,37 @@ def validate(cfg: DictConfig) -> None:
     bad = [i for i in inits if i not in A.INITS]
     if bad or not inits:
         raise UserError(f"unknown init(s) {bad or inits}: inits must be a subset of {list(A.INITS)}")
-    for name in ("seeds", "label_subsets", "finetune.lrs", "finetune.variants"):
+    for name in ("seeds", "label_subsets"):
         if not list(OmegaConf.select(cfg, name) or []):
             raise UserError(f"{name} is empty: give at least one value, e.g. {name}=[0,1]")
-    known = set(OmegaConf.to_container(cfg.finetune.recipe, resolve=True))
-    for v, over in OmegaConf.to_container(cfg.finetune.variants, resolve=True).items():
-        if not isinstance(over, dict) or set(over) - known:
-            raise UserError(f"finetune.variants.{v} = {over}: a variant sets fine-tune recipe options only, "
-                            f"a mapping with keys from {sorted(known)} (e.g. {{head_only_steps: 50}})")
-    for f in cfg.label_fractions:
-        if not isinstance(f, (int, float)) or not 0.0 < float(f) <= 1.0:
-            raise UserError(f"label fraction {f} is outside (0, 1]: use e.g. label_fractions=[0.01,0.1]")
-    if not 0.0 < float(cfg.probe.label_fraction) <= 1.0:
-        raise UserError(f"probe.label_fraction={cfg.probe.label_fraction} is outside (0, 1]")
-    if cfg.data.color_space not in ("L", "gray"):
-        raise UserError(f"data.color_space={cfg.data.color_space}: every arm must see one lightness channel "
-                        "(a colorization trunk cannot take colour), set data.color_space=L")
-    if not float(cfg.data.val_fraction) > 0:
-        raise UserError("data.val_fraction=0: every choice of the gap is made on the validation split; give it e.g. 0.02")
-    if cfg.probe.taps:
-        instantiate(cfg.backbone).check_taps(list(cfg.probe.taps))  # unknown tap: one line now, not after pretraining
+    tasks = active_tasks(cfg)
+    if not tasks:
+        raise UserError("no downstream task: tasks must name at least one (e.g. tasks.cls, a classification task)")
+    for t, spec in tasks.items():
+        if spec.get("kind") not in A.TASK_KINDS:
+            raise UserError(f"tasks.{t}.kind={spec.get('kind')}: choose one of {list(A.TASK_KINDS)}")
+        ft = task_setting(cfg, t, "finetune")
+        for name in ("lrs", "variants"):
+            if not list(ft.get(name) or []):
+                raise UserError(f"finetune.{name} is empty (task {t}): give at least one value, e.g. finetune.{name}=[0.01]")
+        known = set(OmegaConf.to_container(ft.recipe, resolve=True))
+        for v, over in OmegaConf.to_container(ft.variants, resolve=True).items():
+            if not isinstance(over, dict) or set(over) - known:
+                raise UserError(f"finetune.variants.{v} = {over}: a variant sets fine-tune recipe options only, "
+                                f"a mapping with keys from {sorted(known)} (e.g. {{head_only_steps: 50}})")
+        for f in spec.label_fractions:
+            if not isinstance(f, (int, float)) or not 0.0 < float(f) <= 1.0:
+                raise UserError(f"label fraction {f} of task {t} is outside (0, 1]: use e.g. tasks.{t}.label_fractions=[0.01,0.1]")
+        lf = float(task_setting(cfg, t, "probe").label_fraction)
+        if not 0.0 < lf <= 1.0:
+            raise UserError(f"probe.label_fraction={lf} (task {t}) is outside (0, 1]")
+        if spec.kind == "classification" and not float((spec.get("cfg") or {}).get("val_fraction", 0) or 0) > 0:
+            raise UserError(f"tasks.{t}.cfg.val_fraction is 0: every choice of the gap is made on the validation split; give it e.g. 0.02")
+    if int(cfg.pretrain.steps) < 1:
+        raise UserError(f"pretrain.steps={cfg.pretrain.steps}: every pretrained init runs this many optimizer steps; give at least 1")
+    taps = task_setting(cfg, next(iter(tasks)), "probe").taps
+    if taps:
+        instantiate(OmegaConf.merge(cfg.backbone, {"in_channels": 1})).check_taps(list(taps))  # unknown tap: one line now
     conf_dir = Path(cfg.paths.root_dir) / "conf"
     for init in inits:
         if init == "random":
@@ -66,6 +77,11 @@ def validate(cfg: DictConfig) -> None:
             if not (conf_dir / str(group) / f"{choice}.yaml").is_file():
                 raise UserError(f"the {init} pretraining needs {group}={choice} (conf/{group}/{choice}.yaml), which does not exist: "
                                 f"add it, or leave {init} out (inits=[...])")
+    for t, spec in tasks.items():
+        for group, choice in (spec.get("groups") or {}).items():
+            if not (conf_dir / str(group) / f"{choice}.yaml").is_file():
+                raise UserError(f"task {t} needs {group}={choice} (conf/{group}/{choice}.yaml), which does not exist: "
+                                f"add it, or leave the task out (tasks.{t}=null)")
 
 
 @contextlib.contextmanager
@@ -113,11 +129,17 @@ class Plan:
 class Runner:
     def __init__(self, cfg: DictConfig, out_dir: Path, choices: dict):
         self.cfg, self.root, self.choices = cfg, Path(out_dir), choices
-        backbone = instantiate(cfg.backbone)
-        self.arch, self.arch_kwargs = backbone.arch, dict(backbone.arch_kwargs)
+        backbone = instantiate(OmegaConf.merge(cfg.backbone, {"in_channels": 1}))
+        # the architecture every trunk must have (its input channels follow the init's colour space)
+        self.arch = backbone.arch
+        self.arch_kwargs = {k: v for k, v in dict(backbone.arch_kwargs).items() if k != "in_channels"}
         self.configs = ArmConfigs(cfg, choices)
-        #: what the in-process arms' results depend on in the data config (not where the data lives)
-        self.data_key = {k: v for k, v in self.configs.data.items() if k != "data_dir"}
+        self.tasks = self.configs.tasks
+        #: what the in-process arms' results depend on in a data config (not where the data lives)
+        self.pool_key = {k: v for k, v in self.configs.pool.items() if k != "data_dir"}
+        self.data_key = {t: {k: v for k, v in d.items() if k != "data_dir"} for t, d in self.configs.task_data.items()}
+        #: a run on synthetic data is a plumbing check, and every output says so
+        self.synthetic = any(d.get("name") == "synthetic" for d in (self.configs.pool, *self.configs.task_data.values()))
         self.timings: dict[str, float] = {}
         self.started = time.time()
         self.by_name: dict[str, A.Arm] = {}
@@ -125,12 +147,19 @@ class Runner:
         self._dms: dict[tuple, object] = {}
 
     # --------------------------------------------------------------------------- plan
+    def task_plan(self) -> dict[str, dict]:
+        """Per task: label fractions, probe label subsets, fine-tune lrs and recipe variants (see :func:`A.plan_arms`)."""
+        c, out = self.cfg, {}
+        for t, spec in self.tasks.items():
+            probe, ft = task_setting(c, t, "probe"), task_setting(c, t, "finetune")
+            out[t] = {"fractions": [float(f) for f in spec.label_fractions],
+                      "probe_subsets": [int(k) for k in c.label_subsets] if float(probe.label_fraction) < 1.0 else [None],
+                      "lrs": [float(lr) for lr in ft.lrs], "variants": [str(v) for v in ft.variants]}
+        return out
+
     def plan(self) -> Plan:
         c = self.cfg
-        probe_subsets = list(c.label_subsets) if float(c.probe.label_fraction) < 1.0 else [None]
-        arms = A.plan_arms(list(c.inits), [int(s) for s in c.seeds], [float(f) for f in c.label_fractions],
-                           [int(k) for k in c.label_subsets], [float(lr) for lr in c.finetune.lrs], probe_subsets,
-                           [str(v) for v in c.finetune.variants])
+        arms = A.plan_arms(list(c.inits), [int(s) for s in c.seeds], self.task_plan(), [int(k) for k in c.label_subsets])
         self.by_name = {a.name: a for a in arms}
         status = {}
         for arm in arms:
@@ -149,12 +178,14 @@ class Runner:
         """The trunk's weight hash: recorded by its trunk arm, computed (once per file version) only if it is not."""
         stamp = f"{path}:{path.stat().st_mtime_ns}"
         if stamp not in self._fp:
-            marker = A.read_marker(self.by_name[path.parent.name], self.root) if path.parent.name in self.by_name else None
+            arm = self.by_name.get(path.parent.name)
+            marker = A.read_marker(arm, self.root) if arm else None
             if marker and marker.get("trunk_stamp") == path.stat().st_mtime_ns and marker.get("trunk_fingerprint"):
                 self._fp[stamp] = marker["trunk_fingerprint"]
             else:
                 backbone, meta = load_trunk(path)
-                check_trunk_matches(meta, path, arch=self.arch, arch_kwargs=self.arch_kwargs, color_space=self.cfg.data.color_space)
+                check_trunk_matches(meta, path, arch=self.arch, arch_kwargs=self.arch_kwargs,
+                                    color_space=init_space(arm.init) if arm else None)
                 self._fp[stamp] = state_fingerprint(backbone)
         return self._fp[stamp]
 
@@ -164,8 +195,8 @@ class Runner:
         if arm.kind == "trunk" and arm.init != "random":
             return self.configs.pretrain(arm.init, arm.seed, arm.name, d)
         if arm.kind == "finetune":
-            return self.configs.finetune(arm.init, arm.seed, arm.subset, arm.fraction, arm.lr, self.trunk_path(arm),
-                                         self.n_labelled(arm.fraction), arm.name, d, arm.variant)
+            return self.configs.finetune(arm.task, arm.init, arm.seed, arm.subset, arm.fraction, arm.lr, self.trunk_path(arm),
+                                         self.n_labelled(arm.task, arm.fraction), arm.name, d, arm.variant)
         return None
 
     def key(self, arm: A.Arm) -> str | None:
@@ -178,36 +209,38 @@ class Runner:
                 return None
             what["trunk"] = self.fingerprint(trunk)
         if arm.kind == "trunk" and arm.init == "random":
-            what.update(backbone=OmegaConf.to_container(c.backbone, resolve=True), seed=arm.seed,
-                        calibrate=c.random_init.calibrate_batches, data=self.data_key)
+            what.update(backbone=OmegaConf.to_container(c.backbone, resolve=False), seed=arm.seed,
+                        calibrate=c.random_init.calibrate_batches, data=self.pool_key)
         elif arm.kind == "probe":
-            probe = {k: v for k, v in OmegaConf.to_container(c.probe, resolve=True).items() if k not in ("keep_cache", "device")}
-            if probe.get("evaluate_test", True):
-                probe.pop("evaluate_test", None)  # the default leaves the keys of runs made before the option unchanged
-            what.update(probe=probe,
-                        data=self.data_key, subset=arm.subset, seed=arm.seed)
+            probe = {k: v for k, v in OmegaConf.to_container(task_setting(c, arm.task, "probe"), resolve=True).items()
+                     if k not in ("keep_cache", "device")}
+            what.update(probe=probe, task=self.tasks[arm.task].kind, data=self.data_key[arm.task], subset=arm.subset, seed=arm.seed,
+                        space=init_space(arm.init), test=not c.validation_only)
         elif arm.kind == "finetune_test":
             keys = [(A.read_marker(self.by_name[n], self.root) or {}).get("key") for n in arm.needs]
             if None in keys:
                 return None
-            what["candidates"] = keys
+            what.update(candidates=keys, test=not c.validation_only)
         else:
             what["config"] = location_free(self.arm_config(arm))
         return A.arm_key(what)
 
     # --------------------------------------------------------------------------- data
-    def datamodule(self, label_fraction: float = 1.0, label_seed: int = 0):
-        """The gap's data with a label subset; the pool's (fraction 1) is kept, a subset's only until the next one."""
-        k = (float(label_fraction), int(label_seed) if label_fraction < 1.0 else 0)
+    def datamodule(self, task: str | None, label_fraction: float = 1.0, label_seed: int = 0, space: str = "L"):
+        """The data of a task (None: the pool) with a label subset; the whole split's is kept, a subset's only until
+        the next one."""
+        k = (task, space, float(label_fraction), int(label_seed) if label_fraction < 1.0 else 0)
         if k not in self._dms:
-            if k[0] < 1.0:
-                self._dms = {key: dm for key, dm in self._dms.items() if key[0] == 1.0}  # one subset copy in memory at a time
-            self._dms[k] = instantiate(self.cfg.data, label_fraction=k[0], label_seed=k[1], progress=False)
+            if k[2] < 1.0:
+                self._dms = {key: dm for key, dm in self._dms.items() if key[2] == 1.0}  # one subset copy in memory at a time
+            node = self.configs.pool if task is None else self.configs.task_data[task]
+            self._dms[k] = instantiate({**node, "color_space": space, "label_fraction": k[2], "label_seed": k[3],
+                                        "shuffle_seed": 0, "progress": False})
         return self._dms[k]
 
-    def n_labelled(self, fraction: float) -> int:
+    def n_labelled(self, task: str, fraction: float) -> int:
         """About how many labelled images a subset of ``fraction`` holds (it sizes the fine-tune's steps)."""
-        dm = self.datamodule()
+        dm = self.datamodule(task)
         dm.setup()
         return max(dm.num_classes, round(fraction * len(dm.splits["train"])))
 
@@ -238,7 +271,7 @@ class Runner:
 
             execute(self, plan, todo, launcher, started, finished)
         if not self.cfg.probe.keep_cache:
-            for d in (self.root / "arms").glob("*/features"):
+            for d in (self.root / "arms").glob("*/features*"):
                 shutil.rmtree(d, ignore_errors=True)
 
     def run_arm(self, arm: A.Arm, key: str) -> None:
@@ -269,32 +302,45 @@ class Runner:
     def _run_trunk(self, arm: A.Arm, d: Path) -> dict:
         if arm.init == "random":
             torch.manual_seed(int(arm.seed))
-            backbone = instantiate(self.cfg.backbone)
+            backbone = instantiate(OmegaConf.merge(self.cfg.backbone, {"in_channels": 1}))
             n_cal = 0
-            if self.cfg.random_init.calibrate_batches:
-                dm = self.datamodule()
+            if self.cfg.random_init.calibrate_batches:  # on unlabelled pool images, like the pretrained inits' data
+                dm = self.datamodule(None)
                 dm.setup()
                 n_cal = calibrate_batchnorm(backbone, dm.loader("train", batch_size=256), lambda u: dm.preprocess(u, train=False),
                                             max_batches=int(self.cfg.random_init.calibrate_batches))
-            save_trunk(d / "trunk.pt", backbone, self.cfg.data.color_space, "random", {"seed": int(arm.seed), "bn_calibration_images": n_cal})
+            save_trunk(d / "trunk.pt", backbone, "L", "random", {"seed": int(arm.seed), "bn_calibration_images": n_cal})
             return {"bn_calibration_images": n_cal, "fingerprint": state_fingerprint(backbone)}
         self._train_in_process(self.arm_config(arm), d)
         backbone, meta = load_trunk(d / "trunk.pt")  # read once: checked and hashed here, dependants read the hash
-        check_trunk_matches(meta, d / "trunk.pt", arch=self.arch, arch_kwargs=self.arch_kwargs, color_space=self.cfg.data.color_space)
-        return {"fingerprint": state_fingerprint(backbone)}
+        check_trunk_matches(meta, d / "trunk.pt", arch=self.arch, arch_kwargs=self.arch_kwargs, color_space=init_space(arm.init))
+        return {"fingerprint": state_fingerprint(backbone), "steps": int((meta.get("info") or {}).get("global_step", -1))}
 
     def _run_probe(self, arm: A.Arm, d: Path) -> dict:
-        from cnnlab.probes.cached import probe_trunk_cached
+        p = task_setting(self.cfg, arm.task, "probe")
+        dm = self.datamodule(arm.task, float(p.label_fraction), arm.subset or 0, init_space(arm.init))
+        evaluate_test = not self.cfg.validation_only
+        if self.tasks[arm.task].kind == "segmentation":
+            from cnnlab.probes.dense import probe_trunk_dense
 
-        p = self.cfg.probe
-        dm = self.datamodule(float(p.label_fraction), arm.subset or 0)
-        res = probe_trunk_cached(self.trunk_path(arm), dm, taps=list(p.taps) if p.taps else None, target_dims=p.target_dims,
-                                 cache_dir=self.root / "arms" / arm.trunk_arm / "features", weight_decays=tuple(p.weight_decays),
-                                 max_iter=int(p.max_iter), knn_k=int(p.knn.k), knn_temperature=float(p.knn.temperature),
-                                 device=resolve_device(p.device), expect_arch=self.arch, expect_arch_kwargs=self.arch_kwargs,
-                                 evaluate_test=bool(p.get("evaluate_test", True)), progress=sys.stdout.isatty())
+            dense = probe_trunk_dense(self.trunk_path(arm), dm, weight_decays=tuple(p.weight_decays), evaluate_test=evaluate_test,
+                                      pixels_per_image=int(p.get("pixels_per_image", 128)), seed=int(arm.subset or 0),
+                                      max_iter=int(p.max_iter), device=resolve_device(p.device),
+                                      cache_dir=self.root / "arms" / arm.trunk_arm / f"features_{arm.task}_{init_space(arm.init)}")
+            # one "tap" (the hypercolumn of every tap), scored by mIoU: the shape the report reads for every task
+            res = {"taps": ["hypercolumn"], "n_train": dense["n_train_pixels"], "n_val": dense["n_val_pixels"], "dense": dense,
+                   "linear": {"hypercolumn": {"val": dense["val_miou"], "test": dense["test_miou"], "grid": dense["grid"],
+                                              "weight_decay": dense["weight_decay"], "at_grid_edge": dense["at_grid_edge"]}}}
+        else:
+            from cnnlab.probes.cached import probe_trunk_cached
+
+            res = probe_trunk_cached(self.trunk_path(arm), dm, taps=list(p.taps) if p.taps else None, target_dims=p.target_dims,
+                                     cache_dir=self.root / "arms" / arm.trunk_arm / f"features_{arm.task}_{init_space(arm.init)}",
+                                     weight_decays=tuple(p.weight_decays), max_iter=int(p.max_iter), knn_k=int(p.knn.k),
+                                     knn_temperature=float(p.knn.temperature), device=resolve_device(p.device), expect_arch=self.arch,
+                                     expect_arch_kwargs=self.arch_kwargs, evaluate_test=evaluate_test, progress=sys.stdout.isatty())
         write_json(d / "probe.json", res)
-        return {"n_train": res["n_train"]}
+        return {"n_train": res.get("n_train")}
 
     def _run_finetune(self, arm: A.Arm, d: Path) -> dict:
         arm_cfg = self.arm_config(arm)
@@ -309,11 +355,16 @@ class Runner:
         found = {a.name: json.loads((a.dir(self.root) / "candidate.json").read_text()) for a in cands}
         chosen = self.by_name[best_candidate({a.name: found[a.name]["val"] for a in cands})]
         best = found[chosen.name]
-        arm_cfg = ArmConfigs.test_of(OmegaConf.load(chosen.dir(self.root) / "config.yaml"), Path(best["path"]), arm.name, d)
-        self._train_in_process(arm_cfg, d)
-        m = json.loads((d / "metrics.json").read_text())
+        test = None
+        if not self.cfg.validation_only:
+            arm_cfg = ArmConfigs.test_of(OmegaConf.load(chosen.dir(self.root) / "config.yaml"), Path(best["path"]), arm.name, d)
+            self._train_in_process(arm_cfg, d)
+            m = json.loads((d / "metrics.json").read_text())
+            test = m.get("test/miou" if self.tasks[arm.task].kind == "segmentation" else "test/acc")
+        else:
+            write_json(d / "metrics.json", {})
         several = len({a.variant for a in cands}) > 1
-        choice = {"lr": chosen.lr, "variant": chosen.variant, "step": best["step"], "val": best["val"], "test": m.get("test/acc"),
+        choice = {"lr": chosen.lr, "variant": chosen.variant, "step": best["step"], "val": best["val"], "test": test,
                   "grid": {f"{a.lr:g}" + (f" {a.variant}" if several else ""): found[a.name]["val"] for a in cands},
                   "candidate": chosen.name, "lr_at_grid_edge": at_grid_edge(chosen.lr, [a.lr for a in cands]),
                   # the best checkpoint was the last validation: a longer fine-tune might have gone further
@@ -323,49 +374,69 @@ class Runner:
 
     # --------------------------------------------------------------------------- report
     def collect(self, arms: list[A.Arm]) -> dict:
-        """Per arm kind, the finished arms' numbers keyed by init and paired run."""
-        probe: dict = {}
-        finetune: dict = {}
+        """Per task and arm kind, the finished arms' numbers keyed by init and paired run."""
+        out: dict = {t: {"probe": {}, "finetune": {}} for t in self.tasks}
         for arm in arms:
             if arm.kind not in ("probe", "finetune_test") or not A.is_done(arm, self.root, None):
                 continue
-            d = arm.dir(self.root)
+            d, got = arm.dir(self.root), out[arm.task]
             if arm.kind == "probe":
-                probe.setdefault(arm.init, {})[arm.unit] = json.loads((d / "probe.json").read_text())
+                got["probe"].setdefault(arm.init, {})[arm.unit] = json.loads((d / "probe.json").read_text())
             else:
-                finetune.setdefault(arm.init, {}).setdefault(arm.fraction, {})[arm.unit] = json.loads((d / "choice.json").read_text())
-        return {"probe": probe, "finetune": finetune}
+                got["finetune"].setdefault(arm.init, {}).setdefault(arm.fraction, {})[arm.unit] = json.loads((d / "choice.json").read_text())
+        return out
 
     def report(self, plan: Plan, console) -> dict:
         c = self.cfg
         collected = self.collect(plan.arms)
-        res = summarize(collected, list(c.inits), list(c.label_fractions), list(c.probe.taps) if c.probe.taps else [])
-        # every paired run's own numbers: each choice with the validation grid it was made from, and its test score
-        res["runs"] = {"probe": {i: {unit_key(u): {k: r[k] for k in ("linear", "knn", "n_train", "n_val", "n_test") if k in r}
-                                     for u, r in runs.items()} for i, runs in collected["probe"].items()},
-                       "finetune": {str(f): {i: {unit_key(u): ch for u, ch in by_f.get(f, {}).items()} for i, by_f in collected["finetune"].items()}
-                                    for f in (float(x) for x in c.label_fractions)}}
+        res: dict = {"tasks": {}}
+        for t, spec in self.tasks.items():
+            probe_cfg, ft_cfg = task_setting(c, t, "probe"), task_setting(c, t, "finetune")
+            fractions = [float(f) for f in spec.label_fractions]
+            r = summarize(collected[t], list(c.inits), fractions, list(probe_cfg.taps) if probe_cfg.taps and spec.kind == "classification" else [])
+            # every paired run's own numbers: each choice with the validation grid it was made from, and its test score
+            r["runs"] = {"probe": {i: {unit_key(u): {k: v for k, v in pr.items() if k in ("linear", "knn", "dense", "n_train", "n_val", "n_test")}
+                                       for u, pr in runs.items()} for i, runs in collected[t]["probe"].items()},
+                         "finetune": {str(f): {i: {unit_key(u): ch for u, ch in by_f.get(f, {}).items()}
+                                               for i, by_f in collected[t]["finetune"].items()} for f in fractions}}
+            r["kind"] = str(spec.kind)
+            r["metric"] = "mIoU" if spec.kind == "segmentation" else "top-1"
+            data = self.configs.task_data[t]
+            r["data"] = {"name": data.get("name"), "source": data.get("source"), "val_fraction": data.get("val_fraction"),
+                         "image_size": data.get("image_size")}
+            r["grids"] = {"finetune_lr": [float(x) for x in ft_cfg.lrs],
+                          "finetune_variants": OmegaConf.to_container(ft_cfg.variants, resolve=True),
+                          "probe_weight_decay": [float(x) for x in probe_cfg.weight_decays],
+                          "knn": {"k": int(probe_cfg.knn.k), "temperature": float(probe_cfg.knn.temperature)}}
+            r["finetune_recipe"] = OmegaConf.to_container(ft_cfg, resolve=True)
+            r["probe_label_fraction"] = float(probe_cfg.label_fraction)
+            res["tasks"][t] = r
         res["budget"] = str(c.budget_name)
-        res["grids"] = {"finetune_lr": [float(x) for x in c.finetune.lrs],
-                        "finetune_variants": OmegaConf.to_container(c.finetune.variants, resolve=True),
-                        "probe_weight_decay": [float(x) for x in c.probe.weight_decays],
-                        "knn": {"k": int(c.probe.knn.k), "temperature": float(c.probe.knn.temperature)}}
-        res["recipe"] = {"finetune": OmegaConf.to_container(c.finetune, resolve=True),
-                         "pretrain": OmegaConf.to_container(c.pretrain, resolve=True)}
+        res["protocol_name"] = str(c.get("protocol_name", "custom"))
+        res["synthetic"] = self.synthetic
+        res["validation_only"] = bool(c.validation_only)
+        res["inits"] = list(c.inits)
+        pre = OmegaConf.to_container(c.pretrain, resolve=True)
+        res["recipe"] = {"pretrain": pre}
+        pool_dm = self.datamodule(None)
+        res["pool"] = {"name": self.configs.pool.get("name"), "source": self.configs.pool.get("source"), "train_limit": self.configs.pool.get("train_limit"),
+                       "val_fraction": self.configs.pool.get("val_fraction"), "batch_size": self.configs.pool.get("batch_size"),
+                       "images": len(pool_dm.splits["train"]) if pool_dm.splits else None,
+                       "pretrain_steps": int(c.pretrain.steps)}
         res["protocol"] = {
-            "pretraining_pool": "every training image outside the validation split" + (f" (limited to {c.data.train_limit})" if c.data.get("train_limit") else ""),
-            "validation_images": len(self.datamodule().splits["val"]) if self.datamodule().splits else None,
+            "pretraining": f"every init pretrained {int(c.pretrain.steps)} optimizer steps of {self.configs.pool.get('batch_size')} pool images "
+                           f"(warm-up {100 * float(c.pretrain.warmup_fraction):g}%, then cosine to lr/{float(c.pretrain.final_div):g} per step); "
+                           "colorization reads the pool's images only, supervised its own labels; no downstream image or label",
             "label_subsets": [int(k) for k in c.label_subsets], "seeds": [int(s) for s in c.seeds],
-            "probe_label_fraction": float(c.probe.label_fraction),
+            "unit": "pretraining seed: label subsets averaged within a seed, intervals over seeds (df = seeds - 1)",
             "chosen_on_validation": ["best tap per init", "probe weight decay per tap", "fine-tune learning rate and recipe variant",
                                      "fine-tune checkpoint (step)"],
-            "read_on_test": "each final arm once: the probes with their chosen weight decay, kNN, each fine-tune's chosen checkpoint"}
-        res["arms"] = {a.name: {"kind": a.kind, "init": a.init, "seed": a.seed, "subset": a.subset, "fraction": a.fraction, "lr": a.lr,
-                                "reused": a.name not in self.timings, "seconds": self.timings.get(a.name), "dir": str(a.dir(self.root))}
+            "read_on_test": "nothing (validation only)" if c.validation_only else
+                            "each final arm once: the probes with their chosen weight decay, kNN, each fine-tune's chosen checkpoint"}
+        res["arms"] = {a.name: {"kind": a.kind, "task": a.task, "init": a.init, "seed": a.seed, "subset": a.subset, "fraction": a.fraction,
+                                "lr": a.lr, "reused": a.name not in self.timings, "seconds": self.timings.get(a.name), "dir": str(a.dir(self.root))}
                        for a in plan.arms}
         res["timing"] = timing([m for m in (A.read_marker(a, self.root) for a in plan.arms) if m], time.time() - self.started)
-        res["data"] = {"name": c.data.name, "color_space": c.data.color_space, "train_limit": c.data.get("train_limit"),
-                       "val_fraction": float(c.data.val_fraction)}
         res["backbone"] = {"arch": self.arch, **self.arch_kwargs}
         res["machine"] = f"{platform.node()} · {platform.processor() or platform.machine()} · torch {torch.__version__} · " + (
             torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads")
@@ -394,6 +465,8 @@ class Runner:
         for arm in plan.arms:
             table.add_row(arm.name, arm.label, {"done": "[green]reused[/]", "check": "[cyan]reused if its inputs are unchanged[/]",
                                                 "to run": "[yellow]to run[/]"}[plan.status[arm.name]])
+        if self.synthetic:
+            console.print(f"[bold red]{SMOKE_BANNER}[/]")
         console.print(table)
         console.print(f"run dir: {self.root}")
         if not todo:

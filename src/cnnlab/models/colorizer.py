@@ -21,11 +21,10 @@ from cnnlab.color import lab_to_rgb
 from cnnlab.colorization import bins as B
 from cnnlab.colorization.batch import ColourBatch
 from cnnlab.colorization.decode import compose_lab, decode_ab, decode_hue_chroma, gray_from_input, lightness_from_input
-from cnnlab.colorization.hypercolumn import (HypercolumnHead, TapNorm, dense_hypercolumns, gather_pixels, grid_bands,
-                                             grid_map, grid_pixels, pixel_centers, random_pixels, sample_hypercolumns)
 from cnnlab.colorization.metrics import ColorizationMetrics
 from cnnlab.colorization.prior import BindColorizerToData, cached_ab_stats
 from cnnlab.errors import UserError
+from cnnlab.hypercolumn import HypercolumnModel, gather_pixels, grid_map, grid_pixels, random_pixels
 from cnnlab.models.base import StagedModule, as_dict, make_backbone
 
 TARGETS = ("hue_chroma", "lab_bins")
@@ -40,7 +39,7 @@ def lab_defaults() -> dict:
     return OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / "colorization.yaml").lab)
 
 
-class Colorizer(StagedModule):
+class Colorizer(HypercolumnModel, StagedModule):
     """Hypercolumn colorization on a 1-channel backbone.
 
     Steps take the data module's batch in RGB or Lab (``data.color_space``; a :class:`ColourBatch`
@@ -85,16 +84,9 @@ class Colorizer(StagedModule):
         self.targets, self.input_space = targets, input_space
         #: what the data module delivers (rgb | lab); set from the data module before any step
         self.batch_space = "rgb"
-        self.taps = self.backbone.check_taps(list(taps) if taps else self.backbone.default_taps)
-        if not self.taps:
-            raise UserError(f"{self.backbone.arch} has no default taps: set model.taps to some of {self.backbone.tap_names}")
-        channels = [self.backbone.tap_channels()[t] for t in self.taps]
-        self.tap_norm = TapNorm(channels)
-
         centers = B.ab_bin_centers(lab["grid"])
         q = centers.shape[0]
-        out_dims = [hue_bins, chroma_bins] if targets == "hue_chroma" else [q]
-        self.head = HypercolumnHead(sum(channels), out_dims, hidden=hidden, dropout=dropout)
+        self.build_hypercolumn(taps, [hue_bins, chroma_bins] if targets == "hue_chroma" else [q], hidden, dropout)
         # the prior travels in the checkpoint: a loaded model decodes and evaluates without the data
         self.register_buffer("ab_centers", centers)
         self.register_buffer("ab_prior", torch.full((q,), 1.0 / q))
@@ -144,29 +136,6 @@ class Colorizer(StagedModule):
     def model_input(self, images: torch.Tensor | ColourBatch) -> torch.Tensor:
         """A batch ``(B, 3, H, W)`` -> the backbone's 1-channel input ``(B, 1, H, W)``."""
         return self.colours(images).x
-
-    def tap_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Input ``(B, 1, H, W)`` -> normalized tap maps ``[(B, C_i, h_i, w_i)]`` in ``self.taps`` order."""
-        feats = self.backbone.forward_taps(x, self.taps)
-        return self.tap_norm([feats[t] for t in self.taps])
-
-    def sparse_logits(self, x: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
-        """Input ``(B, 1, H, W)``, pixels ``(B, K, 2)`` -> logits ``(B, K, O)`` from sampled hypercolumns."""
-        return self.head(sample_hypercolumns(self.tap_maps(x), pixel_centers(pixels, *x.shape[-2:])))
-
-    def grid_logits(self, x: torch.Tensor, stride: int = 1):
-        """Yield ``(pixels (B, P, 2), logits (B, P, O))`` over whole rows of the ``stride`` grid of input
-        ``(B, 1, H, W)``, about ``eval_chunk_pixels`` at a time: memory beyond the backbone's tap maps is set
-        by the chunk, not by the image."""
-        b, _, h, w = x.shape
-        maps = self.tap_maps(x)
-        for pix in grid_bands(h, w, stride, max(1, self.hparams.eval_chunk_pixels // b), x.device):
-            pix = pix.expand(b, -1, -1)
-            yield pix, self.head(sample_hypercolumns(maps, pixel_centers(pix, h, w)))
-
-    def dense_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Input ``(B, 1, H, W)`` -> logits ``(B, O, H, W)`` at every pixel (1x1 convs over upsampled taps)."""
-        return self.head.dense(dense_hypercolumns(self.tap_maps(x), x.shape[-2:]))
 
     def predict_lab(self, x: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         """Input ``(B, 1, H, W)`` -> predicted Lab ``(B, 3, H, W)`` (the head on bands of :meth:`grid_logits`)."""

@@ -12,13 +12,13 @@ images only (``torch.autograd.grad``): the model's parameters never accumulate g
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from cnnlab.errors import UserError
+from cnnlab.stats import wilson_interval
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
@@ -192,17 +192,6 @@ def curve_summary(curves: dict[str, torch.Tensor], eps: Sequence[float]) -> list
             rows.append({"attack": attack, "eps": e, "eps_255": round(e * 255, 3), "accuracy": k / n if n else float("nan"),
                          "ci_low": lo, "ci_high": hi, "n": n})
     return rows
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95% (z = 1.96) Wilson score interval of a binomial proportion ``successes / n``."""
-    if n <= 0:
-        return float("nan"), float("nan")
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    # at p = 0 or 1 the bound is exactly that p (the formula leaves a rounding error there)
-    return (0.0 if successes == 0 else max(0.0, centre - half)), (1.0 if successes == n else min(1.0, centre + half))
 
 
 def _margin(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:

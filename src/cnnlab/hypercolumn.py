@@ -1,4 +1,5 @@
-"""Hypercolumns: the features of several backbone taps at a pixel, concatenated.
+"""Hypercolumns: the features of several backbone taps at a pixel, concatenated (one head, two uses:
+colorization and semantic segmentation run the same :class:`HypercolumnModel` machinery).
 
 Training samples them *sparsely*: each tap map is bilinearly sampled with ``F.grid_sample`` at K
 random pixel centres per image, so the head's cost and memory grow with K, not with H*W, and
@@ -136,3 +137,51 @@ class HypercolumnHead(nn.Module):
     def split(self, logits: torch.Tensor, dim: int = -1) -> list[torch.Tensor]:
         """Logits -> one tensor per output group along ``dim``."""
         return list(logits.split(self.out_dims, dim=dim))
+
+
+class HypercolumnModel:
+    """The taps -> :class:`TapNorm` -> :class:`HypercolumnHead` path shared by the colorizer and the segmenter.
+
+    A mixin for a module with ``backbone`` (a cnnlab Backbone) and ``hparams.eval_chunk_pixels``;
+    :meth:`build_hypercolumn` adds ``taps``, ``tap_norm`` and ``head`` (their state_dict keys are
+    ``tap_norm.*`` and ``head.*``). The input ``x`` is whatever the backbone takes, ``(B, C_in, H, W)``.
+    """
+
+    def build_hypercolumn(self, taps: Sequence[str] | None, out_dims: Sequence[int], hidden: int, dropout: float) -> None:
+        """Check the taps (None: the backbone's defaults) and build the per-tap norm and the head."""
+        from cnnlab.errors import UserError
+
+        self.taps = self.backbone.check_taps(list(taps) if taps else self.backbone.default_taps)
+        if not self.taps:
+            raise UserError(f"{self.backbone.arch} has no default taps: set model.taps to some of {self.backbone.tap_names}")
+        channels = [self.backbone.tap_channels()[t] for t in self.taps]
+        self.tap_norm = TapNorm(channels)
+        self.head = HypercolumnHead(sum(channels), out_dims, hidden=hidden, dropout=dropout)
+
+    def tap_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Input ``(B, C_in, H, W)`` -> normalized tap maps ``[(B, C_i, h_i, w_i)]`` in ``self.taps`` order."""
+        feats = self.backbone.forward_taps(x, self.taps)
+        return self.tap_norm([feats[t] for t in self.taps])
+
+    def sparse_logits(self, x: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """Input ``(B, C_in, H, W)``, pixels ``(B, K, 2)`` -> logits ``(B, K, O)`` from sampled hypercolumns."""
+        return self.head(sample_hypercolumns(self.tap_maps(x), pixel_centers(pixels, *x.shape[-2:])))
+
+    def grid_logits(self, x: torch.Tensor, stride: int = 1):
+        """Yield ``(pixels (B, P, 2), logits (B, P, O))`` over whole rows of the ``stride`` grid of input
+        ``(B, C_in, H, W)``, about ``eval_chunk_pixels`` at a time: memory beyond the backbone's tap maps is set
+        by the chunk, not by the image."""
+        b, _, h, w = x.shape
+        maps = self.tap_maps(x)
+        for pix in grid_bands(h, w, stride, max(1, self.hparams.eval_chunk_pixels // b), x.device):
+            pix = pix.expand(b, -1, -1)
+            yield pix, self.head(sample_hypercolumns(maps, pixel_centers(pix, h, w)))
+
+    def banded_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Input ``(B, C_in, H, W)`` -> logits ``(B, O, H, W)`` at every pixel, the head run in bands (:meth:`grid_logits`)."""
+        w = x.shape[-1]
+        return torch.cat([grid_map(logits, w) for _, logits in self.grid_logits(x)], 2)
+
+    def dense_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Input ``(B, C_in, H, W)`` -> logits ``(B, O, H, W)`` at every pixel (1x1 convs over upsampled taps)."""
+        return self.head.dense(dense_hypercolumns(self.tap_maps(x), x.shape[-2:]))

@@ -1,8 +1,10 @@
-"""Gap arithmetic over paired runs: differences with a t-interval, the gap closed with Fieller's interval.
+"""The project's statistics, one home: t-intervals, paired differences, Fieller's interval for a ratio of paired
+means (the gap closed), Wilson's interval for a proportion, seed-level aggregation, and their formatting.
 
-A *paired run* is one (pretraining seed, label subset) unit: the three inits of a unit share the seed, the
-labelled subset and the data order, so their differences cancel what the unit shares. With accuracies
-``c_i, r_i, s_i`` (colorization, random, supervised) of unit ``i``:
+Every interval here is a 95% confidence interval whose ``n`` counts independent units. In the gap experiment the
+unit is the *pretraining seed*: the label subsets of one seed share its trunks, so they are averaged within the
+seed first (:func:`seed_means`) and the intervals run over seeds (df = seeds - 1). With per-seed accuracies
+``c_i, r_i, s_i`` (colorization, random, supervised) of seed ``i``:
 
 - paired difference ``d_i = c_i - r_i``: mean, 95% t-interval ``mean ± t(0.975, n-1) * sd / sqrt(n)``;
 - gap closed ``sum_i (c_i - r_i) / sum_i (s_i - r_i)`` (the ratio of the mean differences), with Fieller's 95%
@@ -19,7 +21,8 @@ means nothing: it is reported as undefined with the reason, never as a division 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections import defaultdict
+from typing import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -75,6 +78,40 @@ def mean_ci(values: Iterable[float | None], confidence: float = CONFIDENCE) -> d
         half = t * math.sqrt(sum((v - m) ** 2 for v in ok) / (n - 1)) / math.sqrt(n)
         out["low"], out["high"] = m - half, m + half
     return out
+
+
+def mean_halfwidth(values: Iterable[float]) -> tuple[float, float]:
+    """``(mean, half-width of its 95% t-interval)`` of independent values (half-width nan for n < 2): the compact form
+    per-image analyses report (their n is hundreds of images, where t and normal intervals agree)."""
+    s = mean_ci([float(v) for v in values])
+    half = float("nan") if s["low"] is None else s["high"] - s["mean"]
+    return (float("nan") if s["mean"] is None else s["mean"]), half
+
+
+def seed_means(by_unit: Mapping[tuple[int, Hashable], float | None]) -> dict[int, float | None]:
+    """``{seed: mean over its label subsets}`` from ``{(seed, subset): value}``: the independent unit of the gap.
+
+    Missing (None / non-finite) values drop out of their seed's mean; a seed with none left maps to None.
+    """
+    per: dict[int, list[float]] = defaultdict(list)
+    seeds: list[int] = []
+    for (seed, _), v in by_unit.items():
+        if seed not in seeds:
+            seeds.append(seed)
+        if _finite(v):
+            per[seed].append(float(v))
+    return {s: (sum(per[s]) / len(per[s]) if per[s] else None) for s in sorted(seeds)}
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95% Wilson score interval of a binomial proportion ``successes / n`` (nan, nan for n = 0)."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    # at p = 0 or 1 the bound is exactly that p (the formula leaves a rounding error there)
+    return (0.0 if successes == 0 else max(0.0, centre - half)), (1.0 if successes == n else min(1.0, centre + half))
 
 
 def paired_difference(a: Sequence[float | None], b: Sequence[float | None], confidence: float = CONFIDENCE) -> dict:
@@ -143,15 +180,18 @@ def _short(note: str) -> str:
     return note.split(": ", 1)[-1].split(" (")[0]
 
 
-def format_interval(stats: dict, scale: float = 100.0, digits: int = 1, unit: str = "") -> str:
-    """``"45.1 [43.0, 47.2], n = 6"``; ``"45.1, n = 1 (no interval)"``; ``"n/a (reason)"``; ``"–"`` when missing."""
+def format_interval(stats: dict, scale: float = 100.0, digits: int = 1, unit: str = "", with_n: bool = True) -> str:
+    """``"45.1 [43.0, 47.2], n = 6"``; ``"45.1, n = 1 (no interval)"``; ``"n/a (reason)"``; ``"–"`` when missing.
+    ``with_n=False``: ``"45.1 [43.0, 47.2]"`` (a table whose caption gives n)."""
     if stats.get("mean") is None:
         note = stats.get("note")
-        return f"n/a ({_short(note)})" if note else "–"
+        return f"n/a ({_short(note)})" if note else ("n/a" if not with_n else "–")
     fmt = f"{{:.{digits}f}}{unit}"
     text = fmt.format(scale * stats["mean"])
     if stats.get("low") is not None:
         text += f" [{fmt.format(scale * stats['low'])}, {fmt.format(scale * stats['high'])}]"
+    if not with_n:
+        return text
     text += f", n = {stats['n']}"
     if stats.get("low") is None:
         reason = stats["note"] if str(stats.get("note", "")).startswith("no interval") else "no interval"
