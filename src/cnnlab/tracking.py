@@ -62,6 +62,20 @@ def _drop_empty_wandb_env() -> None:
         del os.environ[var]
 
 
+def default_group() -> str | None:
+    """The W&B group of a run that names none: ``$WANDB_RUN_GROUP`` (a gap run's arms, :mod:`cnnlab.gap.launch`),
+    else in a Hydra multirun ``<job name>_<sweep dir name>``, shared by its jobs. Read here at every run, since
+    W&B reads its environment once per process."""
+    from cnnlab.config import in_multirun
+
+    if os.environ.get("WANDB_RUN_GROUP") or not in_multirun():
+        return os.environ.get("WANDB_RUN_GROUP") or None
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    return f"{hc.job.name}_{Path(str(hc.sweep.dir)).name}"
+
+
 def make_wandb_logger(
     save_dir: str,
     project: str = "cnnlab",
@@ -77,6 +91,7 @@ def make_wandb_logger(
     """A W&B logger for ``save_dir``; ``init_timeout`` bounds the wait for the server (``$WANDB_INIT_TIMEOUT`` wins)."""
     import wandb
 
+    group, job_type = group or default_group(), job_type or os.environ.get("WANDB_JOB_TYPE") or None
     factory_kwargs = dict(save_dir=save_dir, project=project, name=name, log_model=log_model, group=group,
                           tags=tags, entity=entity, job_type=job_type, init_timeout=init_timeout)
     _drop_empty_wandb_env()

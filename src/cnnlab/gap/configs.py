@@ -195,6 +195,8 @@ def location_free(arm_cfg: DictConfig) -> dict:
     where = {str(d["paths"]["output_dir"]): "<arm dir>", str(d["paths"]["data_dir"]): "<data dir>"}
     for k in _LOCATION_KEYS:
         d.pop(k, None)
+    if "logger" in d:  # tracking changes nothing an arm computes (None: as every arm's key had it before arms logged)
+        d["logger"] = None
     if isinstance(d.get("backbone"), dict):
         d["backbone"].pop("path", None)  # the trunk's weight fingerprint stands for it
     return replace_in_strings(d, where)

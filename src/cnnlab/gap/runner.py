@@ -254,17 +254,24 @@ class Runner:
         columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=False) as progress:
             task = progress.add_task("arms", total=len(plan.arms), completed=len(plan.arms) - len(todo))
-            for n, arm in enumerate(todo, start=1):
-                progress.update(task, description=f"[{n}/{len(todo)}] {arm.label} ({arm.name}); {len(todo) - n} more after this")
-                key = self.key(arm)
-                if key is None:
-                    raise UserError(f"arm {arm.name} needs the outputs of {arm.needs or [arm.trunk_arm]}, which did not appear")
-                if not A.is_done(arm, self.root, key):  # a remade input with identical content keeps its dependants
-                    t0 = time.time()
-                    self.run_arm(arm, key)
-                    self.timings[arm.name] = round(time.time() - t0, 1)
-                    progress.console.print(f"  done {arm.name} in {self.timings[arm.name]:.0f} s")
+            from cnnlab.gap.launch import Local, execute, launcher_of
+
+            launcher, n_started = launcher_of(self.cfg), [0]
+
+            def started(arm: A.Arm, running: list[str]) -> None:
+                n_started[0] += 1
+                if n_started[0] == 1 and not isinstance(launcher, Local):
+                    progress.console.print(f"arms run by: {launcher.describe()}")
+                now = arm.label if len(running) == 1 else f"{arm.label}; {len(running)} running"
+                progress.update(task, description=f"[{n_started[0]}/{len(todo)}] {now} ({arm.name})")
+
+            def finished(arm: A.Arm, seconds: float | None) -> None:
+                if seconds is not None:  # None: a remade input came back identical, the arm was kept
+                    self.timings[arm.name] = seconds
+                    progress.console.print(f"  done {arm.name} in {seconds:.0f} s")
                 progress.advance(task)
+
+            execute(self, plan, todo, launcher, started, finished)
         if not self.cfg.probe.keep_cache:
             for d in (self.root / "arms").glob("*/features*"):
                 shutil.rmtree(d, ignore_errors=True)
