@@ -203,7 +203,7 @@ def main() -> None:
             finally:
                 for p in procs:
                     p.kill()
-        for name, by in res["runs"].items():
+        for by in res["runs"].values():
             idle, busy_ = by.get("neighbours=0"), by.get(f"neighbours={args.neighbours}")
             if idle and busy_:
                 by["slowdown_with_neighbours"] = round(busy_["wall_s"] / idle["wall_s"], 2)
