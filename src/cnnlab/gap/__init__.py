@@ -21,6 +21,9 @@ from pathlib import Path
 # already does, so it is set on import; worker processes inherit it. On a CPU shared with other work spinning
 # threads were 14x slower per training step, sleeping ones 2x faster than one thread (docs/benchmarks.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# every arm is a W&B run: W&B's per-run banner and "wandb sync" hint would bury the arm progress lines (the README's one
+# sync command covers every arm; each run keeps its W&B logs under its own wandb/ folder)
+os.environ.setdefault("WANDB_SILENT", "true")
 
 from omegaconf import DictConfig
 
