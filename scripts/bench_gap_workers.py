@@ -44,11 +44,11 @@ CHILD = r"""
 import json, sys, time
 t0 = time.time()
 import torch, pytorch_lightning, hydra  # noqa: F401
-from cnnlab.gap.launch import worker_runner
+from cnnlab.gap.runner import Runner
 import cnnlab.train  # noqa: F401
 t1 = time.time()
 cfg_yaml, root, choices, trunk = json.loads(sys.argv[1])
-runner = worker_runner(cfg_yaml, root, choices)
+runner = Runner.for_worker(cfg_yaml, root, choices)
 t2 = time.time()
 dm = runner.datamodule(None); dm.setup()  # the pretraining pool
 t3 = time.time()
@@ -138,7 +138,8 @@ def run_gap(args, extra: list[str], out: Path, env_extra: dict) -> dict:
 def overhead(args, run_dir: Path) -> dict:
     """A worker's start-up against the same steps in a process that has done them already."""
     from cnnlab.gap.configs import compose_gap
-    from cnnlab.gap.launch import portable_config, worker_runner
+    from cnnlab.gap.launch import portable_config
+    from cnnlab.gap.runner import Runner
 
     overrides = [f"budget={args.budget}", *args.plan.split(), f"paths.output_dir={run_dir}"]
     if args.data_dir:
@@ -156,9 +157,9 @@ def overhead(args, run_dir: Path) -> dict:
     # in a warm process (what the local launcher and a pool worker's later arms pay): the same steps again
     from cnnlab.backbones import load_trunk
 
-    worker_runner(portable_config(cfg), str(run_dir), choices)  # first build: warms the caches
+    Runner.for_worker(portable_config(cfg), str(run_dir), choices)  # first build: warms the caches
     t1 = time.time()
-    runner = worker_runner(portable_config(cfg), str(run_dir), choices)
+    runner = Runner.for_worker(portable_config(cfg), str(run_dir), choices)
     runner.plan()
     t2 = time.time()
     dm = runner.datamodule(None)

@@ -183,6 +183,7 @@ def test_slurm_job_script_from_the_launcher_config(tmp_path, monkeypatch):
     ``srun`` on PATH before writing it); a preempted job is requeued with its arm (a Checkpointable)."""
     from cnnlab.gap.configs import compose_gap
     from cnnlab.gap.launch import ArmJob, Submitit, launcher_of
+    from cnnlab.gap.runner import Runner
 
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 0\n")
@@ -197,7 +198,7 @@ def test_slurm_job_script_from_the_launcher_config(tmp_path, monkeypatch):
     for line in ("--partition=gpu", "--time=90", "--gpus-per-node=1", "--account=lab", "--signal=USR2@",
                  f"--output={tmp_path / 'jobs' / 'colorization_seed0'}/%j_0_log.out"):
         assert line in script, line
-    job = ArmJob("cfg", str(tmp_path), {}, "colorization_seed0", None)
+    job = ArmJob(Runner.for_worker, "cfg", str(tmp_path), {}, "colorization_seed0", None)
     again = job.checkpoint()
     assert again.function is job and not again.args, "requeued as it was: the arm starts again"
 

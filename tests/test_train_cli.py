@@ -83,7 +83,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir
 @pytest.mark.parametrize(
     "overrides,message,config_only",
     [
-        (["data=imagenet_nope"], "error: data=imagenet_nope is not an option: choose one of cifar10, imagefolder, stl10, synthetic", True),
+        (["data=imagenet_nope"],
+         "error: data=imagenet_nope is not an option: choose one of camvid, cifar10, imagefolder, stl10, synthetic, tinyimagenet, voc", True),
         # the data source is looked up by the data module, once the run dir exists
         (["data=imagefolder"], "error: data=imagefolder needs data.source=<ImageFolder directory", False),
         (["trainer.max_epochs=many"], "error: trainer.max_epochs=many is not valid: trainer.max_epochs must be an integer", True),

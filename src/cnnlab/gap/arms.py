@@ -148,3 +148,13 @@ def fresh_dir(arm: Arm, root: Path) -> Path:
         shutil.rmtree(d)
     d.mkdir(parents=True)
     return d
+
+
+@dataclass
+class Plan:
+    arms: list[Arm]
+    status: dict[str, str]  # done | check (reused if its trunk comes back unchanged) | to run
+
+    @property
+    def todo(self) -> list[Arm]:
+        return [a for a in self.arms if self.status[a.name] != "done"]

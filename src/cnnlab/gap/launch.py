@@ -9,7 +9,7 @@
   SLURM (partition, time limit, GPUs per job; a preempted or timed-out job is requeued, the arm restarting
   from scratch), or submitit's ``local`` executor (one process per arm, to check the path without a cluster).
 
-Every engine runs an arm through :func:`run_one`: the worker rebuilds the :class:`Runner` from the gap run's
+Every engine runs an arm through :func:`run_one`: the worker rebuilds the :class:`~cnnlab.gap.runner.Runner` from the gap run's
 config (its paths resolved, so nothing depends on the parent's Hydra), takes the arm's lock
 (``<run dir>/jobs/<arm>/.cnnlab.lock``, :func:`cnnlab.rundir.lock`: an arm dir is written by one process at a
 time, also by a job left over from an earlier invocation), and skips the arm if it finished meanwhile. An arm is
@@ -28,17 +28,36 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.errors import UserError
 
 if TYPE_CHECKING:
-    from cnnlab.gap.arms import Arm
-    from cnnlab.gap.runner import Plan, Runner
+    from cnnlab.gap.arms import Arm, Plan
 
 log = logging.getLogger("cnnlab.gap")
+
+
+class ArmRunner(Protocol):
+    """What a launcher needs of the gap's :class:`~cnnlab.gap.runner.Runner` (named here so that this module never
+    imports the runner, which imports it): the run's config and root, its arms by name, each arm's key, running an arm,
+    and a factory that rebuilds it in a worker process."""
+
+    cfg: DictConfig
+    root: Path
+    choices: dict
+    by_name: dict
+
+    def key(self, arm: Arm) -> str | None: ...
+
+    def arm_config(self, arm: Arm): ...
+
+    def run_arm(self, arm: Arm, key: str) -> None: ...
+
+    @classmethod
+    def for_worker(cls, cfg_yaml: str, root: str, choices: dict) -> ArmRunner: ...
 
 #: how often a worker looks again at an arm lock held by another process, and the parent at its running jobs
 POLL_S = 2.0
@@ -69,7 +88,7 @@ def _env(**values: str | None):
                 os.environ[k] = v
 
 
-def tracking_env(runner: Runner, arm: Arm) -> dict:
+def tracking_env(runner: ArmRunner, arm: Arm) -> dict:
     """What an arm's W&B run reads from the environment (``wandb.init`` falls back to these variables): its
     group and kind, and ``disabled`` when the gap's tracking is off (``report.wandb=false``)."""
     from cnnlab.tracking import resolve_wandb_mode
@@ -79,7 +98,7 @@ def tracking_env(runner: Runner, arm: Arm) -> dict:
             "WANDB_MODE": resolve_wandb_mode(str(runner.cfg.report.get("wandb_mode", "auto"))) if on else "disabled"}
 
 
-def _log_record(runner: Runner, arm: Arm) -> None:
+def _log_record(runner: ArmRunner, arm: Arm) -> None:
     """An arm that trains nothing (a random init, probes, the test of a chosen candidate) as a W&B run holding
     its finished record (``gap_arm.json``), so that every arm of the run appears in the group."""
     import json
@@ -134,7 +153,7 @@ def arm_lock(root: Path, name: str, wait: bool = True):
         rundir.release(where)
 
 
-def run_one(runner: Runner, arm: Arm) -> float | None:
+def run_one(runner: ArmRunner, arm: Arm) -> float | None:
     """Run ``arm`` unless it is done with its current key; returns its seconds (None: it was done).
 
     Raises :class:`UserError` when an input is missing."""
@@ -166,19 +185,10 @@ def portable_config(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(out)
 
 
-_RUNNERS: dict[tuple, Runner] = {}
-
-
-def worker_runner(cfg_yaml: str, root: str, choices: dict) -> Runner:
-    """The Runner of this gap run in a worker process (built and planned once per process)."""
-    from cnnlab.gap.runner import Runner
-
-    k = (cfg_yaml, root)
-    if k not in _RUNNERS:
-        r = Runner(OmegaConf.create(cfg_yaml), Path(root), dict(choices))
-        r.plan()  # names every arm (the dependency lookups read it)
-        _RUNNERS[k] = r
-    return _RUNNERS[k]
+def worker_args(runner: ArmRunner) -> tuple:
+    """What a worker rebuilds ``runner`` from: its class's worker factory (``Runner.for_worker``, pickled by
+    reference) and the run's portable config, root and config choices."""
+    return (type(runner).for_worker, portable_config(runner.cfg), str(runner.root), dict(runner.choices))
 
 
 def set_threads(threads: int | None) -> None:
@@ -218,10 +228,10 @@ def _output_to(path: Path):
         os.close(fd)
 
 
-def _pool_arm(cfg_yaml: str, root: str, choices: dict, name: str) -> float | None:
+def _pool_arm(make_runner: Callable, cfg_yaml: str, root: str, choices: dict, name: str) -> float | None:
     """One arm in a pool worker; its console output goes to ``jobs/<arm>/worker.log``."""
     with _output_to(Path(root) / "jobs" / name / "worker.log"):
-        runner = worker_runner(cfg_yaml, root, choices)
+        runner = make_runner(cfg_yaml, root, choices)
         return run_one(runner, runner.by_name[name])
 
 
@@ -229,12 +239,13 @@ class ArmJob:
     """One arm as a submitit job (a ``Checkpointable``: a preempted or timed-out job is requeued as it was, and
     the arm starts again in an emptied dir)."""
 
-    def __init__(self, cfg_yaml: str, root: str, choices: dict, name: str, threads: int | None):
-        self.cfg_yaml, self.root, self.choices, self.name, self.threads = cfg_yaml, root, choices, name, threads
+    def __init__(self, make_runner: Callable, cfg_yaml: str, root: str, choices: dict, name: str, threads: int | None):
+        self.make_runner, self.cfg_yaml, self.root, self.choices = make_runner, cfg_yaml, root, choices
+        self.name, self.threads = name, threads
 
     def __call__(self) -> float | None:
         set_threads(self.threads or cpu_count())  # on SLURM: the CPUs the job was given
-        runner = worker_runner(self.cfg_yaml, self.root, self.choices)
+        runner = self.make_runner(self.cfg_yaml, self.root, self.choices)
         return run_one(runner, runner.by_name[self.name])
 
     def checkpoint(self):
@@ -264,10 +275,10 @@ class Launcher:
     slots = 1
     name = "local"
 
-    def start(self, runner: Runner) -> None:
+    def start(self, runner: ArmRunner) -> None:
         """Called once before the first arm (workers are started here)."""
 
-    def submit(self, runner: Runner, arm: Arm):
+    def submit(self, runner: ArmRunner, arm: Arm):
         raise NotImplementedError
 
     def stop(self) -> None:
@@ -293,7 +304,7 @@ class _Finished:
 class Local(Launcher):
     """Every arm in this process, one after another, in plan order (``threads`` applies to this process)."""
 
-    def submit(self, runner: Runner, arm: Arm):
+    def submit(self, runner: ArmRunner, arm: Arm):
         return _Finished(run_one(runner, arm))
 
 
@@ -318,7 +329,7 @@ class Pool(Launcher):
         threads = int(self.threads or max(1, cpu_count() // n))
         return n, gpus[:n], threads
 
-    def start(self, runner: Runner) -> None:
+    def start(self, runner: ArmRunner) -> None:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
@@ -330,10 +341,10 @@ class Pool(Launcher):
             for g in gpus:
                 devices.put(g)
         self.slots, self._gpus, self._threads = n, gpus, threads
-        self._args = (portable_config(runner.cfg), str(runner.root), dict(runner.choices))
+        self._args = worker_args(runner)
         self._pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_pool_init, initargs=(devices, threads))
 
-    def submit(self, runner: Runner, arm: Arm):
+    def submit(self, runner: ArmRunner, arm: Arm):
         return self._pool.submit(_pool_arm, *self._args, arm.name)
 
     def stop(self) -> None:
@@ -361,8 +372,8 @@ class Submitit(Launcher):
                        "mem_gb": int(mem_gb), "nodes": 1, "tasks_per_node": 1}
         self.partition = partition
 
-    def start(self, runner: Runner) -> None:
-        self._args = (portable_config(runner.cfg), str(runner.root), dict(runner.choices))
+    def start(self, runner: ArmRunner) -> None:
+        self._args = worker_args(runner)
 
     def executor(self, folder: Path):
         import submitit
@@ -375,7 +386,7 @@ class Submitit(Launcher):
                              slurm_additional_parameters=self.additional)
         return ex
 
-    def submit(self, runner: Runner, arm: Arm):
+    def submit(self, runner: ArmRunner, arm: Arm):
         ex = self.executor(Path(runner.root) / "jobs" / arm.name)
         ex.update_parameters(name=f"gap-{arm.name}")
         return ex.submit(ArmJob(*self._args, arm.name, self.threads))
@@ -391,7 +402,7 @@ def ready(arm: Arm, finished: set[str], known: set[str]) -> bool:
     return all(n in finished or n not in known for n in inputs)
 
 
-def execute(runner: Runner, plan: Plan, todo: list[Arm], launcher: Launcher,
+def execute(runner: ArmRunner, plan: Plan, todo: list[Arm], launcher: Launcher,
             on_start: Callable[[Arm, list[str]], None] = lambda arm, running: None,
             on_done: Callable[[Arm, float | None], None] = lambda arm, seconds: None) -> None:
     """Run ``todo`` with ``launcher``: each arm as soon as its inputs are finished, in plan order, ``launcher.slots``

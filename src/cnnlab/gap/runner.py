@@ -10,7 +10,6 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from cnnlab.cli import instantiate, resolve_device
 from cnnlab.errors import UserError
 from cnnlab.features import state_fingerprint
 from cnnlab.gap import arms as A
+from cnnlab.gap.arms import Plan
 from cnnlab.gap.configs import ArmConfigs, active_tasks, init_space, location_free, task_setting, write_config
 from cnnlab.gap.report import SMOKE_BANNER, log_to_wandb, markdown_tables, setup_title, summarize, timing, unit_key, write_report
 from cnnlab.gap.select import best_candidate
@@ -118,17 +118,22 @@ def best_checkpoint(run_dir: Path) -> dict:
     return {"path": str(found[-1]), "val": None if score is None else float(score), "step": int(ckpt.get("global_step", 0))}
 
 
-@dataclass
-class Plan:
-    arms: list[A.Arm]
-    status: dict[str, str]  # done | check (reused if its trunk comes back unchanged) | to run
-
-    @property
-    def todo(self) -> list[A.Arm]:
-        return [a for a in self.arms if self.status[a.name] != "done"]
+#: the Runner of each gap run a worker process serves, built and planned once per process
+_WORKER_RUNNERS: dict[tuple, "Runner"] = {}
 
 
 class Runner:
+    @classmethod
+    def for_worker(cls, cfg_yaml: str, root: str, choices: dict) -> "Runner":
+        """The Runner of this gap run in a worker process (built from the run's portable config and planned once
+        per process, so every arm name resolves); launchers get it as a factory, so they never import this module."""
+        k = (cfg_yaml, root)
+        if k not in _WORKER_RUNNERS:
+            r = cls(OmegaConf.create(cfg_yaml), Path(root), dict(choices))
+            r.plan()
+            _WORKER_RUNNERS[k] = r
+        return _WORKER_RUNNERS[k]
+
     def __init__(self, cfg: DictConfig, out_dir: Path, choices: dict):
         self.cfg, self.root, self.choices = cfg, Path(out_dir), choices
         backbone = instantiate(OmegaConf.merge(cfg.backbone, {"in_channels": 1}))
