@@ -95,7 +95,7 @@ def test_every_tutorial_command_runs_at_smoke_size(cifar_archive, data_dir, tmp_
     assert (log_dir / "reference" / "supervised_cifar" / "checkpoints" / "best.ckpt").is_file()
     assert list((log_dir / "reference" / "colorize_cifar" / "images" / "val_panels").glob("step_*.png"))
     assert len(list((tmp_path / "colorized").glob("*_color.png"))) == len(list((cifar_archive.parent / "images").glob("*.jpg")))
-    assert (log_dir / "gap" / "smoke" / "gap.png").is_file()
+    assert (log_dir / "gap" / "smoke_transfer" / "gap.png").is_file()
     pictures = {p.name for p in (log_dir / "visualize" / "runs").glob("*/images/*.png")}
     assert {"class_model.png", "adversarial.png", "fooling.png"} <= pictures, pictures
     assert list((log_dir / "analyze" / "runs").glob("*/report.html"))
