@@ -119,6 +119,14 @@ def _log_record(runner: ArmRunner, arm: Arm) -> None:
         log.warning("W&B record of arm %s failed: %s", arm.name, err)
 
 
+def missing_record(runner: ArmRunner, arm: Arm) -> bool:
+    """Whether a finished arm that trains nothing lacks the W&B run :func:`_log_record` gives it (its worker died
+    after writing the result, before the record; tracking off counts as nothing missing)."""
+    if tracking_env(runner, arm)["WANDB_MODE"] == "disabled" or runner.arm_config(arm) is not None:
+        return False
+    return not any(arm.dir(runner.root).glob("wandb/*run-*"))
+
+
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -416,6 +424,10 @@ def execute(runner: ArmRunner, plan: Plan, todo: list[Arm], launcher: Launcher,
     # the report's W&B run (written after the arms) joins the arms' group through the same variable (W&B reads it at
     # the process's first run: a second gap run in one process would need the report to pass its group itself)
     os.environ["WANDB_RUN_GROUP"] = wandb_group(runner.root)
+    for arm in plan.arms:  # a worker that died between an arm's result and its W&B record: record it now
+        if arm.name in finished and missing_record(runner, arm):
+            with _env(**tracking_env(runner, arm)):
+                _log_record(runner, arm)
     if not todo:
         return
     launcher.start(runner)
