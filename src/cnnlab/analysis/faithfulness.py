@@ -20,7 +20,6 @@ from torch import nn
 from cnnlab.analysis import attribution as attr_mod
 from cnnlab.analysis import occlusion as occ
 from cnnlab.errors import UserError
-from cnnlab.stats import mean_halfwidth
 
 #: every attribution method the project has: Captum's five and occlusion sensitivity
 METHODS = (*attr_mod.METHODS, "occlusion")
@@ -185,8 +184,3 @@ def deletion_insertion(model: nn.Module, x: torch.Tensor, target: torch.Tensor, 
     ranks = pixel_ranks(scores, generator)
     return Curves(perturbation_curve(model, x, fill, target, ranks, steps, chunk),
                   perturbation_curve(model, blurred, x, target, ranks, steps, chunk))
-
-
-def mean_ci(values: torch.Tensor) -> tuple[float, float]:
-    """Mean and the half-width of its 95% t-interval over the ``n`` values (:func:`cnnlab.stats.mean_halfwidth`)."""
-    return mean_halfwidth(values.double().tolist())

@@ -22,6 +22,7 @@ from cnnlab.analysis import sanity as san
 from cnnlab.analysis.context import AnalysisContext
 from cnnlab.errors import UserError
 from cnnlab.io.progress import progress as show_progress
+from cnnlab.stats import mean_halfwidth
 from cnnlab.tiles import enlarge, upscale
 
 
@@ -353,8 +354,8 @@ def run_faithfulness(ctx: AnalysisContext, images: int = 256, methods=faith.METH
     ctx.save_figure(sec, "faithfulness_curves", fig, "mean curves over the images; the legend gives each area under the curve")
     rows, summary = [], {}
     for m in orders:
-        d, dh = faith.mean_ci(aucs[m]["deletion"])
-        i, ih = faith.mean_ci(aucs[m]["insertion"])
+        d, dh = mean_halfwidth(aucs[m]["deletion"].double().tolist())
+        i, ih = mean_halfwidth(aucs[m]["insertion"].double().tolist())
         rows.append([m, f"{d:.3f} ± {dh:.3f}", f"{i:.3f} ± {ih:.3f}"])
         summary[m] = {"deletion_auc": d, "deletion_ci": dh, "insertion_auc": i, "insertion_ci": ih}
     sec.tables.append((["ordering", "deletion AUC (lower is better)", "insertion AUC (higher is better)"], rows))
