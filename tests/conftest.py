@@ -65,6 +65,19 @@ def run_cli(module: str, *overrides: str, cwd: Path | None = None, timeout: int 
     return proc
 
 
+def mounted_tmpfs(mnt: Path, size: str):
+    """Yield ``mnt``, a fresh tmpfs of ``size`` (e.g. ``600k``), unmounted afterwards; a skip where mounting is not
+    allowed. For the disk-full cases, with a real filesystem that fills up."""
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.strip() or proc.returncode}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Small tensors: one torch thread is faster than two fighting over a shared 2-core machine."""

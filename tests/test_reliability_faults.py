@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from cnnlab.errors import UserError
-from tests.conftest import run_cli
+from tests.conftest import mounted_tmpfs, run_cli
 
 #: a small synthetic run
 B = ["data=synthetic", "backbone.width=8", "trainer.max_epochs=1", "logger=csv", "data.synthetic.n_train=300",
@@ -209,15 +209,7 @@ def test_no_validation_split_is_refused_before_the_run(tmp_path):
 @pytest.fixture
 def small_filesystem(tmp_path):
     """A 600 KB tmpfs, smaller than the first checkpoint (needs mount permission; skipped cleanly elsewhere)."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.strip() or proc.returncode}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    yield from mounted_tmpfs(tmp_path / "mnt", "600k")
 
 
 @pytest.mark.slow

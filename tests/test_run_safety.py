@@ -22,7 +22,7 @@ from cnnlab.config import PROJECT_ROOT
 from cnnlab.errors import UserError
 from cnnlab.io.checkpoints import checkpoint_problem
 from cnnlab.io.files import write_text
-from tests.conftest import run_cli
+from tests.conftest import mounted_tmpfs, run_cli
 
 #: the issue's command `B`, without the progress bar and model summary (noise in captured output)
 B = ["data=synthetic", "backbone.width=8", "trainer.max_epochs=1", "logger=csv", "callbacks.progress_bar=null",
@@ -157,15 +157,7 @@ def test_atomic_dir_is_all_or_nothing(tmp_path):
 @pytest.fixture
 def tiny_filesystem(tmp_path):
     """A 1 MB tmpfs (needs root and mount permission; skipped cleanly elsewhere)."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.strip() or proc.returncode}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    yield from mounted_tmpfs(tmp_path / "mnt", "1m")
 
 
 def test_a_full_disk_leaves_every_checkpoint_intact_and_the_run_resumable(tiny_filesystem, data_dir):
