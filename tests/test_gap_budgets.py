@@ -5,9 +5,12 @@ pretraining, and every pretrained init gets the same optimizer steps under the s
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from cnnlab.backbones.trunk import save_trunk
 from cnnlab.config import CONF_DIR
 from cnnlab.gap.runner import Runner, validate
 
@@ -121,3 +124,19 @@ def test_standard_finetune_length_scales_with_the_labelled_pool(tmp_path):
     seg = runner.configs.finetune("seg", "random", 0, 0, 1.0, 1e-3, Path("/x/trunk.pt"), 367, "ft", tmp_path / "ft")
     assert seg.monitor == "val/miou" and seg.model.trunk_lr_mult == 1.0 and "warmup_steps" not in seg.model
     assert seg.model._target_.endswith("Segmenter") and seg.data.name == "camvid" and seg.backbone._target_.endswith("backbone_from_trunk")
+
+
+def test_arm_keys_do_not_depend_on_where_the_run_dir_is(tmp_path):
+    """A moved or copied gap run dir resumes: every arm's key (fine-tunes included, whose model config names the
+    trunk file) is the same under another root when the trunks hold the same weights."""
+    keys = []
+    for root in (tmp_path / "here", tmp_path / "moved" / "elsewhere"):
+        cfg = _cfg("smoke", root)
+        runner = Runner(cfg, root, {})
+        plan = runner.plan()
+        for i, arm in enumerate(a for a in plan.arms if a.kind == "trunk"):
+            torch.manual_seed(i)  # the same weights under both roots
+            save_trunk(root / "arms" / arm.name / "trunk.pt", instantiate(cfg.backbone), "L", arm.init)
+        keys.append({a.name: runner.key(a) for a in plan.arms if a.kind in ("finetune", "probe", "trunk")})
+    assert keys[0] == keys[1]
+    assert sum(a.startswith("finetune") for a in keys[0]) > 0 and None not in keys[0].values()

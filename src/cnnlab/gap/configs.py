@@ -197,9 +197,21 @@ def location_free(arm_cfg: DictConfig) -> dict:
         d.pop(k, None)
     if "logger" in d:  # tracking changes nothing an arm computes (None: as every arm's key had it before arms logged)
         d["logger"] = None
-    if isinstance(d.get("backbone"), dict):
-        d["backbone"].pop("path", None)  # the trunk's weight fingerprint stands for it
+    _drop_trunk_paths(d)
     return replace_in_strings(d, where)
+
+
+def _drop_trunk_paths(node) -> None:
+    """Remove every ``backbone.path`` in a plain config, at any depth (the top-level backbone and the one a model
+    node carries): the trunk's weight fingerprint stands for it, so a moved or copied run dir keeps its keys."""
+    if isinstance(node, dict):
+        if isinstance(node.get("backbone"), dict):
+            node["backbone"].pop("path", None)
+        for v in node.values():
+            _drop_trunk_paths(v)
+    elif isinstance(node, list):
+        for v in node:
+            _drop_trunk_paths(v)
 
 
 def replace_in_strings(d: dict, mapping: dict[str, str]) -> dict:
