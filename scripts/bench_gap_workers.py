@@ -16,7 +16,7 @@ Then the per-arm overhead of a worker process against the in-process run: interp
 (torch, Lightning, Hydra, cnnlab), rebuilding the Runner from the run's config and planning it, loading the
 data cache, loading a trunk; a pool worker pays the first three once, a submitit job once per arm.
 
-    PYTHONPATH=src CNNLAB_DATA=/work/shared/data python scripts/bench_gap_workers.py --out bench_workers.json
+    PYTHONPATH=src CNNLAB_DATA=../shared/data python scripts/bench_gap_workers.py --out bench_workers.json
     PYTHONPATH=src python scripts/bench_gap_workers.py --budget smoke --plan "" --out bench_smoke.json
     PYTHONPATH=src python scripts/bench_gap_workers.py --steps 20 --out bench_steps.json   # thread settings only
 """
