@@ -67,11 +67,15 @@ def exit_with(err: BaseException, cause: BaseException | None = None) -> None:
     raise SystemExit(2)
 
 
-def _close_wandb() -> None:
+def _close_wandb(quiet: bool = False) -> None:
+    """Finish an open W&B run; ``quiet``: without W&B's closing lines (their ``wandb sync <dir>`` would name a run dir
+    about to be removed)."""
     wandb = sys.modules.get("wandb")
     if wandb is None or getattr(wandb, "run", None) is None:
         return
     try:
+        if quiet:
+            wandb.run._settings.quiet = True  # no public switch once a run is started (W&B 0.31)
         wandb.finish(exit_code=2)
     except Exception:  # noqa: BLE001 - a tracker failing to close must not hide the user's error
         pass
@@ -394,15 +398,17 @@ def _log_to_files(message: str) -> None:
 
 def _discard_unused_run_dir() -> None:
     """A run stopped by a user mistake before it produced anything leaves no run dir (:func:`cnnlab.rundir.discard_if_unused`);
-    the tracker is closed first, its files being in that directory."""
+    the tracker is closed first, quietly, its files being in that directory."""
     from hydra.core.hydra_config import HydraConfig
 
-    from cnnlab.rundir import discard_if_unused
+    from cnnlab.rundir import discard_if_unused, unused
 
     if not HydraConfig.initialized():
         return
-    _close_wandb()
-    discard_if_unused(Path(str(HydraConfig.get().run.dir)).expanduser().absolute())
+    run_dir = Path(str(HydraConfig.get().run.dir)).expanduser().absolute()
+    if unused(run_dir):
+        _close_wandb(quiet=True)
+        discard_if_unused(run_dir)
 
 
 def _module_name(fn: Callable) -> str:

@@ -159,6 +159,12 @@ def outermost_missing(path: Path) -> Path | None:
     return missing
 
 
+def unused(run_dir: Path) -> bool:
+    """Whether :func:`discard_if_unused` would remove ``run_dir``: made by this process, holding no result."""
+    run_dir = Path(run_dir).resolve()
+    return run_dir in _made and run_dir.is_dir() and not results_in(run_dir)
+
+
 def discard_if_unused(run_dir: Path) -> bool:
     """Remove ``run_dir`` and the parents made for it, if this process created it and it holds nothing but
     :data:`BOOKKEEPING` (Hydra's record, logs, trackers' files); True when removed.
@@ -171,9 +177,9 @@ def discard_if_unused(run_dir: Path) -> bool:
     (``os.rmdir``), so another run's directory made beside it in the meantime stays.
     """
     run_dir = Path(run_dir).resolve()
-    top = _made.pop(run_dir, None)
-    if top is None or not run_dir.is_dir() or results_in(run_dir):
+    if not unused(run_dir):
         return False
+    top = _made.pop(run_dir)
     release(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # a tracker process still writing a log there may keep a file: left
     for parent in run_dir.parents:
