@@ -182,14 +182,21 @@ def test_runners_write_curves_tables_and_json_for_every_baseline_option(data_dir
     for fill, start in (("zero", "blur"), ("blur", "gray")):
         run_faithfulness(ctx, images=2, methods=["occlusion"], steps=2, deletion_fill=fill, insertion_start=start, occlusion_patch=16,
                          occlusion_stride=16)
-    san = run_sanity(ctx, images=2, methods=["guided_backprop"], max_layers=2, draws=2)
-    assert san["layers"] == ["(trained)", "head Linear", "conv4_2.1 BatchNorm2d"]
-    assert san["spearman_abs"]["guided_backprop"][0] == 1.0 and len(san["ssim"]["guided_backprop"]) == 3
+    san = run_sanity(ctx, images=2, methods=["guided_backprop"], max_layers=3, draws=2, step="module")
+    assert san["layers"] == ["(trained)", "head Linear", "conv4_2.1 BatchNorm2d", "conv4_2.0 Conv2d"]
+    assert san["spearman_abs"]["guided_backprop"][0] == 1.0 and len(san["ssim"]["guided_backprop"]) == 4
+    # the default steps (a layer with its BatchNorm) compare maps at a subset of those depths, with the same weights
+    by_layer = run_sanity(ctx, images=2, methods=["guided_backprop"], max_layers=2, draws=2)
+    assert by_layer["layers"] == ["(trained)", "head Linear", "conv4_2.0 Conv2d + BatchNorm2d"]
+    for k in ("spearman", "spearman_abs", "ssim"):
+        assert by_layer[k]["guided_backprop"] == [san[k]["guided_backprop"][i] for i in (0, 1, 3)], k
     assert all(torch.equal(before[k], v) for k, v in subject.backbone.state_dict().items())
     keys = [s.key for s in ctx.report.sections]
-    assert keys == ["faithfulness"] * 3 + ["sanity"] and all(s.tables and s.figures for s in ctx.report.sections)
+    assert keys == ["faithfulness"] * 3 + ["sanity"] * 2 and all(s.tables and s.figures for s in ctx.report.sections)
     assert json.loads((tmp_path / "sanity.json").read_text())["draws"] == 2
     with pytest.raises(UserError, match="insertion_start must be one of"):
         run_faithfulness(ctx, images=1, insertion_start="noise")
     with pytest.raises(UserError, match="draws must be at least 1"):
         run_sanity(ctx, images=1, draws=0)
+    with pytest.raises(UserError, match="sanity step must be one of"):
+        run_sanity(ctx, images=1, step="block")

@@ -12,13 +12,18 @@ from cnnlab.config import PROJECT_ROOT
 from tests.conftest import run_cli
 
 
-@pytest.mark.slow
-def test_installed_package_finds_its_configs_outside_a_checkout(tmp_path):
-    source = tmp_path / "source"  # a copy, so the build leaves nothing in the checkout
+def _copy_of_the_checkout(source):
+    """What a build reads, copied, so the build leaves nothing in the checkout."""
     for name in ("src", "conf"):
         shutil.copytree(PROJECT_ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("pyproject.toml", "setup.py", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "MANIFEST.in"):
         shutil.copy2(PROJECT_ROOT / name, source / name)
+    return source
+
+
+@pytest.mark.slow
+def test_installed_package_finds_its_configs_outside_a_checkout(tmp_path):
+    source = _copy_of_the_checkout(tmp_path / "source")
     target, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
     elsewhere.mkdir()
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target),
@@ -34,3 +39,18 @@ def test_installed_package_finds_its_configs_outside_a_checkout(tmp_path):
                             "print(c.CONF_DIR); print(sorted(lab_defaults()))"], cwd=elsewhere, env={"PATH": "/usr/bin:/bin", **env},
                            capture_output=True, text=True, check=True, timeout=300).stdout.splitlines()
     assert probe[0] == str(target / "cnnlab" / "conf") and "grid" in probe[1]
+
+
+def test_an_editable_install_is_a_plain_path_entry_to_src(tmp_path):
+    """``pip install -e .`` (scripts/setup.sh) gets a .pth naming src/: a second source folder in setup.py would make
+    setuptools fall back to an import-hook finder and warn on every editable install."""
+    import zipfile
+
+    source = _copy_of_the_checkout(tmp_path / "source")
+    subprocess.run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_editable({str(tmp_path / 'wheel')!r})"],
+                   cwd=source, check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert not [n for n in names if n.endswith("_finder.py")], names
+    (pth,) = [n for n in names if n.endswith(".pth")]
+    assert zipfile.ZipFile(wheel).read(pth).decode().split() == [str((source / "src").resolve())]

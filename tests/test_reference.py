@@ -1,9 +1,12 @@
 """A fresh clone's default commands: a missing reference model is one line naming the command that builds it and the
-options that name another network; a run that fails that check, or only lists layers, writes nothing."""
+options that name another network; a run that fails that check, a check that needs the network (an unknown class or
+layer name), or only lists layers, writes nothing."""
 
 from __future__ import annotations
 
 import pytest
+
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -30,16 +33,6 @@ def test_missing_reference_names_the_command_and_writes_nothing(module, options,
     assert list(tmp_path.iterdir()) == [], "a refused run leaves no run dir"
 
 
-@pytest.mark.parametrize("module", ["cnnlab.visualize.cli", "cnnlab.analyze"])
-def test_list_layers_prints_and_leaves_no_run_dir(module, tmp_path, monkeypatch, capsys):
-    code = _main(monkeypatch, module, "network.arch=resnet18", "network.image_size=32", "list_layers=true",
-                 f"paths.log_dir={tmp_path}", "logger=none")
-    assert code == 0
-    out = capsys.readouterr().out
-    assert "layer3.1.conv2" in out and "logits" in out
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_colorize_without_the_reference_colorizer_names_its_command(tmp_path, capsys):
     from PIL import Image
 
@@ -52,3 +45,32 @@ def test_colorize_without_the_reference_colorizer_names_its_command(tmp_path, ca
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "`cnnlab-train experiment=reference_colorizer`" in err and "--ckpt" in err
     assert not (tmp_path / "out").exists()
+
+
+#: a random torchvision network at CIFAR size: no checkpoint to build, its class and layer names are known
+RESNET = ("network.arch=resnet18", "network.image_size=32")
+
+
+@pytest.mark.parametrize("module,overrides,message", [
+    ("cnnlab.visualize", ("viz.classes=[notaclass]",), "unknown class 'notaclass'"),
+    ("cnnlab.visualize", ("viz=inversion", "viz.layers=[layer9.0.conv1]"), "unknown layer 'layer9.0.conv1'"),
+    ("cnnlab.analyze", ("data=synthetic", "analysis=patches", "analyses.patches.tap=layer9.0.conv1"), "unknown layer 'layer9.0.conv1'"),
+])
+def test_a_name_unknown_to_the_network_is_one_line_and_leaves_no_run_dir(module, overrides, message, tmp_path, data_dir):
+    """Found only once the network is loaded, inside the job (its run dir, log and offline W&B run exist by then):
+    the real command still ends with one `error:` line, exit 2, and nothing new under the output root."""
+    root = tmp_path / "outputs"
+    root.mkdir()
+    proc = run_cli(module, *RESNET, *overrides, f"paths.log_dir={root}", f"paths.data_dir={data_dir}", "progress=false"
+                   if module == "cnnlab.visualize" else "limit=8", check=False, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert list(root.iterdir()) == [], f"left behind: {sorted(map(str, root.rglob('*')))[:10]}"
+
+
+@pytest.mark.parametrize("module", ["cnnlab.visualize", "cnnlab.analyze"])
+def test_list_layers_on_the_command_line_prints_them_and_leaves_no_run_dir(module, tmp_path):
+    proc = run_cli(module, *RESNET, "list_layers=true", f"paths.log_dir={tmp_path}", timeout=300)
+    assert "layer3.1.conv2" in proc.stdout and "logits" in proc.stdout, proc.stdout[-2000:]
+    assert list(tmp_path.iterdir()) == []

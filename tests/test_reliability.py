@@ -6,7 +6,6 @@ layer (``cnnlab.cli``); docs/reliability.md "User mistakes" lists what each case
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 
 import pytest
@@ -35,23 +34,27 @@ def error_lines(proc) -> list[str]:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, data_dir):
     """A finished run, started in a broken W&B environment: an empty ``WANDB_SILENT`` and a bad API key with no
-    server to check it. ``(run dir, process, seconds)``."""
+    server to check it. ``(run dir, process)``."""
     run_dir = tmp_path_factory.mktemp("reliability") / "finished"
-    t0 = time.perf_counter()
     proc = run_cli("cnnlab.train", *B, "logger=wandb", "logger.wandb.mode=online", "logger.wandb.init_timeout=2",
                    f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}", check=False, unset=("WANDB_MODE",),
                    env={"WANDB_SILENT": "", "WANDB_API_KEY": "0" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"})
-    return run_dir, proc, time.perf_counter() - t0
+    return run_dir, proc
 
 
 def test_a_broken_wandb_environment_does_not_stop_training(finished):
-    run_dir, proc, seconds = finished
+    """Training runs to its end, offline; the wait for the server is the configured ``init_timeout`` (2 s here):
+    W&B's own wait (90 s) never starts, since no online session is opened for a server that gives no answer."""
+    from cnnlab.rundir import epochs_done
+
+    run_dir, proc = finished
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ignoring the empty environment variable WANDB_SILENT" in proc.stdout + proc.stderr
-    assert "W&B failed to start" in proc.stderr and "continuing offline" in proc.stderr
-    assert (run_dir / "metrics.json").is_file() and list((run_dir / "wandb").glob("offline-run-*"))
-    # W&B's own wait is 90 s; ours is init_timeout=2 (the whole small run takes ~15 s)
-    assert seconds < 75, seconds
+    failure = [ln for ln in proc.stderr.splitlines() if "W&B failed to start" in ln]
+    assert len(failure) == 1 and "continuing offline" in failure[0], proc.stderr[-3000:]
+    assert "http://127.0.0.1:9 gave no answer within 2 s" in failure[0], failure[0]
+    assert epochs_done(run_dir / "checkpoints" / "last.ckpt")[0] == 1, "training did not finish its epoch"
+    assert (run_dir / "metrics.json").is_file() and list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
 TRAIN_MISTAKES = {
@@ -75,7 +78,7 @@ TRAIN_MISTAKES = {
 def test_train_mistake_is_one_line_exit_2_and_touches_nothing(case, finished, tmp_path):
     """Aimed at the finished run's own dir, a config mistake changes none of its files."""
     overrides, message = TRAIN_MISTAKES[case]
-    run_dir, _, _ = finished
+    run_dir, _ = finished
     before = checksums(run_dir)
     proc = run_cli("cnnlab.train", *B, *overrides, f"hydra.run.dir={run_dir}", check=False)
     assert proc.returncode == 2, (case, proc.stderr[-3000:])
@@ -84,7 +87,7 @@ def test_train_mistake_is_one_line_exit_2_and_touches_nothing(case, finished, tm
 
 
 def test_mistakes_aimed_at_an_existing_run_leave_it_unchanged(finished, tmp_path):
-    run_dir, _, _ = finished
+    run_dir, _ = finished
     before = checksums(run_dir)
     cases = [
         ([*B, "seed=abc", f"hydra.run.dir={run_dir}"], "error: seed=abc is not valid"),

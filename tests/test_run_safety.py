@@ -140,6 +140,31 @@ def test_a_failed_start_leaves_the_dir_free_for_the_corrected_command(tmp_path):
     rundir.release(run_dir)
 
 
+
+def test_a_run_stopped_by_a_mistake_removes_only_the_dir_it_made_and_only_if_it_holds_no_result(tmp_path):
+    """rundir.discard_if_unused: a run dir this process made that holds only Hydra's record and logs goes, with the
+    parents made for it while they are empty; a dir that existed before the run, or that holds a result, stays."""
+    from omegaconf import OmegaConf
+
+    def started(run_dir: Path) -> Path:
+        rundir.ClaimRunDir().on_run_start(OmegaConf.create({"hydra": {"run": {"dir": str(run_dir)}, "job": {"name": "analyze"}}}))
+        (run_dir / ".hydra").mkdir()
+        (run_dir / "analyze.log").write_text("error: ...\n")
+        return run_dir
+
+    failed, finished = started(tmp_path / "analyze" / "runs" / "a"), started(tmp_path / "analyze" / "runs" / "b")
+    (finished / "report.html").write_text("<html></html>")
+    assert rundir.discard_if_unused(failed) and not failed.exists()
+    assert (tmp_path / "analyze" / "runs").is_dir(), "a parent holding another run is kept"
+    assert not rundir.discard_if_unused(finished) and (finished / "report.html").is_file()
+    given = tmp_path / "given"
+    given.mkdir()
+    assert not rundir.discard_if_unused(started(given)) and (given / "analyze.log").is_file(), "it existed before the run"
+    alone = started(tmp_path / "fresh" / "deep" / "run")
+    assert rundir.discard_if_unused(alone) and not (tmp_path / "fresh").exists()
+    for run_dir in (finished, given):
+        rundir.release(run_dir)
+
 # ------------------------------------------------------------------ 2. atomic writes, resume from an intact checkpoint
 def test_atomic_dir_is_all_or_nothing(tmp_path):
     from cnnlab.io.files import atomic_dir

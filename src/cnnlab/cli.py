@@ -9,8 +9,10 @@
   W&B run is closed before it.
 - :func:`hydra_main` makes a Hydra command. Before Hydra creates the run directory it composes the
   config once itself and checks it (unknown group options and keys, value types and ranges, resolvers,
-  missing values, a writable run directory), so a mistake costs a second and touches nothing. Inside a
-  multirun a job's ``UserError`` is re-raised instead, so the sweeper records that job as failed.
+  missing values, a writable run directory), so a mistake costs a second and touches nothing. A mistake found
+  inside the job (one that needs the network: a class or layer name) removes the run dir again when the run made it
+  and produced nothing. Inside a multirun a job's ``UserError`` is re-raised instead, so the sweeper records that
+  job as failed.
 - :func:`instantiate` / :func:`instantiate_group` build ``_target_`` configs with the same unwrapping.
 - :func:`resolve_device` is the one reading of ``device=auto|cpu|cuda``.
 - :func:`command_help` is ``--help``: the command's own config groups and config, not every group in conf/.
@@ -65,11 +67,15 @@ def exit_with(err: BaseException, cause: BaseException | None = None) -> None:
     raise SystemExit(2)
 
 
-def _close_wandb() -> None:
+def _close_wandb(quiet: bool = False) -> None:
+    """Finish an open W&B run; ``quiet``: without W&B's closing lines (their ``wandb sync <dir>`` would name a run dir
+    about to be removed)."""
     wandb = sys.modules.get("wandb")
     if wandb is None or getattr(wandb, "run", None) is None:
         return
     try:
+        if quiet:
+            wandb.run._settings.quiet = True  # no public switch once a run is started (W&B 0.31)
         wandb.finish(exit_code=2)
     except Exception:  # noqa: BLE001 - a tracker failing to close must not hide the user's error
         pass
@@ -390,6 +396,21 @@ def _log_to_files(message: str) -> None:
             handler.handle(record)
 
 
+def _discard_unused_run_dir() -> None:
+    """A run stopped by a user mistake before it produced anything leaves no run dir (:func:`cnnlab.rundir.discard_if_unused`);
+    the tracker is closed first, quietly, its files being in that directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from cnnlab.rundir import discard_if_unused, unused
+
+    if not HydraConfig.initialized():
+        return
+    run_dir = Path(str(HydraConfig.get().run.dir)).expanduser().absolute()
+    if unused(run_dir):
+        _close_wandb(quiet=True)
+        discard_if_unused(run_dir)
+
+
 def _module_name(fn: Callable) -> str:
     """``fn``'s module; for ``python -m cnnlab.train`` the module name rather than ``__main__``."""
     if fn.__module__ != "__main__":
@@ -421,6 +442,7 @@ def hydra_main(config_name: str, argv: Callable[[list[str]], list[str]] | None =
                 _log_to_files(f"error: {err}")
                 if in_multirun():
                     raise err from exc  # the sweeper records this job as failed and goes on
+                _discard_unused_run_dir()
                 exit_with(err, exc)  # before Hydra's own reporting turns it into a traceback and exit 1
 
         # Hydra names the job (and its log file) after the task's module, not after this one

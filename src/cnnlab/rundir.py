@@ -5,6 +5,9 @@
   resumes it; a directory that holds another command's results (a ``cnnlab-train`` run given to
   ``cnnlab-gap``) is refused even to a command that reuses its own; the directory is locked (``.cnnlab.lock``, holding the owner's pid) for the life of the
   process, so a second run started into it while the first is still going refuses too.
+- :func:`discard_if_unused` removes a run dir this process created when the run stopped on a user mistake before
+  producing anything (an unknown class or layer name, found once the network is loaded): such a run leaves no
+  directory behind.
 - :func:`resume_checkpoint` picks ``checkpoints/last.ckpt`` if it is intact, else the newest intact checkpoint.
 - :func:`finished_message` tells a finished run (nothing left to train, ``metrics.json`` written) from an
   interrupted one, so that resuming a finished run leaves it alone.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 from pathlib import Path
 from typing import Callable
@@ -35,6 +39,7 @@ LOCK_NAME = ".cnnlab.lock"
 BOOKKEEPING = {".hydra", LOCK_NAME, "config_tree.log", "wandb", "wandb_id.txt", "csv"}
 
 _held: dict[Path, int] = {}  # run dir -> the open, locked lock file of this process (released when it exits)
+_made: dict[Path, Path] = {}  # run dir -> the outermost directory this process created for it (itself or a parent)
 
 
 def results_in(run_dir: Path) -> list[str]:
@@ -145,6 +150,48 @@ def _refuse_if_taken(run_dir: Path, allowed: bool, resume_command: str | None, c
                     "directory (leave out hydra.run.dir, or give a new one); nothing was written")
 
 
+def outermost_missing(path: Path) -> Path | None:
+    """The outermost directory of ``path`` (itself or a parent) that does not exist yet; ``None`` if it exists."""
+    path = Path(path).resolve()
+    missing = None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
+
+
+def unused(run_dir: Path) -> bool:
+    """Whether :func:`discard_if_unused` would remove ``run_dir``: made by this process, holding no result."""
+    run_dir = Path(run_dir).resolve()
+    return run_dir in _made and run_dir.is_dir() and not results_in(run_dir)
+
+
+def discard_if_unused(run_dir: Path) -> bool:
+    """Remove ``run_dir`` and the parents made for it, if this process created it and it holds nothing but
+    :data:`BOOKKEEPING` (Hydra's record, logs, trackers' files); True when removed.
+
+    Why removal rather than checking everything before Hydra makes the directory: the checks that need the loaded
+    network (class and layer names, units, images of each visualization and analysis) live with the code that uses
+    them, and running them twice, once in a second, early path, would duplicate every one. Removing what a run made
+    when it produced nothing covers each of them with one rule, and cannot remove a result: a directory that existed
+    before the run, or that holds anything besides bookkeeping, is kept. Parents are removed only while empty
+    (``os.rmdir``), so another run's directory made beside it in the meantime stays.
+    """
+    run_dir = Path(run_dir).resolve()
+    if not unused(run_dir):
+        return False
+    top = _made.pop(run_dir)
+    release(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a tracker process still writing a log there may keep a file: left
+    for parent in run_dir.parents:
+        if not parent.is_relative_to(top):
+            break
+        try:
+            parent.rmdir()
+        except OSError:  # not empty: something else lives there now
+            break
+    return True
+
+
 class ClaimRunDir(Callback):
     """Hydra callback: :func:`claim` the run dir before Hydra writes into it (single runs; rank 0 only).
 
@@ -161,12 +208,17 @@ class ClaimRunDir(Callback):
         run_dir = Path(str(config.hydra.run.dir)).expanduser().absolute()
         resume = config.get("resume")
         resuming = bool(resume) and Path(str(resume)).expanduser().resolve() == run_dir.resolve()
+        made = outermost_missing(run_dir)
         # only cnnlab-train's config has ``resume``: there an existing run can be continued
         _claim_or_exit(run_dir, resuming, self.reuse, "cnnlab-train resume" if "resume" in config else None,
                        str(config.hydra.job.name))
+        if made is not None:
+            _made[run_dir.resolve()] = made
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
-        release(Path(str(config.hydra.run.dir)).expanduser().absolute())
+        run_dir = Path(str(config.hydra.run.dir)).expanduser().absolute()
+        _made.pop(run_dir.resolve(), None)
+        release(run_dir)
 
 
 @exit_on_user_error

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import UserError
+from cnnlab.io.progress import progress as show_progress
 
 
 def occlusion_positions(size: int, patch: int, stride: int) -> list[int]:
@@ -28,12 +29,14 @@ def occlusion_map(
     fill: float | torch.Tensor = 0.5,
     output: str = "prob",
     chunk: int = 256,
+    progress: str | None = None,
 ) -> torch.Tensor:
     """``images (B, C, H, W)`` model input -> ``(B, n_y, n_x)`` class probability (or logit) per occluder position.
 
     Entry ``[b, a, c]`` is the model's output for class ``target[b]`` when the square at offset
     ``(ys[a], xs[c])`` (see :func:`occlusion_positions`) is replaced by ``fill`` (a value or a per-channel
     ``(C,)`` tensor in model-input space, e.g. gray). Occluded copies are evaluated ``chunk`` at a time.
+    ``progress``: the title of a bar over the images (with the time left).
     """
     if output not in ("prob", "logit"):
         raise UserError(f"occlusion output must be 'prob' or 'logit', got {output!r}")
@@ -43,7 +46,7 @@ def occlusion_map(
     fill_t = torch.as_tensor(fill, dtype=images.dtype, device=images.device).reshape(-1, 1, 1).expand(c, patch, patch)
     out = torch.empty(b, len(ys), len(xs))
     offsets = [(a, y, q, x) for a, y in enumerate(ys) for q, x in enumerate(xs)]
-    for i in range(b):
+    for i in show_progress(range(b), progress):
         for s in range(0, len(offsets), chunk):
             part = offsets[s:s + chunk]
             batch = images[i:i + 1].repeat(len(part), 1, 1, 1)

@@ -102,12 +102,13 @@ def run_embedding(ctx: AnalysisContext, tap: str | None = None, target_dims: int
     n = min(len(x), max_points)
     x_e, lab_e = x[:n], labels[:n]
     coords = emb.tsne_embed(x_e, perplexity=perplexity, pca_dims=pca_dims, seed=ctx.seed, max_iter=max_iter)
-    purity = emb.neighbour_purity(coords, lab_e, k=10)
+    k_purity = min(10, n - 1)  # a small limit can leave fewer points than 10 neighbours
+    purity = emb.neighbour_purity(coords, lab_e, k=k_purity)
     penultimate = target_dims is None and tap == ctx.tap_or_default(None, "last")
     what = "penultimate (last tap, globally pooled)" if penultimate else f"{tap} pooled to ~{target_dims or 'C'} dims"
     sec = ctx.section("embedding", "Feature embedding (t-SNE)",
                       f"{n} {ctx.split} images, {what} features ({x.shape[1]} dims), PCA to {pca_dims} then t-SNE (perplexity {perplexity}). "
-                      f"10-NN label agreement in the embedding: {purity:.3f}.")
+                      f"{k_purity}-NN label agreement in the embedding: {purity:.3f}.")
     classes = ctx.classes or [str(i) for i in range(int(lab_e.max()) + 1)]
     ctx.save_figure(sec, "embedding_scatter", emb.scatter_figure(coords, lab_e, classes, f"t-SNE of {tap} features"),
                     "t-SNE scatter coloured by true class")
@@ -115,6 +116,7 @@ def run_embedding(ctx: AnalysisContext, tap: str | None = None, target_dims: int
                     f"the same embedding as an image mosaic: each of {grid}x{grid} cells shows the image nearest its centre")
     q_idx = ctx.sample_indices(queries)
     q_idx = q_idx[q_idx < n]
+    neighbours = min(neighbours, n - 1)
     idx, sims = emb.nearest_neighbours(x_e, x_e[q_idx], k=neighbours + 1)
     tiles = torch.cat([ctx.images[idx[r]] for r in range(len(q_idx))]).float() / 255
     ctx.save_figure(sec, "embedding_neighbours", enlarge(tiles, 48),
@@ -149,7 +151,8 @@ def run_occlusion(ctx: AnalysisContext, images: int = 4, patch: int = 8, stride:
         raise UserError("the dataset is empty: nothing to occlude")
     x = ctx.preprocess(imgs)
     tgt = _targets(ctx, model, x, labels, target)
-    maps = occ.occlusion_map(model, x, tgt, patch=patch, stride=stride, fill=ctx.gray_fill().to(x.device), output=output)
+    maps = occ.occlusion_map(model, x, tgt, patch=patch, stride=stride, fill=ctx.gray_fill().to(x.device), output=output,
+                             progress="occlusion")
     size = tuple(x.shape[2:])
     heat = torch.stack([occ.occlusion_heatmap(m, size, patch, stride) for m in maps])
     with torch.no_grad():
@@ -188,7 +191,7 @@ def run_attribution(ctx: AnalysisContext, images: int = 4, methods=attr_mod.METH
     cam_tap = ctx.tap_or_default(grad_cam_tap, where="last")
     rgb = _display_rgb(ctx, imgs)
     rows, results = [rgb], {}
-    for m in methods:
+    for m in show_progress(methods, f"attributions of {len(imgs)} images"):
         kw = {"layer": ctx.subject.layer(cam_tap)} if m == "grad_cam" else {"steps": ig_steps, "baseline": ig_baseline}
         a = attr_mod.attribute(model, x, tgt, m, **kw).cpu()
         results[m] = a
@@ -385,14 +388,16 @@ def _layer_label(ctx: AnalysisContext, model, name: str) -> str:
 
 
 def run_sanity(ctx: AnalysisContext, images: int = 32, methods=faith.METHODS, target: str = "pred", seed: int = 0,
-               draws: int = 5, max_layers: int | None = None, batch: int = 32, grad_cam_tap: str | None = None, ig_steps: int = 32,
-               ig_baseline: float | str = 0.0, occlusion_patch: int = 8, occlusion_stride: int = 4) -> dict:
+               draws: int = 5, max_layers: int | None = None, step: str = "layer", batch: int = 32, grad_cam_tap: str | None = None,
+               ig_steps: int = 32, ig_baseline: float | str = 0.0, occlusion_patch: int = 8, occlusion_stride: int = 4) -> dict:
     model = ctx.subject.classifier("the sanity check").to(ctx.device)
     explainers = _explainers(ctx, model, methods, grad_cam_tap, ig_steps, ig_baseline, occlusion_patch, occlusion_stride)
     pick = ctx.sample_indices(images)
     x = ctx.preprocess(ctx.images[pick])
     tgt = _targets(ctx, model, x, ctx.labels[pick], target)  # the trained model's classes, kept for every depth
-    layers = san.cascade_layers(model, x[:1])[:max_layers]
+    groups = san.cascade_steps(model, san.cascade_layers(model, x[:1]), step)[:max_layers]
+    layers = [name for g in groups for name in g]  # every module is randomized; maps are compared after each step
+    ends = {g[-1] for g in groups}
 
     def maps(net, ex):
         att = torch.cat([ex.attribution(net, x[s:s + batch], tgt[s:s + batch]).cpu() for s in range(0, len(x), batch)])
@@ -401,13 +406,13 @@ def run_sanity(ctx: AnalysisContext, images: int = 32, methods=faith.METHODS, ta
     if draws < 1:
         raise UserError(f"draws must be at least 1, got {draws}")
     original = {m: maps(model, ex) for m, ex in explainers.items()}
-    acc = {k: {m: torch.zeros(len(layers)) for m in explainers} for k in ("spearman", "spearman_abs", "ssim")}
+    acc = {k: {m: torch.zeros(len(groups)) for m in explainers} for k in ("spearman", "spearman_abs", "ssim")}
     shown = {m: [original[m][1][0]] for m in explainers}  # abs maps of the first image at every depth (first draw)
     # one bar over every (draw, depth): its ETA is the section's
-    bar = iter(show_progress(range(draws * len(layers)), f"cascading randomization ({draws} draws x {len(layers)} layers)"))
+    bar = iter(show_progress(range(draws * len(groups)), f"cascading randomization ({draws} draws x {len(groups)} steps)"))
     for r in range(draws):  # independent re-initializations: one draw of a layer's weights can be a lucky one
-        steps = san.cascading_randomization(model, layers, seed + 1000 * r)
-        for j, (_, rand) in enumerate(steps):
+        randomized = ((name, rand) for name, rand in san.cascading_randomization(model, layers, seed + 1000 * r) if name in ends)
+        for j, (_, rand) in enumerate(randomized):
             next(bar, None)
             for m, ex in explainers.items():
                 signed, absolute = maps(rand, ex)
@@ -417,10 +422,13 @@ def run_sanity(ctx: AnalysisContext, images: int = 32, methods=faith.METHODS, ta
                     shown[m].append(absolute[0])
     next(bar, None)  # ends the bar
     scores = {k: {m: [1.0, *(round(float(v), 6) for v in acc[k][m])] for m in explainers} for k in acc}
-    depth_names = ["(trained)", *(_layer_label(ctx, model, n) for n in layers)]
+    # a step's name: its layer, and the normalization randomized with it
+    depth_names = ["(trained)", *(_layer_label(ctx, model, g[-1]) + "".join(f" + {type(model.get_submodule(n)).__name__}" for n in g[:-1])
+                                  for g in groups)]
     sec = ctx.section("sanity", "Sanity check: cascading model randomization",
                       f"{len(x)} {ctx.split} images, target class ({target}) fixed from the trained model. The layers with parameters "
-                      f"are re-initialized from the top ({layers[0]}) down, cumulatively ({len(layers)} steps; seed {seed}, "
+                      f"are re-initialized from the top ({layers[0]}) down, cumulatively ({len(layers)} modules in {len(groups)} steps, "
+                      f"{'each layer with its normalization' if step == 'layer' else 'one module each'}; seed {seed}, "
                       f"mean of {draws} independent draw(s)); each column compares "
                       f"the maps with the trained model's by Spearman rank correlation (signed channel sum, and max |.| over channels) and SSIM "
                       f"of the |.| maps. Maps that stay similar while the network is destroyed do not explain the network.")
@@ -443,15 +451,16 @@ def run_sanity(ctx: AnalysisContext, images: int = 32, methods=faith.METHODS, ta
         rows += [rgb, (t / t.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1))[:, None].expand(-1, 3, -1, -1)]
     ctx.save_figure(sec, "sanity_maps", enlarge(torch.cat(rows), 48),
                     f"one row per method ({', '.join(explainers)}): the image, |map| of the trained model, then after randomizing "
-                    f"down to each of the {len(layers)} layers (columns as in the curves)", nrow=len(depth_names) + 1,
-                    rows=list(explainers), cols=["image", "trained", *(str(j + 1) for j in range(len(layers)))])
+                    f"down to each of the {len(groups)} steps (columns as in the curves)", nrow=len(depth_names) + 1,
+                    rows=list(explainers), cols=["image", "trained", *(str(j + 1) for j in range(len(groups)))])
     for k in ("spearman_abs", "spearman", "ssim"):
         sec.tables.append(([f"{k}: randomized down to", *explainers],
                            [[d, *(scores[k][m][j] for m in explainers)] for j, d in enumerate(depth_names)]))
     _log_metrics(ctx, {f"sanity/{m}/{k}_fully_randomized": scores[k][m][-1] for k in scores for m in explainers})
     from cnnlab.io.files import write_json
 
-    write_json(ctx.out_dir / "sanity.json", {"images": len(x), "layers": depth_names, "seed": seed, "draws": draws, "scores": scores})
+    write_json(ctx.out_dir / "sanity.json", {"images": len(x), "layers": depth_names, "step": step, "seed": seed, "draws": draws,
+                                                 "scores": scores})
     return {"images": len(x), "layers": depth_names, **scores}
 
 
@@ -474,7 +483,8 @@ def check_analyses(analyses: dict) -> None:
 
 def run_all(ctx: AnalysisContext, analyses: dict[str, dict | None], report_name: str = "report.html") -> dict:
     """Run ``analyses`` (name -> keyword arguments) in the report's order, saying which runs and how long each took;
-    write the report and ``analysis.json`` into the run dir. Returns ``{name: summary}`` (with ``seconds``)."""
+    write the report and ``analysis.json`` into the run dir. Returns ``{name: summary}`` (with ``seconds`` of wall
+    clock and ``cpu_seconds`` of the process)."""
     import time
 
     from cnnlab.io.files import write_json
@@ -484,12 +494,13 @@ def run_all(ctx: AnalysisContext, analyses: dict[str, dict | None], report_name:
     summary = {}
     todo = [a for a in ORDER if a in analyses]
     for i, name in enumerate(todo, 1):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         log.info("analysis %d/%d: %s", i, len(todo), name)
         result = RUNNERS[name](ctx, **(analyses[name] or {}))
-        summary[name] = {"seconds": round(time.perf_counter() - t0, 2),
+        # CPU time beside the wall clock: on a shared machine it is the part that does not depend on the load
+        summary[name] = {"seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(time.process_time() - cpu0, 2),
                          **{k: v for k, v in result.items() if isinstance(v, (int, float, str, list, dict)) and k != "patches"}}
-        log.info("analysis %s done in %.0f s", name, summary[name]["seconds"])
+        log.info("analysis %s done in %.0f s (%.0f s CPU)", name, summary[name]["seconds"], summary[name]["cpu_seconds"])
     path = ctx.report.write(ctx.out_dir / report_name)
     write_json(ctx.out_dir / "analysis.json", {"report": str(path), "figures": [str(p) for p in ctx.figures], "analyses": summary})
     log.info("report: %s", path)

@@ -1,7 +1,8 @@
 """Model-randomization sanity check (Adebayo et al., "Sanity Checks for Saliency Maps", 2018).
 
 Cascading randomization: the layers with parameters are re-initialized one at a time from the top
-(the logits) down, cumulatively, in a deep copy of the model; after every step each method's maps are
+(the logits) down, cumulatively, in a deep copy of the model; after every step (:func:`cascade_steps`: a conv or
+linear layer with its normalization, as the paper counts layers, or every module) each method's maps are
 recomputed and compared with the trained model's maps by Spearman rank correlation (of the signed
 maps and of their absolute values) and SSIM. A map that stays similar while the weights that produce
 the answer are destroyed does not explain the model.
@@ -40,6 +41,33 @@ def cascade_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     if not called:
         raise UserError(f"no layer with parameters of {type(model).__name__} takes part in its forward pass: nothing to randomize")
     return [names[m] for m in reversed(called)]
+
+
+#: the modules that normalize the output of the layer before them: randomized in one step with that layer
+NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+#: how :func:`cascade_steps` cuts the cascade into the depths where maps are compared
+STEPS = ("layer", "module")
+
+
+def cascade_steps(model: nn.Module, layers: list[str], step: str = "layer") -> list[list[str]]:
+    """``layers`` (top first, :func:`cascade_layers`) cut into the cascade's steps, each a list of names, top first.
+
+    ``layer``: a normalization module (BatchNorm, GroupNorm, LayerNorm) is randomized together with the layer whose
+    output it normalizes (the next one in top-down order: ``[bn4_2, conv4_2]``), as Adebayo et al. count layers;
+    ``module``: every module with parameters is a step of its own. Every module is randomized either way, with the
+    same weights (:func:`cascading_randomization`): ``layer`` compares maps at a subset of the depths ``module`` does.
+    """
+    if step not in STEPS:
+        raise UserError(f"sanity step must be one of {list(STEPS)}, got {step!r}")
+    steps, current = [], []
+    for name in layers:
+        current.append(name)
+        if step == "module" or not isinstance(model.get_submodule(name), NORMS):
+            steps.append(current)
+            current = []
+    if current:  # normalization with no layer under it: a step of its own
+        steps.append(current)
+    return steps
 
 
 def randomize_module(module: nn.Module, seed: int) -> None:
