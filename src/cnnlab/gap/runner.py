@@ -367,7 +367,7 @@ class Runner:
             arm_cfg = ArmConfigs.test_of(OmegaConf.load(chosen.dir(self.root) / "config.yaml"), Path(best["path"]), arm.name, d)
             self._train_in_process(arm_cfg, d)
             m = json.loads((d / "metrics.json").read_text())
-            test = m.get("test/miou" if self.tasks[arm.task].kind == "segmentation" else "test/acc")
+            test = m.get(f"test/{A.TASK_METRICS[self.tasks[arm.task].kind][0]}")
         else:
             write_json(d / "metrics.json", {})
         several = len({a.variant for a in cands}) > 1
@@ -400,14 +400,14 @@ class Runner:
         for t, spec in self.tasks.items():
             probe_cfg, ft_cfg = task_setting(c, t, "probe"), task_setting(c, t, "finetune")
             fractions = [float(f) for f in spec.label_fractions]
-            r = summarize(collected[t], list(c.inits), fractions, list(probe_cfg.taps) if probe_cfg.taps and spec.kind == "classification" else [])
+            r = summarize(collected[t], list(c.inits), fractions, list(probe_cfg.taps) if probe_cfg.taps and spec.kind != "segmentation" else [])
             # every paired run's own numbers: each choice with the validation grid it was made from, and its test score
             r["runs"] = {"probe": {i: {unit_key(u): {k: v for k, v in pr.items() if k in ("linear", "knn", "dense", "n_train", "n_val", "n_test")}
                                        for u, pr in runs.items()} for i, runs in collected[t]["probe"].items()},
                          "finetune": {str(f): {i: {unit_key(u): ch for u, ch in by_f.get(f, {}).items()}
                                                for i, by_f in collected[t]["finetune"].items()} for f in fractions}}
             r["kind"] = str(spec.kind)
-            r["metric"] = "mIoU" if spec.kind == "segmentation" else "top-1"
+            r["metric"] = A.TASK_METRICS[str(spec.kind)][1]
             data = self.configs.task_data[t]
             r["data"] = {"name": data.get("name"), "source": data.get("source"), "val_fraction": data.get("val_fraction"),
                          "image_size": data.get("image_size")}
