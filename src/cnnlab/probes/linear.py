@@ -151,8 +151,8 @@ def at_grid_edge(chosen: float, grid) -> bool:
 class ProbeFit:
     """The chosen probe: standardization, weights and how it was chosen.
 
-    ``grid``: validation score (accuracy, or mAP for multi-label targets) per weight decay, ``val_acc`` the chosen one's; ``iterations`` / ``converged``: of the chosen fit
-    (converged: L-BFGS stopped on its gradient or loss-change tolerance before ``max_iter``);
+    ``grid``: validation score (accuracy, or mAP for multi-label targets) per weight decay, ``val_acc`` the chosen
+    one's; ``iterations`` / ``converged``: of the chosen fit (converged: L-BFGS stopped on its gradient or loss-change tolerance before ``max_iter``);
     ``fits``: per weight decay, iterations, convergence, final loss and gradient max-norm.
     """
 
