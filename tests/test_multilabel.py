@@ -178,6 +178,17 @@ def test_single_label_data_refused_by_the_multilabel_model():
         model._step((torch.rand(2, 1, 16, 16), torch.tensor([0, 3])), "val")
 
 
+@pytest.mark.parametrize("overrides", [["tasks.cls.kind=multilabel"], ["tasks.cls.data=voc2007"]])
+def test_gap_task_kind_must_match_its_data(overrides, tmp_path, data_dir):
+    from cnnlab.gap import run
+    from tests.test_gap_smoke import _compose
+
+    cfg = _compose("budget=smoke", f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path}", "tasks.seg=null", *overrides)
+    with pytest.raises(UserError, match="task cls is kind=") as err:
+        run(cfg, out_dir=tmp_path, choices={})
+    assert "\n" not in str(err.value) and not (tmp_path / "arms").exists(), "nothing runs"
+
+
 @pytest.mark.slow
 def test_gap_smoke_with_a_multilabel_task(tmp_path, data_dir, ml_folder):
     """The smoke budget with its classification task made multi-label (a synthetic folder): probes scored by mAP

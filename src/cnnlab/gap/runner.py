@@ -142,6 +142,7 @@ class Runner:
         self.arch_kwargs = {k: v for k, v in dict(backbone.arch_kwargs).items() if k != "in_channels"}
         self.configs = ArmConfigs(cfg, choices)
         self.tasks = self.configs.tasks
+        self._check_task_data()
         #: what the in-process arms' results depend on in a data config (not where the data lives)
         self.pool_key = {k: v for k, v in self.configs.pool.items() if k != "data_dir"}
         self.data_key = {t: {k: v for k, v in d.items() if k != "data_dir"} for t, d in self.configs.task_data.items()}
@@ -152,6 +153,21 @@ class Runner:
         self.by_name: dict[str, A.Arm] = {}
         self._fp: dict[str, str] = {}
         self._dms: dict[tuple, object] = {}
+
+    def _check_task_data(self) -> None:
+        """A multilabel task reads multi-label data and no other task does (else its probes would score the wrong thing
+        before its fine-tunes fail): one line before any arm runs."""
+        from hydra.utils import get_class
+
+        from cnnlab.data.multilabel import MultiLabelDataModule
+
+        for t, spec in self.tasks.items():
+            target = self.configs.task_data[t].get("_target_")
+            multi = bool(target) and issubclass(get_class(str(target)), MultiLabelDataModule)
+            if multi != (spec.kind == "multilabel"):
+                raise UserError(f"task {t} is kind={spec.kind} but its data ({target}) is {'multi' if multi else 'single'}-label: "
+                                f"set tasks.{t}.kind={'multilabel' if multi else 'classification'}, or give it "
+                                f"{'single' if multi else 'multi'}-label data (tasks.{t}.data)")
 
     # --------------------------------------------------------------------------- plan
     def task_plan(self) -> dict[str, dict]:
