@@ -189,7 +189,7 @@ def test_gap_task_kind_must_match_its_data(overrides, tmp_path, data_dir):
     assert "\n" not in str(err.value) and not (tmp_path / "arms").exists(), "nothing runs"
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # 94-265 s on a 2-core machine at load 6-8 beside other jobs (2026-12-03; not yet timed idle)
 def test_gap_smoke_with_a_multilabel_task(tmp_path, data_dir, ml_folder):
     """The smoke budget with its classification task made multi-label (a synthetic folder): probes scored by mAP
     without kNN, fine-tunes of the multi-label classifier chosen on val mAP and tested once, the report in mAP beside
