@@ -1,12 +1,13 @@
 """Robustness of the gap experiment's three inits: robust accuracy vs L-inf eps of the fine-tuned classifiers (docs/results.md).
 
-    PYTHONPATH=src python scripts/bench_robustness_inits.py --run outputs/gap/standard --fraction 0.1 \\
+    PYTHONPATH=src python scripts/bench_robustness_inits.py --run outputs/gap/standard_transfer --task cls --fraction 0.1 \\
         --n 500 --eps 1 2 4 8 --steps 10 --restarts 3 --out outputs/robustness_inits/f0.1
 
 For every paired run (pretraining seed, label subset) of a finished ``cnnlab-gap`` run and every init (random,
-colorization, supervised) the classifier fine-tuned on ``--fraction`` of the labels is the one its arm chose on
-validation (``arms/finetune_<init>_f<f>_seed<s>_sub<k>/choice.json`` names the candidate, whose
-``candidate.json`` names its best-on-val checkpoint). Each is attacked with cnnlab's own attacks
+colorization, supervised) the classifier fine-tuned on ``--fraction`` of the CIFAR-10 task's labels is the one its arm
+chose on validation (``arms/finetune_<task>_<init>_f<f>_seed<s>_sub<k>/choice.json`` names the candidate, whose
+``candidate.json`` names its best-on-val checkpoint; runs from before the gap had several tasks name their arms
+without ``<task>_``, and are read too). Each is attacked with cnnlab's own attacks
 (``cnnlab.visualize.attacks.robustness_curve``: FGSM, and PGD of ``--steps`` steps of eps/4 with ``--restarts``
 random starts; ``minimal_linf``: the smallest PGD radius by bisection) on the same fixed test images: the first
 ``--n / 10`` test images of every class (class-balanced, in the test split's order).
@@ -15,14 +16,15 @@ Threat model: the perturbation lives in the input the classifier sees before its
 data module's output in [0, 1] (for the gap's lightness classifiers ``data.color_space=L``: Lab L / 100, one
 channel), and eps is in those units (1/255 of the lightness range is 0.39 L units).
 
-Reported per init: the mean over the paired runs with a 95% t-interval (n = paired runs), and the paired
-differences colorization - random and supervised - colorization with their 95% paired t-interval
-(``cnnlab.stats``). The intervals are over training runs on this fixed image set; they do not include the
-sampling error of the images themselves (a Wilson interval of about +-4 points at n = 500). Because clean accuracy
-differs between inits, robust accuracy is also given relative to clean accuracy (robust / clean = the share of the
-points a model classifies correctly that survive the attack) and on the points every compared model classifies
-correctly (a common denominator: the same images for every model, so harder images that only a stronger
-model gets right cannot make it look less robust).
+Reported per init: the mean over pretraining seeds with a 95% t-interval (n = seeds: the label subsets of a seed
+share its trunk, so they are averaged within it first, ``cnnlab.stats.seed_means``), and the paired differences
+colorization - random and supervised - colorization with their 95% paired t-interval over seeds (``cnnlab.stats``).
+The intervals are over training runs on this fixed image set; they do not include the sampling error of the images
+themselves (a Wilson interval of about +-4 points at n = 500). Because clean accuracy differs between inits, robust
+accuracy is also given relative to clean accuracy (robust / clean = the share of the points a model classifies
+correctly that survive the attack) and on the points every compared model classifies correctly (a common
+denominator: the same images for every model, so harder images that only a stronger model gets right cannot make it
+look less robust).
 
 Each model's per-image results are cached in ``<out>/models/`` (keyed by the attack settings), so a long
 evaluation can be split into several invocations (``--max-models``); the report is written once every model is in.
@@ -54,8 +56,8 @@ warnings.filterwarnings("ignore")
 
 
 # --------------------------------------------------------------------------------- which checkpoints
-def chosen_checkpoints(run: Path, fraction: float) -> dict[tuple[int, int], dict[str, Path]]:
-    """``{(seed, subset): {init: checkpoint}}`` of the fine-tuned classifiers the gap run chose on validation.
+def chosen_checkpoints(run: Path, fraction: float, task: str = "cls") -> dict[tuple[int, int], dict[str, Path]]:
+    """``{(seed, subset): {init: checkpoint}}`` of the fine-tuned classifiers of ``task`` the gap run chose on validation.
 
     Paths are resolved inside ``run`` (a copied run dir works): the candidate's checkpoint file name is taken
     from its ``candidate.json`` and looked up under ``run/arms/<candidate>/checkpoints/``.
@@ -63,11 +65,12 @@ def chosen_checkpoints(run: Path, fraction: float) -> dict[tuple[int, int], dict
     arms = run / "arms"
     if not arms.is_dir():
         raise UserError(f"{run} has no arms/ folder: pass the run dir of a finished cnnlab-gap run")
-    pattern = re.compile(rf"finetune_(\w+?)_f{re.escape(f'{fraction:g}')}_seed(\d+)_sub(\d+)$")
+    # finetune_<task>_<init>_f<f>_seed<s>_sub<k>; runs from before the gap had tasks: finetune_<init>_f<f>_seed<s>_sub<k>
+    pattern = re.compile(rf"finetune_(?:{re.escape(task)}_)?({'|'.join(INITS)})_f{re.escape(f'{fraction:g}')}_seed(\d+)_sub(\d+)$")
     found: dict[tuple[int, int], dict[str, Path]] = {}
     for arm in sorted(arms.iterdir()):
         m = pattern.match(arm.name)
-        if not m or m.group(1) not in INITS:
+        if not m:
             continue
         choice = arm / "choice.json"
         if not choice.is_file():
@@ -81,7 +84,8 @@ def chosen_checkpoints(run: Path, fraction: float) -> dict[tuple[int, int], dict
             raise UserError(f"{ckpt} is missing: copy the candidate's checkpoints/ along with the run dir")
         found.setdefault((int(m.group(2)), int(m.group(3))), {})[m.group(1)] = ckpt
     if not found:
-        raise UserError(f"no fine-tuning arms with fraction {fraction:g} in {arms}: pick one of the run's label fractions")
+        raise UserError(f"no fine-tuning arms of task {task} with fraction {fraction:g} in {arms}: pick one of the run's tasks "
+                        "(--task) and of its label fractions")
     incomplete = {u: sorted(set(INITS) - set(c)) for u, c in found.items() if set(c) != set(INITS)}
     if incomplete:
         raise UserError(f"paired runs without all three inits in {arms}: {incomplete}")
@@ -163,29 +167,26 @@ def per_model(res: dict[str, np.ndarray], common: np.ndarray) -> dict:
 
 
 def summarize(models: dict[tuple[int, int], dict[str, dict]], eps255: list[float]) -> dict:
-    """Per init mean over paired runs with its t-interval, and the paired differences, for every measure."""
-    from cnnlab.stats import mean_ci, paired_difference
+    """Per init mean over pretraining seeds with its t-interval, and the paired differences over seeds, for every
+    measure (each seed's label subsets averaged first: they share its trunk)."""
+    from cnnlab.stats import mean_ci, paired_difference, seed_means
 
-    units = list(models)
     measures = [f"{a}{s}" for s in ("", "_rel", "_common") for a in ATTACKS]
-    out = {"per_init": {}, "differences": {}}
-    for init in INITS:
-        rows = [models[u][init] for u in units]
-        d = {"clean": mean_ci([r["clean"] for r in rows])}
+    radius = "median_radius_255" in next(iter(models.values()))["random"]
+
+    def over_seeds(init: str, measure: str, j: int | None = None) -> list[float | None]:
+        return list(seed_means({u: by[init][measure] if j is None else by[init][measure][j] for u, by in models.items()}).values())
+
+    def per_measure(stat, *inits) -> dict:
+        d = {"clean": stat(*(over_seeds(i, "clean") for i in inits))}
         for m in measures:
-            d[m] = [mean_ci([r[m][j] for r in rows]) for j in range(len(eps255) + 1)]
-        if "median_radius_255" in rows[0]:
-            d["median_radius_255"] = mean_ci([r["median_radius_255"] for r in rows])
-        out["per_init"][init] = d
-    for a, b in DIFFERENCES:
-        ra, rb = [models[u][a] for u in units], [models[u][b] for u in units]
-        d = {"clean": paired_difference([r["clean"] for r in ra], [r["clean"] for r in rb])}
-        for m in measures:
-            d[m] = [paired_difference([r[m][j] for r in ra], [r[m][j] for r in rb]) for j in range(len(eps255) + 1)]
-        if "median_radius_255" in ra[0]:
-            d["median_radius_255"] = paired_difference([r["median_radius_255"] for r in ra], [r["median_radius_255"] for r in rb])
-        out["differences"][f"{a} - {b}"] = d
-    return out
+            d[m] = [stat(*(over_seeds(i, m, j) for i in inits)) for j in range(len(eps255) + 1)]
+        if radius:
+            d["median_radius_255"] = stat(*(over_seeds(i, "median_radius_255") for i in inits))
+        return d
+
+    return {"per_init": {init: per_measure(mean_ci, init) for init in INITS},
+            "differences": {f"{a} - {b}": per_measure(paired_difference, a, b) for a, b in DIFFERENCES}}
 
 
 def _ci(c: dict, scale: float = 100, digits: int = 1) -> str:
@@ -203,7 +204,8 @@ def markdown(summary: dict, eps255: list[float], n_units: int, n_images: int, n_
               "pgd_common": f"PGD, accuracy % on the {n_common} images every model classifies correctly",
               "fgsm_common": f"FGSM, accuracy % on the {n_common} images every model classifies correctly"}
     for m in ("pgd", "fgsm", "pgd_rel", "fgsm_rel", "pgd_common", "fgsm_common"):
-        lines = [f"**{titles[m]}** (mean [95% t-interval], n = {n_units} paired runs; {n_images} test images)\n\n", head]
+        lines = [f"**{titles[m]}** (mean [95% t-interval], n = {n_units} pretraining seeds, label subsets averaged within a seed; "
+                 f"{n_images} test images)\n\n", head]
         for init in INITS:
             lines.append(f"| {init} | " + " | ".join(_ci(c) for c in summary["per_init"][init][m]) + " |\n")
         for name, d in summary["differences"].items():
@@ -211,7 +213,7 @@ def markdown(summary: dict, eps255: list[float], n_units: int, n_images: int, n_
         blocks.append("".join(lines))
     if "median_radius_255" in summary["per_init"]["random"]:
         lines = ["**Median minimal PGD L-inf radius** over each model's correctly classified images, in /255 (mean [95% t-interval] over "
-                 f"{n_units} paired runs)\n\n", "| | /255 |\n|---|---|\n"]
+                 f"{n_units} pretraining seeds)\n\n", "| | /255 |\n|---|---|\n"]
         for init in INITS:
             lines.append(f"| {init} | {_ci(summary['per_init'][init]['median_radius_255'], 1, 2)} |\n")
         for name, d in summary["differences"].items():
@@ -258,6 +260,7 @@ def figure(path: Path, summary: dict, eps255: list[float], title: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", default=str(ROOT / "outputs/gap/standard"), help="a finished cnnlab-gap run dir")
+    p.add_argument("--task", default="cls", help="the gap run's CIFAR-10 classification task (a key of its tasks)")
     p.add_argument("--fraction", type=float, default=0.1, help="the label fraction of the fine-tuning arms")
     p.add_argument("--data-dir", default=str(ROOT / "data"))
     p.add_argument("--n", type=int, default=500, help="test images (class-balanced: the first n/10 of every class)")
@@ -276,9 +279,12 @@ def main() -> None:
     out = Path(args.out)
     run = Path(args.run)
 
-    ckpts = chosen_checkpoints(run, args.fraction)
+    ckpts = chosen_checkpoints(run, args.fraction, args.task)
     first = load_classifier(next(iter(ckpts.values()))["random"])
     color_space = first.data_info.get("color_space", "rgb")
+    if first.data_info.get("name") not in (None, "cifar10"):
+        raise UserError(f"task {args.task} of {run} fine-tuned on {first.data_info.get('name')}: this script attacks CIFAR-10 "
+                        "classifiers (pass the task whose data is cifar10, --task)")
     x, y, ids = test_images(args.data_dir, color_space, args.n)
     key = settings_key(args, ids)
     print(f"{len(ckpts)} paired runs x {len(INITS)} inits; {len(y)} images {tuple(x.shape[1:])} in {color_space}; key {key}", flush=True)
@@ -315,7 +321,7 @@ def main() -> None:
     models = {u: {i: per_model(r, common) for i, r in by.items()} for u, by in results.items()}
     eps255 = sorted(args.eps)
     summary = summarize(models, eps255)
-    n_units = len(models)
+    n_units = len({u[0] for u in models})  # pretraining seeds: the independent unit
     table = markdown(summary, eps255, n_units, len(y), int(common.sum()), args.restarts, args.steps)
     report = {
         "run": str(run.resolve()), "fraction": args.fraction, "color_space": color_space, "n_images": len(y),
@@ -330,7 +336,7 @@ def main() -> None:
     write_json(out / "robustness_inits.json", report)
     write_text(out / "robustness_inits.md", table)
     figure(out / "robustness_inits.png", summary, eps255,
-           f"Gap inits fine-tuned on {args.fraction:g} of the labels: mean and 95% t-interval over {n_units} paired runs, "
+           f"Gap inits fine-tuned on {args.fraction:g} of the labels: mean and 95% t-interval over {n_units} pretraining seeds, "
            f"{len(y)} test images (PGD solid, FGSM dashed)")
     print(table)
     print(f"wrote {out}/robustness_inits.json, .md, .png")

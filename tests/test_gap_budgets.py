@@ -23,8 +23,10 @@ EXPECT = {  # budget: (seeds, label subsets, {task: (label fractions, candidates
     "gpu_check": (1, 1, {"cls": (1, 2, 1), "seg": (1, 1, 1)}),
     "full": (4, 2, {"cls": (2, 3, 1), "seg": (2, 3, 1)}),
 }
-#: the full budget reads folders a user names
-SOURCES = {"full": ["pool.cfg.source=/imagenet", "tasks.cls.cfg.source=/voc07_folder"]}
+#: the full budget reads the ImageNet folder a user names (VOC comes through torchvision)
+SOURCES = {"full": ["pool.cfg.source=/imagenet"]}
+#: the task kinds of each budget's tasks: full has the claim's own shape, VOC 2007 multi-label classification (mAP)
+KINDS = {"full": {"cls": "multilabel", "seg": "segmentation"}}
 
 
 def _cfg(budget: str, tmp_path, *overrides):
@@ -41,7 +43,7 @@ def test_budget_composes_and_plans_every_arm_kind_of_both_tasks(budget, tmp_path
     runner = Runner(cfg, tmp_path, {})
     plan = runner.plan()
     seeds, subsets, tasks = EXPECT[budget]
-    assert set(runner.tasks) == set(tasks) and {runner.tasks[t].kind for t in tasks} == {"classification", "segmentation"}
+    assert {t: runner.tasks[t].kind for t in tasks} == KINDS.get(budget, {"cls": "classification", "seg": "segmentation"})
     kinds = [(a.kind, a.task) for a in plan.arms]
     inits = 4 if budget in RGB else 3
     assert list(cfg.inits)[:3] == ["random", "colorization", "supervised"] and len(cfg.inits) == inits
@@ -68,6 +70,12 @@ def test_budget_composes_and_plans_every_arm_kind_of_both_tasks(budget, tmp_path
     if budget == "full":
         assert runner.configs.pool["image_size"] == 224 and runner.arch == "vgg16_bn"
         assert runner.configs.task_data["seg"]["name"] == "voc"
+        voc07 = runner.configs.task_data["cls"]
+        assert voc07["name"] == "voc2007" and voc07["_target_"].endswith("MultiLabelDataModule") and not voc07.get("source")
+        assert voc07["image_size"] == 224, "VOC 2007 through torchvision at 224 px"
+        ft = runner.configs.finetune("cls", "colorization", 0, 0, 0.1, 0.01, Path("/x/trunk.pt"), 250, "ft", tmp_path / "ft")
+        assert ft.model._target_.endswith("MultiLabelClassifier") and ft.monitor == "val/map" and ft.test is False
+        assert ft.data.label_fraction == 0.1 and ft.model.warmup_steps == 200, "the kind's model, the budget's recipe"
 
 
 def test_no_downstream_image_or_label_reaches_pretraining(tmp_path):

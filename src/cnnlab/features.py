@@ -160,7 +160,7 @@ class FeatureStore:
         shutil.rmtree(final, ignore_errors=True)  # an entry for another key: stale, and atomic_dir renames onto an empty place
         with atomic_dir(final) as tmp:
             arrays: dict[str, np.ndarray] = {}
-            labels = np.empty(n, dtype=np.int64)
+            labels = None  # (n,) class indices or (n, C) multi-label targets: shaped by the first batch
             i = 0
             for feats, y in features:
                 b = len(y)
@@ -170,13 +170,15 @@ class FeatureStore:
                     if t not in arrays:
                         arrays[t] = np.lib.format.open_memmap(tmp / _tap_file(t), mode="w+", dtype=np.float16, shape=(n, v.shape[1]))
                     arrays[t][i:i + b] = v.numpy().astype(np.float16, copy=False)
+                if labels is None:
+                    labels = np.empty((n, *y.shape[1:]), dtype=np.int64)
                 labels[i:i + b] = y.numpy()
                 i += b
             if i != n:
                 raise ValueError(f"feature entry {name}: {i} rows written, {n} announced")
             for a in arrays.values():
                 a.flush()
-            np.save(tmp / "labels.npy", labels)
+            np.save(tmp / "labels.npy", np.empty(0, dtype=np.int64) if labels is None else labels)
             dims = {t: int(a.shape[1]) for t, a in arrays.items()}
             del arrays
             write_json(tmp / "meta.json", {"key": key, "taps": list(dims), "dims": dims, "n": n, "dtype": "float16"})

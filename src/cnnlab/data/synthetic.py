@@ -60,3 +60,31 @@ def generate(n: int, image_size: int = 32, num_classes: int = 10, seed: int = 0)
         img = img + rng.normal(0, 0.03, size=img.shape)
         images[i] = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
     return images, labels.astype(np.int64)
+
+
+def generate_multilabel(n: int, image_size: int = 32, num_classes: int = 5, per_image: int = 2, seed: int = 0,
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-label shapes: ``images (n, 3, S, S) uint8`` showing 1..``per_image`` distinct classes' shapes (each in its
+    class's hue, in its own quadrant-sized cell) and their ``(n, num_classes)`` int64 multi-hot targets."""
+    if not 1 <= per_image <= min(num_classes, 4):
+        raise ValueError("per_image must be in 1..min(num_classes, 4) (one shape per quadrant)")
+    rng = np.random.default_rng(seed)
+    half = image_size // 2
+    yy, xx = np.mgrid[0:half, 0:half].astype(np.float32)
+    images = np.empty((n, 3, image_size, image_size), dtype=np.uint8)
+    targets = np.zeros((n, num_classes), dtype=np.int64)
+    for i in range(n):
+        img = np.empty((3, image_size, image_size), dtype=np.float32)
+        img[:] = np.array(colorsys.hsv_to_rgb(rng.uniform(), 0.15, rng.uniform(0.05, 0.35)), dtype=np.float32)[:, None, None]
+        shown = rng.choice(num_classes, size=rng.integers(1, per_image + 1), replace=False)
+        for c, cell in zip(shown, rng.permutation(4)):
+            r = rng.uniform(0.3, 0.45) * half
+            cy, cx = rng.uniform(r, half - r, size=2)
+            fg = np.array(colorsys.hsv_to_rgb(c / num_classes, 0.8, rng.uniform(0.7, 1.0)), dtype=np.float32)
+            oy, ox = (cell // 2) * half, (cell % 2) * half
+            patch = img[:, oy:oy + half, ox:ox + half]
+            img[:, oy:oy + half, ox:ox + half] = np.where(_mask(SHAPES[c], yy, xx, cy, cx, r)[None], fg[:, None, None], patch)
+            targets[i, c] = 1
+        img += rng.normal(0, 0.03, size=img.shape)
+        images[i] = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+    return images, targets

@@ -6,7 +6,8 @@ An arm is one unit of work with its own directory ``<gap run dir>/arms/<name>/``
   (supervised / colorization) on the pretraining pool, a ``cnnlab-train`` run; no downstream task's data;
 - ``probe_<task>_<init>_seed<s>[_sub<k>]``: the task's probes of that trunk, fit on label subset ``k`` of the
   task's training split (all of it when ``probe.label_fraction`` is 1): for classification linear probes (weight
-  decay chosen on val) and kNN on every tap, for segmentation the dense linear probe (mIoU);
+  decay chosen on val) and kNN on every tap, for multi-label classification one-vs-rest linear probes on every tap
+  (mAP; no kNN), for segmentation the dense linear probe (mIoU);
 - ``finetune_<task>_<init>_f<f>_seed<s>_sub<k>_lr<lr>[_<variant>]`` (kind ``finetune``): one candidate of the
   fine-tune search, the whole network trained on the label subset ``k`` of fraction ``f`` of the task's training
   split at one learning rate and recipe variant (no suffix for ``plain``, so adding a variant to a finished run
@@ -32,8 +33,12 @@ from pathlib import Path
 from cnnlab.io.files import write_json
 
 INITS = ("random", "colorization", "supervised", "supervised_rgb")
-#: the task kinds a downstream task can be
-TASK_KINDS = ("classification", "segmentation")
+#: the task kinds a downstream task can be, each with the score its arms are chosen and reported by: (the name its
+#: runs log, ``val/<name>`` and ``test/<name>``; the name the report gives it)
+TASK_METRICS = {"classification": ("acc", "top-1"), "multilabel": ("map", "mAP"), "segmentation": ("miou", "mIoU")}
+TASK_KINDS = tuple(TASK_METRICS)
+#: config groups a task kind's fine-tunes need whatever the task's own groups (a multi-label task: its model)
+KIND_GROUPS = {"multilabel": {"model": "multilabel"}}
 MARKER = "gap_arm.json"
 #: the fine-tune recipe variant with no overrides (its candidates' names carry no suffix)
 PLAIN = "plain"

@@ -22,6 +22,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.config import CONF_DIR
+from cnnlab.gap.arms import KIND_GROUPS, TASK_METRICS
 
 log = logging.getLogger("cnnlab.gap")
 
@@ -165,17 +166,16 @@ class ArmConfigs:
         spec, ft = self.tasks[task], task_setting(self.cfg, task, "finetune")
         recipe = {**container(ft.recipe), **(container(ft.variants[variant]) if variant is not None else {})}
         steps, every = self.finetune_length(task, n_labelled)
-        groups = {"backbone": "trunk", **container(spec.get("groups")), **({"data": str(spec.data)} if spec.get("data") else {}),
-                  **container(ft.groups)}
+        groups = {"backbone": "trunk", **KIND_GROUPS.get(spec.kind, {}), **container(spec.get("groups")),
+                  **({"data": str(spec.data)} if spec.get("data") else {}), **container(ft.groups)}
         arm = self._base(groups, {**self.task_data[task], "color_space": init_space(init)}, name, seed, out_dir, None)
-        seg = spec.kind == "segmentation"
         return OmegaConf.merge(arm, container(ft.cfg), {
             "data": {"label_fraction": float(fraction), "label_seed": int(subset)},
             "backbone": {"path": str(trunk)},
             "model": {"optimizer": {"lr": float(lr)}, "scheduler": {"T_max": steps, "interval": "step"}, **recipe},
             "trainer": {"max_epochs": -1, "max_steps": steps, "check_val_every_n_epoch": None, "val_check_interval": every,
                         "num_sanity_val_steps": 0},
-            "monitor": "val/miou" if seg else "val/acc", "monitor_mode": "max", "train": True, "test": False})
+            "monitor": f"val/{TASK_METRICS[spec.kind][0]}", "monitor_mode": "max", "train": True, "test": False})
 
     @staticmethod
     def test_of(candidate: DictConfig, ckpt: Path, name: str, out_dir: Path) -> DictConfig:

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 ROW_ORDER = ("supervised_rgb", "supervised", "random", "colorization")
 DATASET_NAMES = {"cifar10": "CIFAR-10", "stl10": "STL-10", "tinyimagenet": "Tiny-ImageNet-200", "camvid": "CamVid",
-                 "synthetic": "synthetic shapes", "imagefolder": "an ImageFolder"}  # the published tables' order
+                 "synthetic": "synthetic shapes", "imagefolder": "an ImageFolder", "voc2007": "PASCAL VOC 2007",
+                 "voc": "PASCAL VOC 2012"}  # the published tables' order
 TRIO = ("colorization", "random", "supervised")
 #: the supervised ceiling on RGB input (the published supervised rows are RGB networks)
 RGB = "supervised_rgb"
@@ -223,7 +224,8 @@ def task_markdown(res: dict) -> str:
     if fr:
         ft = res["finetune"]
         grid = res.get("grids", {}).get("finetune_lr")
-        lines += ["", "### Fine-tuning the whole network on " + ("seeded subsets of the training frames" if seg else "class-balanced label subsets")
+        subsets = {"segmentation": "seeded subsets of the training frames", "multilabel": "seeded subsets of the training images"}
+        lines += ["", "### Fine-tuning the whole network on " + subsets.get(res.get("kind"), "class-balanced label subsets")
                   + (f" (learning rate from {grid} and checkpoint chosen on val per run)" if grid else ""), "",
                   "| init | " + " | ".join(f"{100 * float(f):g}% labels" for f in fr) + " |", "|---" * (len(fr) + 1) + "|"]
         for i in rows:
@@ -240,6 +242,7 @@ def task_markdown(res: dict) -> str:
         for i in rows:
             lines.append(f"| best checkpoint = last step, {i} | " + " | ".join(
                 f"{ft[f][i].get('step_is_last', 0)} of {len(ft[f][i]['step_chosen'])}" for f in fr) + " |")
+        lines += published_beside(res, fr[-1], rows)
     lines += ["", "### Validation accuracies behind the choices (%, mean over paired runs)", "",
               "| init | best tap val | " + " | ".join(f"fine-tune {100 * float(f):g}% val" for f in fr) + " |",
               "|---" * (len(fr) + 2) + "|"]
@@ -258,7 +261,33 @@ PUBLISHED = {
                        "51 / 49% at conv1-5", 0.47),
     "segmentation": ("Larsson et al., AlexNet fine-tuned ImageNet -> VOC 2012 segmentation: 19.8 / 38.4 / 48.0 mIoU, 66% of the gap",
                      0.66),
+    "multilabel": ("Larsson et al., AlexNet fine-tuned ImageNet -> VOC 2007 classification: 53.3 / 65.9 / 79.9 mAP "
+                   "(random / colorization / supervised), 47% of the gap", 0.47),
 }
+
+
+#: published fine-tune scores of the same task, shown beside the run's own (%; the gap closed as a fraction)
+PUBLISHED_FINETUNE = {
+    "multilabel": {"what": "AlexNet pretrained on ImageNet, all layers fine-tuned on VOC 2007 trainval, mAP on its test split "
+                           "(Zhang et al., Split-Brain Autoencoders, Table 4; colorization = Larsson et al.)",
+                   "random": 53.3, "colorization": 65.9, "supervised": 79.9, "gap": 0.47},
+}
+
+
+def published_beside(res: dict, fraction: str, rows: Sequence[str]) -> list[str]:
+    """The published scores of the task's kind beside this run's fine-tunes on ``fraction`` of the labels (none for a
+    kind without published numbers of its own)."""
+    pub = PUBLISHED_FINETUNE.get(res.get("kind"))
+    if not pub:
+        return []
+    entry = res["finetune"][fraction]
+    lines = ["", f"Published beside: {pub['what']}. Their supervised network is an RGB one (here: supervised_rgb).", "",
+             f"| init | here: fine-tuned on {100 * float(fraction):g}% labels | published |", "|---|---|---|"]
+    for i in rows:
+        lines.append(f"| {i} | {format_acc(entry[i]['test'])} | {pub.get('supervised' if i == RGB else i, '–')} |")
+    gap = entry.get("gap", {})
+    ours = format_gap(gap["gap_closed_rgb" if "gap_closed_rgb" in gap else "gap_closed"]) if gap else "–"
+    return lines + [f"| gap closed{' (RGB supervised ceiling)' if 'gap_closed_rgb' in gap else ''} | {ours} | {100 * pub['gap']:.0f}% |"]
 
 
 def _read_gap(what: str, g: dict, published: float) -> str:

@@ -142,6 +142,7 @@ class Runner:
         self.arch_kwargs = {k: v for k, v in dict(backbone.arch_kwargs).items() if k != "in_channels"}
         self.configs = ArmConfigs(cfg, choices)
         self.tasks = self.configs.tasks
+        self._check_task_data()
         #: what the in-process arms' results depend on in a data config (not where the data lives)
         self.pool_key = {k: v for k, v in self.configs.pool.items() if k != "data_dir"}
         self.data_key = {t: {k: v for k, v in d.items() if k != "data_dir"} for t, d in self.configs.task_data.items()}
@@ -152,6 +153,21 @@ class Runner:
         self.by_name: dict[str, A.Arm] = {}
         self._fp: dict[str, str] = {}
         self._dms: dict[tuple, object] = {}
+
+    def _check_task_data(self) -> None:
+        """A multilabel task reads multi-label data and no other task does (else its probes would score the wrong thing
+        before its fine-tunes fail): one line before any arm runs."""
+        from hydra.utils import get_class
+
+        from cnnlab.data.multilabel import MultiLabelDataModule
+
+        for t, spec in self.tasks.items():
+            target = self.configs.task_data[t].get("_target_")
+            multi = bool(target) and issubclass(get_class(str(target)), MultiLabelDataModule)
+            if multi != (spec.kind == "multilabel"):
+                raise UserError(f"task {t} is kind={spec.kind} but its data ({target}) is {'multi' if multi else 'single'}-label: "
+                                f"set tasks.{t}.kind={'multilabel' if multi else 'classification'}, or give it "
+                                f"{'single' if multi else 'multi'}-label data (tasks.{t}.data)")
 
     # --------------------------------------------------------------------------- plan
     def task_plan(self) -> dict[str, dict]:
@@ -367,7 +383,7 @@ class Runner:
             arm_cfg = ArmConfigs.test_of(OmegaConf.load(chosen.dir(self.root) / "config.yaml"), Path(best["path"]), arm.name, d)
             self._train_in_process(arm_cfg, d)
             m = json.loads((d / "metrics.json").read_text())
-            test = m.get("test/miou" if self.tasks[arm.task].kind == "segmentation" else "test/acc")
+            test = m.get(f"test/{A.TASK_METRICS[self.tasks[arm.task].kind][0]}")
         else:
             write_json(d / "metrics.json", {})
         several = len({a.variant for a in cands}) > 1
@@ -400,14 +416,14 @@ class Runner:
         for t, spec in self.tasks.items():
             probe_cfg, ft_cfg = task_setting(c, t, "probe"), task_setting(c, t, "finetune")
             fractions = [float(f) for f in spec.label_fractions]
-            r = summarize(collected[t], list(c.inits), fractions, list(probe_cfg.taps) if probe_cfg.taps and spec.kind == "classification" else [])
+            r = summarize(collected[t], list(c.inits), fractions, list(probe_cfg.taps) if probe_cfg.taps and spec.kind != "segmentation" else [])
             # every paired run's own numbers: each choice with the validation grid it was made from, and its test score
             r["runs"] = {"probe": {i: {unit_key(u): {k: v for k, v in pr.items() if k in ("linear", "knn", "dense", "n_train", "n_val", "n_test")}
                                        for u, pr in runs.items()} for i, runs in collected[t]["probe"].items()},
                          "finetune": {str(f): {i: {unit_key(u): ch for u, ch in by_f.get(f, {}).items()}
                                                for i, by_f in collected[t]["finetune"].items()} for f in fractions}}
             r["kind"] = str(spec.kind)
-            r["metric"] = "mIoU" if spec.kind == "segmentation" else "top-1"
+            r["metric"] = A.TASK_METRICS[str(spec.kind)][1]
             data = self.configs.task_data[t]
             r["data"] = {"name": data.get("name"), "source": data.get("source"), "val_fraction": data.get("val_fraction"),
                          "image_size": data.get("image_size")}

@@ -10,6 +10,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from cnnlab.errors import UserError
 from cnnlab.models.base import StagedModule, as_dict, make_backbone
+from cnnlab.multilabel import MeanAveragePrecision, check_targets, masked_bce
 
 
 class Classifier(StagedModule):
@@ -50,12 +51,17 @@ class Classifier(StagedModule):
         self.backbone = make_backbone(as_dict(backbone))
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.backbone.out_dim, num_classes))
         self.num_classes = num_classes
-        self.metrics = nn.ModuleDict({
+        self.metrics = self.build_metrics(num_classes)
+        self._net = self.maybe_compile(nn.Sequential(self.backbone, self.head))
+
+    @staticmethod
+    def build_metrics(num_classes: int) -> nn.ModuleDict:
+        """``{<stage>_<name>: metric}``, logged as ``<stage>/<name>``."""
+        return nn.ModuleDict({
             f"{stage}_{k}": MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
             for stage in ("train", "val", "test")
             for k, top_k in (("acc", 1), ("acc_top5", 5)) if top_k < num_classes
         })
-        self._net = self.maybe_compile(nn.Sequential(self.backbone, self.head))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` input in the data's colour space -> logits ``(B, num_classes)``."""
@@ -85,6 +91,9 @@ class Classifier(StagedModule):
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
+        if y.ndim != 1:
+            raise UserError(f"model=classifier needs one class index per image, got targets {tuple(y.shape)}: multi-label "
+                            "data takes model=multilabel")
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing if stage == "train" else 0.0)
         if stage == "train":
@@ -96,3 +105,29 @@ class Classifier(StagedModule):
                 self.log(f"{stage}/{name[len(stage) + 1:]}", metric, prog_bar=name.endswith("_acc"), on_step=False, on_epoch=True)
         return loss
 
+
+
+class MultiLabelClassifier(Classifier):
+    """:class:`Classifier` with one logistic output per class (several classes per image, PASCAL VOC's task): the
+    one-vs-rest binary cross-entropy (:func:`cnnlab.multilabel.masked_bce`; difficult-only classes ignored), scored by
+    mAP over the epoch. Logs ``{train,val,test}/loss`` and ``/map``; the fine-tune recipe options are the Classifier's
+    (``label_smoothing`` must stay 0)."""
+
+    @staticmethod
+    def build_metrics(num_classes: int) -> nn.ModuleDict:
+        return nn.ModuleDict({f"{stage}_map": MeanAveragePrecision() for stage in ("train", "val", "test")})
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        if self.hparams.label_smoothing:
+            raise UserError(f"model.label_smoothing={self.hparams.label_smoothing}: the multi-label classifier has none; set it to 0")
+        check_targets(y, self.num_classes)
+        logits = self(x)
+        loss = masked_bce(logits, y)
+        if stage == "train":
+            self.check_finite(loss)
+        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_step=False, on_epoch=True, sync_dist=stage != "train")
+        metric = self.metrics[f"{stage}_map"]
+        metric.update(logits, y)
+        self.log(f"{stage}/map", metric, prog_bar=True, on_step=False, on_epoch=True)
+        return loss

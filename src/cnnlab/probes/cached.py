@@ -1,7 +1,9 @@
 """Feature-cache probing: run the frozen trunk over each split once, then fit probes on the stored features.
 
 For every tap: a linear probe (L-BFGS logistic regression to convergence, weight decay chosen on the
-validation split; :mod:`cnnlab.probes.linear`) and weighted cosine kNN (:mod:`cnnlab.probes.knn`).
+validation split; :mod:`cnnlab.probes.linear`) and weighted cosine kNN (:mod:`cnnlab.probes.knn`). Multi-label data
+(``(N, C)`` targets, :mod:`cnnlab.multilabel`) gets the one-vs-rest probe scored by mAP and no kNN (its vote is a
+single-label classifier).
 The train split fits, the val split chooses, the test split is read once at the end with every choice
 fixed: its features are extracted and its labels read only after all taps have been chosen.
 
@@ -66,7 +68,7 @@ def probe_trunk_cached(
     taps = backbone.check_taps(list(taps) if taps else meta["taps"])
     datamodule.prepare_data()
     datamodule.setup()
-    if datamodule.splits["val"] is datamodule.splits["test"]:
+    if datamodule.splits["val"] is datamodule.splits.get("test"):
         raise UserError("the data has no validation split apart from the test split (data.val_fraction=0 or no train images "
                         "left): probe choices would be made on test; set data.val_fraction > 0")
     fp = state_fingerprint(backbone)
@@ -77,6 +79,7 @@ def probe_trunk_cached(
         cache_dir = temp.name
     store = FeatureStore(cache_dir)
     num_classes = datamodule.num_classes
+    multilabel = datamodule.splits["train"].labels.ndim == 2
     # on a GPU, bigger query chunks move the (CPU, memory-mapped) bank to the device fewer times
     knn_chunk = 8192 if torch.device(device).type == "cuda" else 1024
 
@@ -107,12 +110,13 @@ def probe_trunk_cached(
                          "val": fit.val_acc, "test": None, "converged": fit.converged, "iterations": fit.iterations,
                          "at_grid_edge": fit.at_grid_edge,
                          "fits": {repr(wd): {k: v for k, v in f.items() if k != "val_acc"} for wd, f in fit.fits.items()}}
-            knn[t] = {"k": int(knn_k), "temperature": float(knn_temperature), "val": knn_accuracy(
-                train[t], train["labels"], val[t], val["labels"], num_classes, knn_k, knn_temperature, knn_chunk, device), "test": None}
+            if not multilabel:
+                knn[t] = {"k": int(knn_k), "temperature": float(knn_temperature), "val": knn_accuracy(
+                    train[t], train["labels"], val[t], val["labels"], num_classes, knn_k, knn_temperature, knn_chunk, device), "test": None}
             timing["fit_s"] += t2 - t1
             timing["knn_s"] += time.perf_counter() - t2
-            log.info("probe %s: wd %g (val %.3f, %d iterations%s), kNN val %.3f", t, fit.weight_decay, fit.val_acc, fit.iterations,
-                     "" if fit.converged else ", not converged", knn[t]["val"])
+            log.info("probe %s: wd %g (val %.3f, %d iterations%s), kNN val %s", t, fit.weight_decay, fit.val_acc, fit.iterations,
+                     "" if fit.converged else ", not converged", f"{knn[t]['val']:.3f}" if t in knn else "-")
         # every choice is fixed: only now is the test split read
         n_test = 0
         if evaluate_test:
@@ -121,12 +125,13 @@ def probe_trunk_cached(
             timing["features_test_s"] = time.perf_counter() - t0
             n_test = len(test["labels"])
             for t in taps:
-                linear[t]["test"] = fits[t].accuracy(test[t], test["labels"])
-                knn[t]["test"] = knn_accuracy(train[t], train["labels"], test[t], test["labels"], num_classes, knn_k,
-                                              knn_temperature, knn_chunk, device)
+                linear[t]["test"] = fits[t].score(test[t], test["labels"])
+                if not multilabel:
+                    knn[t]["test"] = knn_accuracy(train[t], train["labels"], test[t], test["labels"], num_classes, knn_k,
+                                                  knn_temperature, knn_chunk, device)
         result = {"taps": taps, "dims": {t: int(train[t].shape[1]) for t in taps}, "trunk_fingerprint": fp,
                   "n_train": len(train["labels"]), "n_val": len(val["labels"]), "n_test": n_test,
-                  "linear": linear, "knn": knn, "timing": timing}
+                  "linear": linear, **({} if multilabel else {"knn": knn}), "timing": timing}
     finally:
         if temp is not None:
             temp.cleanup()

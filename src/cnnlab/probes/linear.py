@@ -1,5 +1,9 @@
 """Linear probes trained to convergence: full-batch L-BFGS logistic regression, L2 chosen on validation.
 
+Single-label data (``y (N,)`` class indices) gets multinomial logistic regression scored by accuracy; multi-label
+data (``y (N, C)`` targets of :mod:`cnnlab.multilabel`) one-vs-rest logistic regressions, one per class, fit
+together (one weight matrix, one L2) and scored by mAP.
+
 Kolesnikov et al. (2019) found SGD linear probes still improving after hundreds of epochs; on cached
 features a full-batch second-order-ish method reaches the optimum of the convex problem in a few hundred
 iterations, so the probe's score depends on the features and the chosen regularization, not on a schedule.
@@ -19,6 +23,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
+from cnnlab.multilabel import masked_bce, mean_average_precision
 
 # on train-standardized CIFAR features of 2k-9k dims the validation optimum sat at 0.1-1 (docs/benchmarks.md);
 # below 1e-3 the fits only interpolate the training set
@@ -101,6 +107,40 @@ def softmax_loss_and_grad(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor
     return loss, gw, gb
 
 
+def sigmoid_loss_and_grad(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, weight_decay: float,
+                          chunk_size: int = _CHUNK) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """The one-vs-rest logistic loss (:func:`cnnlab.multilabel.masked_bce`: summed over classes, averaged over images,
+    ignored targets left out) + ``weight_decay / 2 * ||weight||^2`` and its gradients, as :func:`softmax_loss_and_grad`.
+
+    ``x (N, D)``, ``y (N, C)`` long in {0, 1, -1}, ``weight (D, C)``, ``bias (C,)``. Returns ``(loss, dW (D, C), db (C,))``.
+    """
+    n = len(x)
+    gw = torch.zeros_like(weight)
+    gb = torch.zeros_like(bias)
+    total = 0.0
+    for i in range(0, n, chunk_size):
+        xc = x[i:i + chunk_size].to(weight.dtype)
+        logits = xc @ weight + bias
+        yc = y[i:i + chunk_size]
+        total += float(masked_bce(logits, yc)) * len(yc)
+        r = (torch.sigmoid(logits) - yc.clamp_min(0).to(logits.dtype)) * (yc >= 0).to(logits.dtype)
+        gw.addmm_(xc.T, r)
+        gb += r.sum(0)
+    gw.div_(n).add_(weight, alpha=weight_decay)
+    gb.div_(n)
+    loss = total / n + 0.5 * weight_decay * float((weight * weight).sum(dtype=torch.float64))
+    return loss, gw, gb
+
+
+def probe_score(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Accuracy of ``logits (N, C)`` for class indices ``y (N,)``; mAP for multi-label targets ``y (N, C)``."""
+    if not len(y):
+        return float("nan")
+    if y.ndim == 2:
+        return mean_average_precision(logits, y)
+    return float((logits.argmax(1).cpu() == y.cpu()).float().mean())
+
+
 def at_grid_edge(chosen: float, grid) -> bool:
     """True when ``chosen`` is the smallest or largest of a grid of two or more values: the optimum may lie outside it."""
     values = sorted({float(g) for g in grid})
@@ -111,8 +151,8 @@ def at_grid_edge(chosen: float, grid) -> bool:
 class ProbeFit:
     """The chosen probe: standardization, weights and how it was chosen.
 
-    ``grid``: validation accuracy per weight decay; ``iterations`` / ``converged``: of the chosen fit
-    (converged: L-BFGS stopped on its gradient or loss-change tolerance before ``max_iter``);
+    ``grid``: validation score (accuracy, or mAP for multi-label targets) per weight decay, ``val_acc`` the chosen
+    one's; ``iterations`` / ``converged``: of the chosen fit (converged: L-BFGS stopped on its gradient or loss-change tolerance before ``max_iter``);
     ``fits``: per weight decay, iterations, convergence, final loss and gradient max-norm.
     """
 
@@ -145,9 +185,14 @@ class ProbeFit:
         y = as_tensor(y).long().cpu()
         return float((self.predict(x) == y).float().mean()) if len(y) else float("nan")
 
+    def score(self, x, y) -> float:
+        """What the probe was chosen by, on other data: accuracy, or mAP for multi-label targets ``y (N, C)``."""
+        return probe_score(self.logits(x).cpu(), as_tensor(y).long().cpu())
 
-def _lbfgs(x, y, weight, bias, weight_decay, max_iter, tolerance_grad, tolerance_change, chunk_size=_CHUNK, history_size=20) -> dict:
-    """Minimize :func:`softmax_loss_and_grad` in place over ``weight`` and ``bias`` with torch's L-BFGS.
+
+def _lbfgs(x, y, weight, bias, weight_decay, max_iter, tolerance_grad, tolerance_change, chunk_size=_CHUNK, history_size=20,
+           loss_and_grad=softmax_loss_and_grad) -> dict:
+    """Minimize ``loss_and_grad`` (:func:`softmax_loss_and_grad` or :func:`sigmoid_loss_and_grad`) in place over ``weight`` and ``bias`` with torch's L-BFGS.
 
     Stops when the gradient's max-norm is at most ``tolerance_grad``, the loss changes by less than
     ``tolerance_change`` between iterations, or after ``max_iter`` iterations (then not converged).
@@ -160,7 +205,7 @@ def _lbfgs(x, y, weight, bias, weight_decay, max_iter, tolerance_grad, tolerance
 
     def closure():
         with torch.no_grad():
-            loss, gw, gb = softmax_loss_and_grad(x, y, weight, bias, weight_decay, chunk_size)
+            loss, gw, gb = loss_and_grad(x, y, weight, bias, weight_decay, chunk_size)
         weight.grad, bias.grad = gw, gb
         last["loss"] = loss
         last["grad"] = max(float(gw.abs().max()), float(gb.abs().max()))
@@ -189,10 +234,12 @@ def fit_linear_probe(
     tolerance_change: float = 1e-6,
     max_bytes: int = 2**30,
 ) -> ProbeFit:
-    """Multinomial logistic regression per weight decay on train-standardized features; the best *val* accuracy wins.
+    """Multinomial logistic regression per weight decay on train-standardized features; the best *val* accuracy wins
+    (multi-label targets: one-vs-rest logistic regressions and the best val mAP, :func:`sigmoid_loss_and_grad`).
 
     ``train_x (N, D)`` / ``val_x (M, D)``: float features (tensors or numpy arrays, memory maps included);
-    ``train_y (N,)`` / ``val_y (M,)``: class indices. The loss is the mean cross-entropy plus
+    ``train_y (N,)`` / ``val_y (M,)``: class indices, or ``(N, C)`` / ``(M, C)`` multi-label targets
+    (:mod:`cnnlab.multilabel`). The loss is the mean cross-entropy plus
     ``wd / 2 * ||W||^2`` (bias not decayed). The fits run from the largest weight decay to the smallest,
     each warm-started from the previous solution, at most ``max_iter`` L-BFGS iterations each; a fit has
     converged when the gradient's max-norm fell to ``rtol_grad`` times its value at zero weights, or the
@@ -205,6 +252,7 @@ def fit_linear_probe(
     tx, vx = as_tensor(train_x), as_tensor(val_x)
     ty, vy = as_tensor(train_y).long().to(device), as_tensor(val_y).long().cpu()
     n, d = tx.shape
+    loss_and_grad = sigmoid_loss_and_grad if ty.ndim == 2 else softmax_loss_and_grad
     std = Standardizer.fit(tx)
     dtype = torch.float32 if n * d * 4 <= max_bytes or device.type == "cuda" else torch.float16
     xs = std.apply(tx, dtype=dtype, device=device)
@@ -212,15 +260,14 @@ def fit_linear_probe(
     weight = torch.zeros(d, num_classes, device=device)
     bias = torch.zeros(num_classes, device=device)
     chunk = _CHUNK if device.type == "cpu" else 1 << 16
-    _, g0w, g0b = softmax_loss_and_grad(xs, ty, weight, bias, 0.0, chunk)
+    _, g0w, g0b = loss_and_grad(xs, ty, weight, bias, 0.0, chunk)
     tolerance_grad = rtol_grad * max(float(g0w.abs().max()), float(g0b.abs().max()), 1e-12)
     fits: dict[float, dict] = {}
     params: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
     for wd in sorted({float(w) for w in weight_decays}, reverse=True):
-        info = _lbfgs(xs, ty, weight, bias, wd, max_iter, tolerance_grad, tolerance_change, chunk)
+        info = _lbfgs(xs, ty, weight, bias, wd, max_iter, tolerance_grad, tolerance_change, chunk, loss_and_grad=loss_and_grad)
         with torch.no_grad():
-            pred = chunked_logits(xv, weight, bias, chunk).argmax(1).cpu()
-        info["val_acc"] = float((pred == vy).float().mean()) if len(vy) else float("nan")
+            info["val_acc"] = probe_score(chunked_logits(xv, weight, bias, chunk).cpu(), vy)
         fits[wd] = info
         params[wd] = (weight.detach().clone(), bias.detach().clone())
     grid = {wd: fits[wd]["val_acc"] for wd in sorted(fits)}
