@@ -29,14 +29,13 @@ import logging
 import os
 import re
 import sys
-import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.config import CONF_DIR, check_complete, in_multirun, quote_plain_values
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, close_wandb, exit_with, user_error_of
 from cnnlab.validation import check_values
 
 log = logging.getLogger("cnnlab")
@@ -46,42 +45,6 @@ _NO_RUN_FLAGS = ("help", "hydra_help", "info", "shell_completion", "cfg", "exper
 
 
 # --------------------------------------------------------------------------------------------- errors
-def user_error_of(exc: BaseException) -> UserError | None:
-    """The :class:`UserError` that caused ``exc`` (``exc`` itself, or one in its ``__cause__``/``__context__`` chain)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, UserError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def exit_with(err: BaseException, cause: BaseException | None = None) -> None:
-    """Print ``error: <err>`` (after the traceback of ``cause`` when ``CNNLAB_TRACEBACK`` is set) and exit 2.
-    An open W&B run is closed first, so its closing lines come before the ``error:`` line, not after."""
-    if os.environ.get("CNNLAB_TRACEBACK"):
-        traceback.print_exception(cause or err)
-    _close_wandb()
-    print(f"error: {err}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
-
-
-def _close_wandb(quiet: bool = False) -> None:
-    """Finish an open W&B run; ``quiet``: without W&B's closing lines (their ``wandb sync <dir>`` would name a run dir
-    about to be removed)."""
-    wandb = sys.modules.get("wandb")
-    if wandb is None or getattr(wandb, "run", None) is None:
-        return
-    try:
-        if quiet:
-            wandb.run._settings.quiet = True  # no public switch once a run is started (W&B 0.31)
-        wandb.finish(exit_code=2)
-    except Exception:  # noqa: BLE001 - a tracker failing to close must not hide the user's error
-        pass
-    sys.stdout.flush()
-
-
 @contextlib.contextmanager
 def user_errors(cfg: DictConfig | None = None) -> Iterator[None]:
     """Run the body; a user mistake ends as one ``error:`` line and exit code 2."""
@@ -407,7 +370,7 @@ def _discard_unused_run_dir() -> None:
         return
     run_dir = Path(str(HydraConfig.get().run.dir)).expanduser().absolute()
     if unused(run_dir):
-        _close_wandb(quiet=True)
+        close_wandb(quiet=True)
         discard_if_unused(run_dir)
 
 

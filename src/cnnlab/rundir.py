@@ -28,8 +28,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cnnlab.config import is_rank_zero
-from cnnlab.cli import exit_on_user_error
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, exit_with
 
 log = logging.getLogger("cnnlab")
 
@@ -221,9 +220,12 @@ class ClaimRunDir(Callback):
         release(run_dir)
 
 
-@exit_on_user_error
 def _claim_or_exit(run_dir: Path, resuming: bool, reuse: bool, resume_command: str | None, command: str) -> None:
-    claim(run_dir, resuming=resuming, reuse=reuse, resume_command=resume_command, command=command)
+    # a Hydra callback runs outside the command's own error handling: a refused claim ends here, as one line
+    try:
+        claim(run_dir, resuming=resuming, reuse=reuse, resume_command=resume_command, command=command)
+    except UserError as err:
+        exit_with(err)
 
 
 # ------------------------------------------------------------------------------------------- resume
