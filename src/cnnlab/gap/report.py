@@ -376,7 +376,9 @@ def setup_title(res: dict) -> str:
 
 
 # --------------------------------------------------------------------------------- plot
-COLORS = {"supervised": "tab:blue", "random": "tab:gray", "colorization": "tab:orange"}
+COLORS = {"supervised": "tab:blue", "supervised_rgb": "tab:purple", "random": "tab:gray", "colorization": "tab:orange"}
+#: the RGB ceiling is drawn dashed beside the one-channel one, so the two supervised rows read apart in gray print too
+LINES = {"supervised_rgb": "--"}
 
 
 def _accuracy_panel(ax, series: dict, gaps: list, ylabel: str, title: str):
@@ -389,7 +391,7 @@ def _accuracy_panel(ax, series: dict, gaps: list, ylabel: str, title: str):
         xs, ms = [p[0] for p in pts], [100 * p[1]["mean"] for p in pts]
         lo = [100 * (s["mean"] - s["low"]) if s.get("low") is not None else 0.0 for _, s in pts]
         hi = [100 * (s["high"] - s["mean"]) if s.get("high") is not None else 0.0 for _, s in pts]
-        ax.errorbar(xs, ms, yerr=[lo, hi], marker="o", capsize=3, label=init, color=COLORS.get(init))
+        ax.errorbar(xs, ms, yerr=[lo, hi], marker="o", capsize=3, label=init, color=COLORS.get(init), linestyle=LINES.get(init, "-"))
         top = max(top, max(m + h for m, h in zip(ms, hi)))
     for x, gap in gaps:
         ax.annotate(format_gap(gap).split(", n")[0], (x, top), textcoords="offset points", xytext=(0, 6),
@@ -409,6 +411,7 @@ def plot(res: dict, path: str | Path, title: str = "") -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     tasks = res.get("tasks", {})
     fig, axes = plt.subplots(max(1, len(tasks)), 3, figsize=(16.5, 4.4 * max(1, len(tasks))), squeeze=False)
@@ -440,6 +443,7 @@ def plot(res: dict, path: str | Path, title: str = "") -> Path:
         if len(fx) > 1:
             ax.set_xscale("log")
         ax.set_xticks(fx, [f"{100 * f:g}%" for f in fx])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the fractions run are labelled
         ax.set_xlabel("labels used")
     if title:
         import textwrap
