@@ -144,6 +144,20 @@ def test_a_good_folder_loads_with_its_own_splits(tmp_path):
     assert images.dtype == torch.uint8 and images.shape == (2, 3, 6, 8) and masks.shape == (2, 6, 8)
 
 
+def test_test_limit_is_a_fixed_subset_of_the_test_frames(tmp_path):
+    frames = {"train/a": _frame(), "val/b": _frame(), **{f"test/t{i}": _frame(value=i % 3) for i in range(6)}}
+    src = _folder(tmp_path / "ok", frames)
+    names = []
+    for run in range(2):
+        dm = _dm(src, tmp_path / "data", test_limit=3, label_seed=run, shuffle_seed=run)
+        dm.setup()
+        names.append(dm.splits["test"].names)
+    assert len(names[0]) == 3 and names[0] == names[1], "the subset depends on the data settings, not the run's seeds"
+    whole = _dm(src, tmp_path / "data")
+    whole.setup()
+    assert len(whole.splits["test"]) == 6 and set(names[0]) < set(whole.splits["test"].names)
+
+
 @pytest.mark.parametrize("case, frames, message", [
     ("size", {"train/a": (_frame()[0], _frame(12, 15)[1])}, "label map of train/images/a.png is 15x12 but its image is 16x12"),
     ("values", {"train/a": _frame(value=7)}, "label map of train/images/a.png holds values [7] outside the 3 classes"),
@@ -158,3 +172,14 @@ def test_bad_input_is_one_line_naming_the_file_and_nothing_is_cached(tmp_path, c
     assert message in str(err.value) and "\n" not in str(err.value) and ":" in str(err.value)
     if case != "empty":  # a refused source leaves no cache behind
         assert not (data_dir / "cache").exists() or not any((data_dir / "cache").iterdir())
+
+
+@pytest.mark.parametrize("size", ["0", "-5", "abc"])
+def test_segment_refuses_a_bad_size_in_one_line(tmp_path, capsys, size):
+    from cnnlab.segment import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path), "--ckpt", str(tmp_path / "none.ckpt"), "--size", size])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and err == [f"error: --size {size}: pass a positive number of pixels "
+                                              "(the shorter side the model sees)"]
