@@ -183,3 +183,22 @@ def test_segment_refuses_a_bad_size_in_one_line(tmp_path, capsys, size):
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and err == [f"error: --size {size}: pass a positive number of pixels "
                                               "(the shorter side the model sees)"]
+
+
+def test_eval_rebuilds_the_checkpoints_data_with_this_machines_paths_and_command_line_keys(monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from cnnlab import evaluate
+    from cnnlab.config import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        cfg = compose("eval", overrides=["ckpt_path=x.ckpt", "paths.data_dir=/here", "data.eval_batch_size=4"])
+    checkpoint = {"cnnlab_data": {"name": "camvid"},  # written before the data module's class was recorded
+                  "datamodule_hyper_parameters": {"name": "camvid", "data_dir": "/there", "image_size": [45, 60],
+                                                  "test_limit": 32, "eval_batch_size": 16}}
+    monkeypatch.setattr(evaluate, "command_line_data", lambda: (False, ["eval_batch_size"]))
+    data = evaluate.data_config(cfg, checkpoint)
+    assert data._target_ == "cnnlab.data.segmentation.SegmentationDataModule"
+    assert (data.data_dir, data.image_size, data.test_limit, data.eval_batch_size) == ("/here", [45, 60], 32, 4)
+    monkeypatch.setattr(evaluate, "command_line_data", lambda: (True, []))  # data=<name> on the command line
+    assert evaluate.data_config(cfg, checkpoint).name == "cifar10"
