@@ -20,26 +20,23 @@ import sys
 import time
 from pathlib import Path
 
+from segbench import add_common_args, backbone_config, camvid, finish, record
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(p, size=(60, 80), width=32, hidden=256)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--size", type=int, nargs=2, default=[60, 80])
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--data-dir", default="data")
     p.add_argument("--work", default="outputs/bench/segment_quality")
     p.add_argument("--skip-probe", action="store_true")
     p.add_argument("--skip-runs", action="store_true", help="only the baseline and the probe")
-    p.add_argument("--out", default=None)
     args = p.parse_args()
     import torch
 
     from cnnlab.backbones import save_trunk
     from cnnlab.cli import instantiate
-    from cnnlab.data.segmentation import SegmentationDataModule
     from cnnlab.stats import mean_ci
     from cnnlab.labelmaps import majority_class_scores
     from cnnlab.probes import calibrate_batchnorm
@@ -50,9 +47,8 @@ def main() -> None:
     common = ["experiment=segment_camvid", f"data.image_size={size}", f"backbone.width={args.width}",
               f"model.hidden={args.hidden}", f"model.optimizer.lr={args.lr}", f"trainer.max_epochs={args.epochs}",
               f"paths.data_dir={args.data_dir}", "logger=csv", "callbacks.progress_bar=null", "callbacks.model_summary=null"]
-    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "loadavg_start": os.getloadavg(), "args": vars(args), "runs": {}}
-    dm = SegmentationDataModule(data_dir=args.data_dir, image_size=args.size, progress=False)
-    dm.setup()
+    out = record(args=vars(args), runs={})
+    dm = camvid(args.data_dir, args.size)
     majority = majority_class_scores(dm.splits["train"].masks, dm.splits["test"].masks, dm.num_classes)
     out["majority"] = {"class": dm.classes[int(majority["class"])], "test_miou": float(majority["miou"]),
                        "test_pixel_acc": float(majority["pixel_acc"])}
@@ -69,18 +65,13 @@ def main() -> None:
     out["random_init_val_miou"] = mean_ci([r["val/miou"] for r in out["runs"].values()])
     if not args.skip_probe:
         torch.manual_seed(args.seeds[0])
-        backbone = instantiate({"_target_": "cnnlab.backbones.VGGCifar", "in_channels": 3, "width": args.width, "plan": "vgg8"})
+        backbone = instantiate(backbone_config(args.width))
         n = calibrate_batchnorm(backbone, dm.loader("train"), dm.preprocess_images)
         trunk = save_trunk(work / "random_trunk.pt", backbone, "rgb", "random", {"bn_calibration_images": n})
         t = time.perf_counter()
         out["dense_probe_random"] = probe_trunk_dense(trunk, dm, cache_dir=work / "features", seed=0)
         out["dense_probe_random"]["seconds"] = time.perf_counter() - t
-    out["loadavg_end"] = os.getloadavg()
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    finish(out, args.out)
 
 
 if __name__ == "__main__":

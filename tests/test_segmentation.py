@@ -144,6 +144,20 @@ def test_a_good_folder_loads_with_its_own_splits(tmp_path):
     assert images.dtype == torch.uint8 and images.shape == (2, 3, 6, 8) and masks.shape == (2, 6, 8)
 
 
+def test_test_limit_is_a_fixed_subset_of_the_test_frames(tmp_path):
+    frames = {"train/a": _frame(), "val/b": _frame(), **{f"test/t{i}": _frame(value=i % 3) for i in range(6)}}
+    src = _folder(tmp_path / "ok", frames)
+    names = []
+    for run in range(2):
+        dm = _dm(src, tmp_path / "data", test_limit=3, label_seed=run, shuffle_seed=run)
+        dm.setup()
+        names.append(dm.splits["test"].names)
+    assert len(names[0]) == 3 and names[0] == names[1], "the subset depends on the data settings, not the run's seeds"
+    whole = _dm(src, tmp_path / "data")
+    whole.setup()
+    assert len(whole.splits["test"]) == 6 and set(names[0]) < set(whole.splits["test"].names)
+
+
 @pytest.mark.parametrize("case, frames, message", [
     ("size", {"train/a": (_frame()[0], _frame(12, 15)[1])}, "label map of train/images/a.png is 15x12 but its image is 16x12"),
     ("values", {"train/a": _frame(value=7)}, "label map of train/images/a.png holds values [7] outside the 3 classes"),
@@ -158,3 +172,33 @@ def test_bad_input_is_one_line_naming_the_file_and_nothing_is_cached(tmp_path, c
     assert message in str(err.value) and "\n" not in str(err.value) and ":" in str(err.value)
     if case != "empty":  # a refused source leaves no cache behind
         assert not (data_dir / "cache").exists() or not any((data_dir / "cache").iterdir())
+
+
+@pytest.mark.parametrize("size", ["0", "-5", "abc"])
+def test_segment_refuses_a_bad_size_in_one_line(tmp_path, capsys, size):
+    from cnnlab.segment import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path), "--ckpt", str(tmp_path / "none.ckpt"), "--size", size])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and err == [f"error: --size {size}: pass a positive number of pixels "
+                                              "(the shorter side the model sees)"]
+
+
+def test_eval_rebuilds_the_checkpoints_data_with_this_machines_paths_and_command_line_keys(monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from cnnlab import evaluate
+    from cnnlab.config import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        cfg = compose("eval", overrides=["ckpt_path=x.ckpt", "paths.data_dir=/here", "data.eval_batch_size=4"])
+    checkpoint = {"cnnlab_data": {"name": "camvid"},  # written before the data module's class was recorded
+                  "datamodule_hyper_parameters": {"name": "camvid", "data_dir": "/there", "image_size": [45, 60],
+                                                  "test_limit": 32, "eval_batch_size": 16}}
+    monkeypatch.setattr(evaluate, "command_line_data", lambda: (False, ["eval_batch_size"]))
+    data = evaluate.data_config(cfg, checkpoint)
+    assert data._target_ == "cnnlab.data.segmentation.SegmentationDataModule"
+    assert (data.data_dir, data.image_size, data.test_limit, data.eval_batch_size) == ("/here", [45, 60], 32, 4)
+    monkeypatch.setattr(evaluate, "command_line_data", lambda: (True, []))  # data=<name> on the command line
+    assert evaluate.data_config(cfg, checkpoint).name == "cifar10"

@@ -17,8 +17,9 @@ from tests.conftest import run_cli
 # a tiny working size and network: the point is the plumbing and that it learns, not the score
 TINY = ["experiment=segment_camvid", "data.image_size=[45,60]", "backbone.width=8", "model.hidden=32",
         "model.samples_per_image=64", "+trainer.limit_train_batches=12", "trainer.max_epochs=2",
-        # the first 16 val and 32 test frames (unshuffled): full-resolution scoring is what costs on a CPU
-        "data.eval_batch_size=16", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=2",
+        # the first 16 val frames and a fixed 32 of the test frames: full-resolution scoring is what costs on a CPU.
+        # The test subset is a data setting (saved in the checkpoint), not a trainer limit, so cnnlab-eval scores it too
+        "data.eval_batch_size=16", "+trainer.limit_val_batches=1", "data.test_limit=32",
         "callbacks.progress_bar=null", "callbacks.model_summary=null"]
 
 
@@ -51,9 +52,10 @@ def test_resumed_camvid_run_finishes_and_beats_the_majority_class(camvid_run, da
     assert last["epoch"] == 1 and last["cnnlab_data"]["classes"][0] == "sky"
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 2, "the resumed run continues the same W&B run"
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    dm = SegmentationDataModule(data_dir=str(data_dir), image_size=[45, 60], progress=False)
+    dm = SegmentationDataModule(data_dir=str(data_dir), image_size=[45, 60], test_limit=32, progress=False)
     dm.setup()
-    majority = majority_class_scores(dm.splits["train"].masks, dm.splits["test"].masks[:32], dm.num_classes)
+    majority = majority_class_scores(dm.splits["train"].masks, dm.splits["test"].masks, dm.num_classes)
+    assert metrics["test/frames"] == 32 and metrics["val/frames"] == 16
     assert metrics["test/miou"] > float(majority["miou"]) + 0.03, (metrics["test/miou"], float(majority["miou"]))
     assert metrics["test/pixel_acc"] > float(majority["pixel_acc"])
     assert {"val/miou", "test/iou_road", "test/iou_sky"} <= set(metrics)
@@ -65,10 +67,16 @@ def test_eval_and_segment_commands_on_the_checkpoint(camvid_run, data_dir, camvi
     run_dir, _ = camvid_run
     best = next((run_dir / "checkpoints").glob("best_*.ckpt"))
     out = tmp_path / "eval"
-    run_cli("cnnlab.evaluate", f"ckpt_path={best}", "data=camvid", "data.eval_batch_size=16", "+trainer.limit_test_batches=2",
-            f"paths.data_dir={data_dir}", f"hydra.run.dir={out}")  # the 32 test frames the run scored
-    assert json.loads((out / "metrics.json").read_text())["test/miou"] == pytest.approx(
-        json.loads((run_dir / "metrics.json").read_text())["test/miou"], abs=1e-4)
+    # no data arguments: the data comes from the checkpoint (CamVid, 45x60, the run's 32 test frames)
+    run_cli("cnnlab.evaluate", f"ckpt_path={best}", f"paths.data_dir={data_dir}", f"hydra.run.dir={out}")
+    evaluated, trained = (json.loads(p.read_text()) for p in (out / "metrics.json", run_dir / "metrics.json"))
+    assert evaluated["test/frames"] == trained["test/frames"] == 32, "the same frames, or the scores differ by which"
+    assert evaluated["test/miou"] == pytest.approx(trained["test/miou"], abs=1e-4)
+    assert evaluated["test/pixel_acc"] == pytest.approx(trained["test/pixel_acc"], abs=1e-4)
+    fewer = tmp_path / "eval8"
+    run_cli("cnnlab.evaluate", f"ckpt_path={best}", "data.test_limit=8", f"paths.data_dir={data_dir}",
+            f"hydra.run.dir={fewer}")  # data.<key> on the command line changes that one setting of the saved data
+    assert json.loads((fewer / "metrics.json").read_text())["test/frames"] == 8
 
     with tarfile.open(camvid_archive) as tar:
         member = next(m for m in tar if m.name.endswith(".jpg"))

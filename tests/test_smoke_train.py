@@ -36,8 +36,8 @@ def test_eval_entry_point_reproduces_test_accuracy(tmp_path, data_dir):
     trained = json.loads((run_dir / "metrics.json").read_text())
     ckpt = next((run_dir / "checkpoints").glob("best_*.ckpt"))
     eval_dir = tmp_path / "eval"
-    run_cli("cnnlab.evaluate", f"ckpt_path={ckpt}", "data=synthetic", "data.synthetic.n_train=600", "data.synthetic.n_test=200",
-            f"paths.data_dir={data_dir}", f"hydra.run.dir={eval_dir}")
+    # no data arguments: the synthetic data (600 / 200 images) is rebuilt from the checkpoint's saved data settings
+    run_cli("cnnlab.evaluate", f"ckpt_path={ckpt}", f"paths.data_dir={data_dir}", f"hydra.run.dir={eval_dir}")
     evaluated = json.loads((eval_dir / "metrics.json").read_text())
     assert evaluated["test/acc"] == trained["test/acc"]
     proc = run_cli("cnnlab.evaluate", f"ckpt_path={run_dir / 'trunk.pt'}", f"hydra.run.dir={tmp_path / 'bad'}", check=False)

@@ -187,6 +187,25 @@ def exit_on_user_error(fn: Callable) -> Callable:
     return wrapper
 
 
+def working_size(text: str) -> int:
+    """The argparse ``type`` of ``--size`` (``cnnlab-colorize``, ``cnnlab-segment``): a positive number of pixels,
+    the shorter side the model sees; anything else is a one-line :class:`UserError` (argparse lets it through)."""
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if size <= 0:
+        raise UserError(f"--size {text}: pass a positive number of pixels (the shorter side the model sees)")
+    return size
+
+
+def add_working_size(parser, note: str = "") -> None:
+    """The ``--size`` option of the commands that run a model at a working size and write full-resolution output."""
+    parser.add_argument("--size", type=working_size, default=None,
+                        help="working size: the model sees the shorter side at this many pixels (default: the size it "
+                             f"was trained at){note}")
+
+
 # --------------------------------------------------------------------------------------------- building
 def instantiate(cfg: Any, *args, **kwargs) -> Any:
     """``hydra.utils.instantiate`` whose failures caused by a :class:`UserError` raise that error itself."""

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cnnlab.cli import exit_on_user_error
+from cnnlab.cli import add_working_size, exit_on_user_error
 from cnnlab.color import lab_to_rgb, rgb_to_lab
 from cnnlab.config import PROJECT_ROOT
 from cnnlab.hypercolumn import grid_bands, grid_map, pixel_centers, sample_hypercolumns
@@ -217,9 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a colorization checkpoint (.ckpt from a cnnlab-train colorization run); default: the reference "
                         f"colorizer, built once by `{COLORIZER.command}`")
     p.add_argument("--out", default="colorized", help="output folder (default: colorized/); may be the input folder")
-    p.add_argument("--size", type=int, default=None,
-                   help="working size: the model sees the shorter side at this many pixels (default: the size it was "
-                        "trained at); the output keeps the input's full resolution")
+    add_working_size(p, "; the output keeps the input's full resolution")
     p.add_argument("--full-resolution", action="store_true",
                    help="run the model on the whole image instead (memory grows with the image: the backbone is not tiled)")
     p.add_argument("--temperature", type=float, default=None,
@@ -235,8 +233,6 @@ def build_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.size is not None and args.size <= 0:
-        raise UserError(f"--size {args.size}: pass a positive number of pixels (the shorter side the model sees)")
     if args.temperature is not None and args.temperature <= 0:
         raise UserError(f"--temperature {args.temperature}: pass a positive temperature (1 = the expectation)")
     source = Path(args.input).expanduser()

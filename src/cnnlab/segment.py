@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnlab.cli import exit_on_user_error
+from cnnlab.cli import add_working_size, exit_on_user_error
 from cnnlab.errors import UserError
 from cnnlab.hypercolumn import grid_bands, pixel_centers, sample_hypercolumns
 from cnnlab.io.images import IMAGE_SUFFIXES, open_image, resize, to_tensor, write_png
@@ -100,8 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="an image file or a folder of images")
     p.add_argument("--ckpt", required=True, help="a segmentation checkpoint (.ckpt of a cnnlab-train experiment=segment_* run)")
     p.add_argument("--out", default="segmented", help="output folder (default: segmented/)")
-    p.add_argument("--size", type=int, default=None,
-                   help="working size: the model sees the shorter side at this many pixels (default: as trained)")
+    add_working_size(p, "; the label maps keep the input's full resolution")
     p.add_argument("--labels", action="store_true", help="also write <name>_labels.png (class index per pixel) and legend.png")
     p.add_argument("--overwrite", action="store_true", help="redo inputs whose label map is already there")
     return p
@@ -110,8 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.size is not None and args.size <= 0:
-        raise UserError(f"--size {args.size}: pass a positive number of pixels (the shorter side the model sees)")
     inputs = list_inputs(Path(args.input).expanduser())
     result = segment_files(inputs, args.ckpt, Path(args.out).expanduser(), args.size, args.labels, args.overwrite)
     for w in result["written"]:

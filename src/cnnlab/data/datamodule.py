@@ -12,13 +12,13 @@ from typing import Sequence
 
 import kornia.augmentation as K
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import Dataset
 
 from cnnlab.color import channels_of, convert
 from cnnlab.data import sources
+from cnnlab.data.base import SplitDataModule, check_label_fraction, seeded
 from cnnlab.data.cache import CachedDataset
 from cnnlab.errors import UserError
 
@@ -40,29 +40,6 @@ class TensorImageDataset(Dataset):
     def __getitems__(self, indices: Sequence[int]):
         idx = torch.as_tensor(indices, dtype=torch.long)
         return self.images[idx], self.labels[idx]
-
-
-def _passthrough(batch):
-    return batch
-
-
-class EpochSeededRandomSampler(RandomSampler):
-    """A shuffling sampler whose order is a function of (seed, epoch) alone.
-
-    A resumed run therefore sees exactly the batches an uninterrupted one would. It subclasses
-    RandomSampler so Lightning still recognises it as shuffled when it swaps in a distributed sampler.
-    """
-
-    def __init__(self, data_source, seed: int = 0):
-        super().__init__(data_source)
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        yield from torch.randperm(len(self.data_source), generator=g).tolist()
 
 
 def balanced_subset(labels: np.ndarray, fraction: float | None = None, count: int | None = None, seed: int = 0) -> np.ndarray:
@@ -107,7 +84,7 @@ def build_augment(names: Sequence[str], image_size: int, crop_padding: int = 4) 
     return nn.Sequential(*[table[n]() for n in names])
 
 
-class ImageDataModule(pl.LightningDataModule):
+class ImageDataModule(SplitDataModule):
     """CIFAR-10, STL-10, any ImageFolder (directory or archive) or synthetic images.
 
     Splits: ``train`` (optionally a class-balanced ``label_fraction`` of it), ``val`` (a
@@ -140,32 +117,12 @@ class ImageDataModule(pl.LightningDataModule):
         progress: bool = True,
     ):
         super().__init__()
-        if not 0.0 < float(label_fraction) <= 1.0:
-            raise UserError(f"data.label_fraction must be in (0, 1], got {label_fraction}")
+        check_label_fraction(label_fraction)
         if not 0.0 <= float(val_fraction) < 1.0:
             raise UserError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         channels_of(color_space)
         self.save_hyperparameters(logger=False)
         self.train_augment = build_augment(list(augment), image_size, crop_padding)
-        self._data: CachedDataset | None = None
-        self.splits: dict[str, TensorImageDataset] = {}
-
-    # ----------------------------------------------------------------------------- properties
-    @property
-    def color_space(self) -> str:
-        return self.hparams.color_space
-
-    @property
-    def channels(self) -> int:
-        return channels_of(self.hparams.color_space)
-
-    @property
-    def classes(self) -> list[str]:
-        return self._load().classes
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
     # ----------------------------------------------------------------------------- set-up
     def _load(self) -> CachedDataset:
@@ -178,9 +135,6 @@ class ImageDataModule(pl.LightningDataModule):
                 synthetic_classes=syn.get("num_classes", 10), synthetic_seed=syn.get("seed", 0), progress=h.progress,
             )
         return self._data
-
-    def prepare_data(self) -> None:
-        self._load()
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -221,39 +175,6 @@ class ImageDataModule(pl.LightningDataModule):
             if len(ds) == 0:
                 raise UserError(f"the {name} split is empty: check data.source, data.train_limit and data.label_fraction")
 
-    # ----------------------------------------------------------------------------- loaders
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        self.setup()
-        ds = self.splits[split]
-        h = self.hparams
-        bs = h.batch_size if train else (h.eval_batch_size or h.batch_size)
-        return DataLoader(
-            ds,
-            batch_size=min(bs, len(ds)) if train else bs,
-            sampler=EpochSeededRandomSampler(ds, seed=h.shuffle_seed) if train else None,
-            drop_last=train and len(ds) > bs,
-            collate_fn=_passthrough,
-            num_workers=h.num_workers,
-            persistent_workers=h.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
-
-    def loader(self, split: str, batch_size: int | None = None) -> DataLoader:
-        """An unshuffled loader over ``split`` for analyses outside the Trainer."""
-        self.setup()
-        if split not in self.splits:
-            raise UserError(f"unknown split {split!r}: choose one of {sorted(self.splits)}")
-        return DataLoader(self.splits[split], batch_size=batch_size or self.hparams.batch_size, collate_fn=_passthrough)
-
     # ----------------------------------------------------------------------------- on device
     def preprocess(self, images: torch.Tensor, train: bool = False, seed: int | None = None) -> torch.Tensor:
         """``uint8 (B, 3, H, W)`` -> float model input in the configured colour space.
@@ -262,25 +183,14 @@ class ImageDataModule(pl.LightningDataModule):
         """
         x = images.float().div_(255.0)
         if train and len(self.train_augment):
-            if seed is None:
+            with seeded(seed, x.device):
                 x = self.train_augment(x)
-            else:
-                devices = [x.device] if x.is_cuda else []
-                with torch.random.fork_rng(devices=devices):
-                    torch.manual_seed(seed)
-                    x = self.train_augment(x)
         return convert(x, self.hparams.color_space)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
-        trainer = self.trainer
-        if trainer is None or not trainer.training:
-            return self.preprocess(images), labels
-        # augmentation is a function of (seed, step, rank) alone, so a resumed run repeats it exactly
-        from cnnlab.callbacks import step_seed
-
-        seed = step_seed(self.hparams.shuffle_seed, trainer.global_step, trainer.global_rank, modulus=2**63)
-        return self.preprocess(images, train=True, seed=seed), labels
+        seed = self.training_seed()
+        return self.preprocess(images, train=seed is not None, seed=seed), labels
 
 
 def cifar_test_images(count: int = 10, data_dir: str | None = None, per_class: bool = True, offset: int = 0,

@@ -32,14 +32,13 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from cnnlab.color import channels_of, convert
+from cnnlab.data.base import SplitDataModule, check_label_fraction, seeded
 from cnnlab.data.cache import _iter_archive, _iter_directory, cache_key
-from cnnlab.data.datamodule import EpochSeededRandomSampler, _passthrough
 from cnnlab.data.sources import DATA_ENV, network_available, search_dirs
 from cnnlab.errors import UserError
 from cnnlab.io.files import atomic_dir
@@ -280,9 +279,10 @@ class SegmentationDataset(Dataset):
         return self.images[idx], self.masks[idx], self.sizes[idx]
 
 
-def frame_subset(n: int, fraction: float, seed: int) -> np.ndarray:
-    """Sorted indices of ``round(n * fraction)`` frames (at least one), a function of ``(n, fraction, seed)`` alone."""
-    k = max(1, min(n, round(n * fraction)))
+def frame_subset(n: int, fraction: float | None, seed: int, count: int | None = None) -> np.ndarray:
+    """Sorted indices of ``round(n * fraction)`` (or ``count``) frames, at least one and at most ``n``: a function of
+    the arguments alone."""
+    k = max(1, min(n, round(n * fraction) if count is None else int(count)))
     return np.sort(np.random.default_rng(seed).permutation(n)[:k])
 
 
@@ -307,11 +307,12 @@ def _size(image_size) -> tuple[int, int]:
     return size
 
 
-class SegmentationDataModule(pl.LightningDataModule):
+class SegmentationDataModule(SplitDataModule):
     """CamVid, PASCAL VOC 2012 or a folder of images/ + labels/, at a working size, with joint augmentation.
 
     Splits: ``train`` (a seeded ``label_fraction`` of its frames), ``val`` (the dataset's own; held out from
-    train by ``val_fraction`` and ``split_seed`` only where it has none) and ``test``.
+    train by ``val_fraction`` and ``split_seed`` only where it has none) and ``test`` (all of it, or a fixed
+    ``test_limit`` frames of it for quick runs).
     """
 
     def __init__(
@@ -327,6 +328,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         split_seed: int = 0,
         label_fraction: float = 1.0,
         label_seed: int = 0,
+        test_limit: int | None = None,
         shuffle_seed: int = 0,
         color_space: str = "rgb",
         augment: bool = True,
@@ -337,32 +339,13 @@ class SegmentationDataModule(pl.LightningDataModule):
         progress: bool = True,
     ):
         super().__init__()
-        if not 0.0 < float(label_fraction) <= 1.0:
-            raise UserError(f"data.label_fraction must be in (0, 1], got {label_fraction}")
+        check_label_fraction(label_fraction)
         channels_of(color_space)
         self.size = _size(image_size)
         self.save_hyperparameters(logger=False)
         # plain lists: these travel into trunk files and checkpoints, which are read back with torch's weights-only loader
         self.hparams.image_size, self.hparams.crop_scale = list(self.size), [float(s) for s in crop_scale]
         self.augment = joint_augment(self.size, crop_scale, flip) if augment else None
-        self._data: SegData | None = None
-        self.splits: dict[str, SegmentationDataset] = {}
-
-    @property
-    def color_space(self) -> str:
-        return self.hparams.color_space
-
-    @property
-    def channels(self) -> int:
-        return channels_of(self.hparams.color_space)
-
-    @property
-    def classes(self) -> list[str]:
-        return self._load().classes
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
     @property
     def ignore_index(self) -> int:
@@ -374,9 +357,6 @@ class SegmentationDataModule(pl.LightningDataModule):
             self._data = resolve_segmentation(h.name, h.data_dir, self.size, h.ignore_index, h.source, h.download,
                                               h.progress)
         return self._data
-
-    def prepare_data(self) -> None:
-        self._load()
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -405,40 +385,21 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.splits["train"] = make(train, pool, full=False)
         if "test" in data.splits:
             test = data.splits["test"]
-            self.splits["test"] = make(test, np.arange(len(test.names)), full=True)
+            idx = np.arange(len(test.names))
+            if h.test_limit and h.test_limit < len(idx):
+                # quick runs only: a fixed subset of the test frames, part of the data (so a checkpoint's evaluation
+                # scores the same frames); reported numbers use all of them
+                idx = frame_subset(len(idx), None, h.split_seed, count=h.test_limit)
+            self.splits["test"] = make(test, idx, full=True)
         for name, ds in self.splits.items():
             if len(ds) == 0:
                 raise UserError(f"the {name} split of {data.meta.get('source')} is empty: add frames to it "
                                 "or lower data.val_fraction")
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        self.setup()
-        if split not in self.splits:
-            raise UserError(f"{self._load().meta.get('source')} has no {split} split: add {split}/images + "
-                            f"{split}/labels, or run with test=false")
-        ds, h = self.splits[split], self.hparams
-        bs = h.batch_size if train else (h.eval_batch_size or h.batch_size)
-        return DataLoader(ds, batch_size=min(bs, len(ds)) if train else bs,
-                          sampler=EpochSeededRandomSampler(ds, seed=h.shuffle_seed) if train else None,
-                          drop_last=train and len(ds) > bs, collate_fn=_passthrough, num_workers=h.num_workers,
-                          persistent_workers=h.num_workers > 0, pin_memory=torch.cuda.is_available())
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
-
     def loader(self, split: str, batch_size: int | None = None) -> DataLoader:
-        """An unshuffled loader over ``split`` outside the Trainer."""
-        self.setup()
-        if split not in self.splits:
-            raise UserError(f"unknown split {split!r}: choose one of {sorted(self.splits)}")
-        return DataLoader(self.splits[split], batch_size=batch_size or self.hparams.eval_batch_size or self.hparams.batch_size,
-                          collate_fn=_passthrough)
+        """An unshuffled loader over ``split`` outside the Trainer (``batch_size`` default: ``data.eval_batch_size``:
+        val/test frames are scored at full resolution, as in the Trainer)."""
+        return super().loader(split, batch_size or self.hparams.eval_batch_size)
 
     # ----------------------------------------------------------------------------- on device
     def preprocess(self, images: torch.Tensor, masks: torch.Tensor, train: bool = False, seed: int | None = None
@@ -449,9 +410,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         """
         x = images.float().div_(255.0)
         if train and self.augment is not None:
-            with torch.random.fork_rng(devices=[x.device] if x.is_cuda else [], enabled=seed is not None):
-                if seed is not None:
-                    torch.manual_seed(seed)
+            with seeded(seed, x.device):
                 x, m = self.augment(x, masks[:, None].float())
             masks = m[:, 0].round().to(torch.uint8)
         return convert(x, self.hparams.color_space), masks.long()
@@ -462,11 +421,5 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, masks, sizes = batch
-        trainer = self.trainer
-        if trainer is None or not trainer.training:
-            return (*self.preprocess(images, masks), sizes)
-        from cnnlab.callbacks import step_seed
-
-        # a function of (seed, step, rank) alone, so a resumed run repeats it exactly
-        seed = step_seed(self.hparams.shuffle_seed, trainer.global_step, trainer.global_rank, modulus=2**63)
-        return (*self.preprocess(images, masks, train=True, seed=seed), sizes)
+        seed = self.training_seed()
+        return (*self.preprocess(images, masks, train=seed is not None, seed=seed), sizes)

@@ -152,8 +152,10 @@ class CnnlabModule(pl.LightningModule):
         checkpoint["cnnlab_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "color_space"):
+            # with the data module's own saved settings, what cnnlab-eval rebuilds the run's data from
             checkpoint["cnnlab_data"] = {"color_space": dm.color_space, "image_size": dm.hparams.image_size,
-                                         "classes": list(dm.classes), "name": dm.hparams.name}
+                                         "classes": list(dm.classes), "name": dm.hparams.name,
+                                         "datamodule": f"{type(dm).__module__}.{type(dm).__qualname__}"}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.data_info = checkpoint.get("cnnlab_data", {})

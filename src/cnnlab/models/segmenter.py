@@ -5,7 +5,8 @@ hypercolumn head only there (sparse hypercolumns, :mod:`cnnlab.hypercolumn`); va
 ``cnnlab-segment`` run the same head on every pixel of the working-size frame, in bands of at most
 ``eval_chunk_pixels`` pixels, and score the bilinearly upsampled logits against the full-resolution label
 maps. Any backbone: random init, or any trunk by ``backbone=trunk backbone.path=<trunk.pt>`` in its colour space.
-Logs ``{val,test}/miou`` (mean IoU over the classes, void ignored), ``pixel_acc``, ``iou_<class>`` and ``loss``.
+Logs ``{val,test}/miou`` (mean IoU over the classes, void ignored), ``pixel_acc``, ``iou_<class>``, ``loss`` and
+``frames`` (how many frames the scores cover: a quick run's ``data.test_limit`` or a trainer limit shows there).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics.aggregation import SumMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from cnnlab.color import lab_to_rgb
@@ -62,6 +64,8 @@ class Segmenter(HypercolumnModel, StagedModule):
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.metrics = nn.ModuleDict({s: MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index)
                                       for s in ("val", "test")})
+        # how many frames a score covers: two scores are of the same computation only if they cover the same frames
+        self.frames = nn.ModuleDict({s: SumMetric() for s in ("val", "test")})
         self._panels: dict[str, torch.Tensor] = {}
 
     # ----------------------------------------------------------------------------- what it was trained on
@@ -132,6 +136,7 @@ class Segmenter(HypercolumnModel, StagedModule):
             truth = masks[i:i + 1, :h, :w]
             loss = loss + F.cross_entropy(up, truth, ignore_index=self.ignore_index)
             self.metrics[stage].update(up.argmax(1), truth)
+        self.frames[stage].update(len(x))
         self.log(f"{stage}/loss", loss / len(x), prog_bar=stage == "val", on_epoch=True, batch_size=len(x))
         if stage not in self._panels:  # the epoch's first batch
             n = self.hparams.panel_images
@@ -143,7 +148,10 @@ class Segmenter(HypercolumnModel, StagedModule):
     def _eval_epoch_end(self, stage: str) -> None:
         scores = scores_from_confusion(self.metrics[stage].compute())
         self.metrics[stage].reset()
+        frames = self.frames[stage].compute()
+        self.frames[stage].reset()
         self.log(f"{stage}/miou", scores["miou"], prog_bar=True)
+        self.log(f"{stage}/frames", frames)
         self.log(f"{stage}/pixel_acc", scores["pixel_acc"])
         for name, iou in zip(self.class_names, scores["iou"].tolist()):
             if iou == iou:  # a class neither present nor predicted has no IoU
