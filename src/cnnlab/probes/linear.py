@@ -81,30 +81,40 @@ def chunked_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ch
         torch.empty(0, weight.shape[1], device=weight.device)
 
 
-def softmax_loss_and_grad(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, weight_decay: float,
-                          chunk_size: int = _CHUNK) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy + ``weight_decay / 2 * ||weight||^2`` (the bias is not decayed) and its gradients.
-
-    ``x (N, D)``, ``y (N,)`` long, ``weight (D, C)``, ``bias (C,)``. Returns ``(loss, dW (D, C), db (C,))``.
-    """
+def _chunked_loss_and_grad(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, weight_decay: float, chunk_size: int,
+                           per_chunk) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Mean loss + ``weight_decay / 2 * ||weight||^2`` and its gradients for a linear map, over ``x (N, D)`` in
+    chunks (bounded memory); ``per_chunk(logits (n, C), start)`` gives the chunk's summed loss and dloss/dlogits."""
     n = len(x)
     gw = torch.zeros_like(weight)
     gb = torch.zeros_like(bias)
     total = 0.0
     for i in range(0, n, chunk_size):
         xc = x[i:i + chunk_size].to(weight.dtype)
-        logits = xc @ weight + bias
-        logp = torch.log_softmax(logits, dim=1)
-        yc = y[i:i + chunk_size]
-        total -= float(logp.gather(1, yc[:, None]).sum(dtype=torch.float64))
-        r = logp.exp_()
-        r[torch.arange(len(yc), device=r.device), yc] -= 1.0  # softmax - one-hot
+        loss_sum, r = per_chunk(xc @ weight + bias, i)
+        total += loss_sum
         gw.addmm_(xc.T, r)
         gb += r.sum(0)
     gw.div_(n).add_(weight, alpha=weight_decay)
     gb.div_(n)
-    loss = total / n + 0.5 * weight_decay * float((weight * weight).sum(dtype=torch.float64))
-    return loss, gw, gb
+    return total / n + 0.5 * weight_decay * float((weight * weight).sum(dtype=torch.float64)), gw, gb
+
+
+def softmax_loss_and_grad(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, weight_decay: float,
+                          chunk_size: int = _CHUNK) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy + ``weight_decay / 2 * ||weight||^2`` (the bias is not decayed) and its gradients.
+
+    ``x (N, D)``, ``y (N,)`` long, ``weight (D, C)``, ``bias (C,)``. Returns ``(loss, dW (D, C), db (C,))``.
+    """
+    def per_chunk(logits: torch.Tensor, i: int):
+        logp = torch.log_softmax(logits, dim=1)
+        yc = y[i:i + len(logits)]
+        loss_sum = -float(logp.gather(1, yc[:, None]).sum(dtype=torch.float64))
+        r = logp.exp_()
+        r[torch.arange(len(yc), device=r.device), yc] -= 1.0  # softmax - one-hot
+        return loss_sum, r
+
+    return _chunked_loss_and_grad(x, weight, bias, weight_decay, chunk_size, per_chunk)
 
 
 def sigmoid_loss_and_grad(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, weight_decay: float,
@@ -114,22 +124,12 @@ def sigmoid_loss_and_grad(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor
 
     ``x (N, D)``, ``y (N, C)`` long in {0, 1, -1}, ``weight (D, C)``, ``bias (C,)``. Returns ``(loss, dW (D, C), db (C,))``.
     """
-    n = len(x)
-    gw = torch.zeros_like(weight)
-    gb = torch.zeros_like(bias)
-    total = 0.0
-    for i in range(0, n, chunk_size):
-        xc = x[i:i + chunk_size].to(weight.dtype)
-        logits = xc @ weight + bias
-        yc = y[i:i + chunk_size]
-        total += float(masked_bce(logits, yc)) * len(yc)
+    def per_chunk(logits: torch.Tensor, i: int):
+        yc = y[i:i + len(logits)]
         r = (torch.sigmoid(logits) - yc.clamp_min(0).to(logits.dtype)) * (yc >= 0).to(logits.dtype)
-        gw.addmm_(xc.T, r)
-        gb += r.sum(0)
-    gw.div_(n).add_(weight, alpha=weight_decay)
-    gb.div_(n)
-    loss = total / n + 0.5 * weight_decay * float((weight * weight).sum(dtype=torch.float64))
-    return loss, gw, gb
+        return float(masked_bce(logits, yc)) * len(yc), r
+
+    return _chunked_loss_and_grad(x, weight, bias, weight_decay, chunk_size, per_chunk)
 
 
 def probe_score(logits: torch.Tensor, y: torch.Tensor) -> float:
