@@ -23,7 +23,6 @@ torch is imported only by :func:`resolve_device`: a config mistake is reported b
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import logging
 import os
@@ -35,7 +34,7 @@ from typing import Any, Callable, Iterator, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.config import CONF_DIR, check_complete, in_multirun, quote_plain_values
-from cnnlab.errors import UserError, close_wandb, exit_with, user_error_of
+from cnnlab.errors import UserError, close_wandb, exit_with, os_error, user_error_of
 from cnnlab.validation import check_values
 
 log = logging.getLogger("cnnlab")
@@ -58,15 +57,6 @@ def user_errors(cfg: DictConfig | None = None) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------ errors from below the project
-#: OS errors that are the user's set-up rather than a bug, and how to fix each
-_OS_FIXES = {
-    errno.ENOSPC: "free some space, or write somewhere else",
-    errno.EDQUOT: "free some space in your quota, or write somewhere else",
-    errno.EFBIG: "raise the file-size limit (ulimit -f), or write somewhere else",
-    errno.EROFS: "the filesystem is read-only: write somewhere else",
-    errno.EACCES: "write somewhere you may write, or change the permissions",
-    errno.EPERM: "write somewhere you may write, or change the permissions",
-}
 #: what torch says about a checkpoint that is cut short or damaged
 _TORCH_DAMAGED = ("PytorchStreamReader", "failed finding central directory", "invalid header or archive is corrupted",
                   "file in archive is not in a subdirectory", "Ran out of input", "unexpected EOF")
@@ -95,8 +85,8 @@ def error_from_below(exc: BaseException, cfg: DictConfig | None = None) -> UserE
 
     chain = list(_chain(exc))
     for e in chain:
-        if isinstance(e, OSError) and e.errno in _OS_FIXES:
-            return os_error(e, next((c.filename for c in chain if isinstance(c, OSError) and c.filename), None))
+        if isinstance(e, OSError) and (err := os_error(e, next((c.filename for c in chain if isinstance(c, OSError) and c.filename), None))):
+            return err
     for e in chain:
         if isinstance(e, InstantiationException):
             return _instantiation_error(e, cfg)
@@ -111,16 +101,6 @@ def error_from_below(exc: BaseException, cfg: DictConfig | None = None) -> UserE
             what = f"ckpt_path={named}" if named else "a checkpoint or torch file"
             return UserError(f"{what} is truncated or damaged ({text[:160]}): pass an intact checkpoint")
     return None
-
-
-def os_error(err: OSError, path: str | Path | None = None) -> UserError | None:
-    """A full disk or quota, the file-size limit, a read-only or forbidden target as one line naming the file
-    (``path``, else the error's own file name); ``None`` for any other ``OSError``."""
-    if err.errno not in _OS_FIXES:
-        return None
-    where = path or err.filename
-    what = f"cannot write {where}" if where else "cannot write a file"
-    return UserError(f"{what} ({err.strerror or os.strerror(err.errno)}): {_OS_FIXES[err.errno]}")
 
 
 def _instantiation_error(exc: BaseException, cfg: DictConfig | None) -> UserError | None:

@@ -198,7 +198,7 @@ def _colorize_one(model, path: Path, im: Image.Image, *args) -> np.ndarray:
 @contextlib.contextmanager
 def _writing(target: Path, written: list[Path]):
     """A full disk, the file-size limit or a read-only / forbidden --out as one line; what was written stays."""
-    from cnnlab.cli import os_error
+    from cnnlab.errors import os_error
 
     try:
         yield

@@ -9,9 +9,11 @@ line and exit code 2 instead of a traceback; the entry-point layer (:mod:`cnnlab
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import sys
 import traceback
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -60,3 +62,24 @@ def close_wandb(quiet: bool = False) -> None:
     except Exception:  # noqa: BLE001 - a tracker failing to close must not hide the user's error
         pass
     sys.stdout.flush()
+
+
+#: OS errors that are the user's set-up rather than a bug, and how to fix each
+_OS_FIXES = {
+    errno.ENOSPC: "free some space, or write somewhere else",
+    errno.EDQUOT: "free some space in your quota, or write somewhere else",
+    errno.EFBIG: "raise the file-size limit (ulimit -f), or write somewhere else",
+    errno.EROFS: "the filesystem is read-only: write somewhere else",
+    errno.EACCES: "write somewhere you may write, or change the permissions",
+    errno.EPERM: "write somewhere you may write, or change the permissions",
+}
+
+
+def os_error(err: OSError, path: str | Path | None = None) -> UserError | None:
+    """A full disk or quota, the file-size limit, a read-only or forbidden target as one line naming the file
+    (``path``, else the error's own file name); ``None`` for any other ``OSError``."""
+    if err.errno not in _OS_FIXES:
+        return None
+    where = path or err.filename
+    what = f"cannot write {where}" if where else "cannot write a file"
+    return UserError(f"{what} ({err.strerror or os.strerror(err.errno)}): {_OS_FIXES[err.errno]}")

@@ -28,7 +28,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cnnlab.config import is_rank_zero
-from cnnlab.errors import UserError, exit_with
+from cnnlab.errors import UserError, exit_with, os_error
 
 log = logging.getLogger("cnnlab")
 
@@ -226,6 +226,10 @@ def _claim_or_exit(run_dir: Path, resuming: bool, reuse: bool, resume_command: s
         claim(run_dir, resuming=resuming, reuse=reuse, resume_command=resume_command, command=command)
     except UserError as err:
         exit_with(err)
+    except OSError as err:  # a full disk, a read-only or forbidden output root: one line too
+        if (mistake := os_error(err)) is None:
+            raise
+        exit_with(mistake, err)
 
 
 # ------------------------------------------------------------------------------------------- resume
