@@ -72,7 +72,8 @@ class Arm:
         if self.kind == "trunk":
             what = "random init" if self.init == "random" else "pretrain"
         elif self.kind == "probe":
-            what = "linear probes + kNN" + ("" if self.subset is None else f", label subset {self.subset}")
+            # the task kind decides the probes (kNN only where the labels are single, the dense probe on segmentation)
+            what = "probes" + ("" if self.subset is None else f", label subset {self.subset}")
         else:
             what = f"fine-tune {fraction_label(self.fraction)} labels, subset {self.subset}"
             what += f", lr {self.lr:g}, {self.variant}" if self.kind == "finetune" else ", chosen on val, test"
