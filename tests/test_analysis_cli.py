@@ -149,6 +149,13 @@ def test_bad_inputs_are_one_line_errors(classifier_ckpt, data_dir, tmp_path, mon
     assert exit_info.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "unknown layer 'conv9_9'" in errors[0] and "list_layers=true" in errors[0], errors
+    # the run dir the mistake made is gone, and no log handler of this process still writes into it
+    assert not (tmp_path / "r").exists()
+    import logging
+
+    handlers = [h for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()] for h in getattr(lg, "handlers", [])]
+    assert not [h for h in handlers if str(tmp_path / "r") in str(getattr(h, "baseFilename", ""))]
+    logging.getLogger("cnnlab").warning("logging still works after the run dir went")
 
     base = [f"ckpt={classifier_ckpt}", "data=synthetic", f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path}"]
     with pytest.raises(UserError, match=r"unknown unit\(s\) \[500\]"):

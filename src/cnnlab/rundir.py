@@ -180,6 +180,7 @@ def discard_if_unused(run_dir: Path) -> bool:
         return False
     top = _made.pop(run_dir)
     release(run_dir)
+    _detach_file_logs(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # a tracker process still writing a log there may keep a file: left
     for parent in run_dir.parents:
         if not parent.is_relative_to(top):
@@ -189,6 +190,17 @@ def discard_if_unused(run_dir: Path) -> bool:
         except OSError:  # not empty: something else lives there now
             break
     return True
+
+
+def _detach_file_logs(run_dir: Path) -> None:
+    """Close and remove every logging file handler writing inside ``run_dir`` (Hydra's job log on the root logger):
+    left attached, the next log record in this process would recreate its file, or fail on the removed dir."""
+    loggers = [logging.getLogger()] + [v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger)]
+    for lg in loggers:
+        for handler in list(lg.handlers):
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).resolve().is_relative_to(run_dir):
+                lg.removeHandler(handler)
+                handler.close()
 
 
 class ClaimRunDir(Callback):
