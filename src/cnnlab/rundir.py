@@ -159,9 +159,11 @@ def outermost_missing(path: Path) -> Path | None:
 
 
 def unused(run_dir: Path) -> bool:
-    """Whether :func:`discard_if_unused` would remove ``run_dir``: made by this process, holding no result."""
+    """Whether :func:`discard_if_unused` would remove ``run_dir``: made by this process, holding no result, and its
+    work not begun. A run that got as far as its first checkpoint (``checkpoints/`` exists, even empty: a full disk)
+    is kept, with the log that says what stopped it, for the same command to take up."""
     run_dir = Path(run_dir).resolve()
-    return run_dir in _made and run_dir.is_dir() and not results_in(run_dir)
+    return run_dir in _made and run_dir.is_dir() and not results_in(run_dir) and not (run_dir / "checkpoints").exists()
 
 
 def discard_if_unused(run_dir: Path) -> bool:
