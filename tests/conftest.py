@@ -47,6 +47,12 @@ def cifar_archive() -> Path:
 
 
 @pytest.fixture(scope="session")
+def camvid_archive() -> Path:
+    """The real CamVid JPEG archive (see :func:`shared_archive`)."""
+    return shared_archive("camvid-jpg.tar.gz")
+
+
+@pytest.fixture(scope="session")
 def cifar_dm_kwargs(cifar_archive, data_dir) -> dict:
     """ImageDataModule kwargs for the real CIFAR-10 archive (decoded once into the cache)."""
     return {"name": "cifar10", "source": str(cifar_archive), "data_dir": str(data_dir), "progress": False}

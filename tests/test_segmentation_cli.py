@@ -1,9 +1,7 @@
 """Segmentation end to end on the real CamVid archive: cnnlab-train (interrupted and resumed), cnnlab-eval, cnnlab-segment."""
 
 import json
-import os
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,17 +19,6 @@ TINY = ["experiment=segment_camvid", "data.image_size=[45,60]", "backbone.width=
         # The test subset is a data setting (saved in the checkpoint), not a trainer limit, so cnnlab-eval scores it too
         "data.eval_batch_size=16", "+trainer.limit_val_batches=1", "data.test_limit=32",
         "callbacks.progress_bar=null", "callbacks.model_summary=null"]
-
-
-@pytest.fixture(scope="session")
-def camvid_archive() -> Path:
-    root = os.environ.get("CNNLAB_DATA")
-    if not root:
-        pytest.skip("CNNLAB_DATA is not set: point it at the directory holding camvid-jpg.tar.gz to run CamVid tests")
-    path = Path(root) / "camvid-jpg.tar.gz"
-    if not path.is_file():
-        pytest.fail(f"CNNLAB_DATA={root} but {path} does not exist")
-    return path
 
 
 @pytest.fixture(scope="module")
