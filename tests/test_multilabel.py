@@ -225,3 +225,37 @@ def test_gap_smoke_with_a_multilabel_task(tmp_path, data_dir, ml_folder):
     assert "## Task cls: multilabel" in md and "mAP %" in md and "kNN" not in md
     assert "Published beside" in md and "| random |" in md and "53.3" in md and "79.9" in md and "47%" in md
     assert res["timing"]["by_kind"]["trunk supervised"]["arms"] == 1
+
+
+@pytest.mark.slow  # four real processes, ~30 s
+def test_multilabel_checkpoint_through_train_eval_visualize_and_analyze(tmp_path, data_dir, ml_folder):
+    """`experiment=classify_voc2007` on a multi-label folder keeps its best checkpoint by validation mAP;
+    `cnnlab-eval` reproduces its test mAP; a class model reports per-class sigmoid probabilities (not a softmax);
+    what takes one class per image (analyses, fooling images) refuses it in one line, exit 2, no run dir."""
+    run = tmp_path / "run"
+    common = [f"paths.data_dir={data_dir}", "logger=none", "callbacks.progress_bar=null"]
+    run_cli("cnnlab.train", "experiment=classify_voc2007", f"data.source={ml_folder}", "data.image_size=32",
+            "trainer.max_epochs=2", "backbone.width=8", f"hydra.run.dir={run}", *common)
+    trained = json.loads((run / "metrics.json").read_text())
+    assert 0.0 < trained["test/map"] <= 1.0 and "val/acc" not in trained
+    best = next((run / "checkpoints").glob("best*.ckpt"))
+    run_cli("cnnlab.evaluate", f"ckpt_path={best}", f"paths.data_dir={data_dir}", "logger=none", f"hydra.run.dir={tmp_path / 'eval'}")
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert evaluated["test/map"] == pytest.approx(trained["test/map"], abs=1e-4), "the data comes from the checkpoint"
+
+    vis = tmp_path / "vis"
+    run_cli("cnnlab.visualize", f"network.checkpoint={best}", "viz.steps=2", "progress=false", "threads=1",
+            f"hydra.run.dir={vis}", *common[:2])
+    probs = [v for k, v in json.loads((vis / "metrics.json").read_text()).items() if k.startswith("prob/")]
+    assert len(probs) == 5 and all(0.0 < p < 1.0 for p in probs) and abs(sum(probs) - 1.0) > 1e-3, probs
+
+    for module, args, message in (
+            ("cnnlab.analyze", [f"ckpt={best}", "limit=8", f"hydra.run.dir={tmp_path / 'an'}"], "cnnlab-analyze assumes one class per image"),
+            ("cnnlab.analyze", [f"ckpt={run / 'trunk.pt'}", "data=voc2007", f"data.source={ml_folder}", "limit=8",
+                                f"hydra.run.dir={tmp_path / 'an'}"], "cnnlab-analyze reads single-label data"),
+            ("cnnlab.visualize", [f"network.checkpoint={best}", "viz=fooling", f"hydra.run.dir={tmp_path / 'fool'}"],
+             "viz=fooling assumes one class per image")):
+        proc = run_cli(module, *args, *common[:2], check=False)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode == 2 and last.startswith("error: ") and message in last, proc.stderr[-2000:]
+    assert not (tmp_path / "an").exists() and not (tmp_path / "fool").exists(), "nothing written"

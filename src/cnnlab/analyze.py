@@ -112,7 +112,11 @@ def run(cfg: DictConfig) -> dict:
     if cfg.get("list_layers"):
         print(subject.describe_layers())
         return {}
+    subject.single_label("cnnlab-analyze")
     dm = build_datamodule(cfg, subject)
+    if getattr(dm, "multilabel", False):
+        raise UserError(f"cnnlab-analyze reads single-label data, but data={dm.hparams.name} has several labels per "
+                        "image: choose single-label data (data=cifar10, data=imagefolder data.source=<folder>)")
     loggers = ensure_wandb_started(instantiate_group(cfg.get("logger")))
     report = Report(f"cnnlab analyses: {Path(str(ckpt)).name if ckpt else subject.name}",
                     meta={"checkpoint": ckpt or subject.source, "kind": f"{subject.method} ({'classifier' if subject.has_logits else 'trunk only'})",

@@ -42,14 +42,15 @@ class Subject(nn.Module):
     the output is class scores (a classifier) or pooled features (a trunk). ``taps``: the layers worth
     analysing in order (a cnnlab backbone's default taps; for other models the main blocks, found by a
     dry run). ``backbone``: the cnnlab backbone when there is one (analytic receptive fields); ``head``: the
-    module that gives the class scores, when there is one (labels of the sanity check's layers).
+    module that gives the class scores, when there is one (labels of the sanity check's layers). ``multilabel``:
+    the class scores are independent logistic outputs (several classes per image, PASCAL VOC's task), not a softmax.
     """
 
     def __init__(self, model: nn.Module, layers: dict[str, nn.Module] | None = None, color_space: str = "rgb",
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  classes: Sequence[str] | None = None, image_size: int = 32, has_logits: bool = True, name: str = "network",
                  taps: Sequence[str] | None = None, backbone: Backbone | None = None, method: str = "unknown",
-                 source: str = "", arch: str | None = None, head: nn.Module | None = None):
+                 source: str = "", arch: str | None = None, head: nn.Module | None = None, multilabel: bool = False):
         super().__init__()
         # hooks (guided backprop, deconvnet, captured activations) need every ReLU out of place
         self.model = no_inplace_relu(model)
@@ -57,6 +58,7 @@ class Subject(nn.Module):
         self.classes = list(classes) if classes else []
         self.image_size = int(image_size)
         self.has_logits = has_logits
+        self.multilabel = bool(multilabel)
         self.name, self.method, self.source = name, method, source or name
         self.arch = arch or (backbone.arch if backbone is not None else type(model).__name__)
         if mean is not None:
@@ -171,6 +173,20 @@ class Subject(nn.Module):
             )
         return self
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class scores ``(B, K)`` -> probabilities ``(B, K)``: softmax over classes, or per-class sigmoid when
+        multi-label."""
+        return logits.sigmoid() if self.multilabel else logits.softmax(1)
+
+    def single_label(self, what: str) -> "Subject":
+        """Itself, or a one-line :class:`UserError` when ``what`` (which takes one class per image) meets a
+        multi-label classifier."""
+        if self.multilabel:
+            raise UserError(f"{what} assumes one class per image, but {self.source} is a multi-label classifier "
+                            "(one logistic output per class): use a single-label classifier, or its trunk "
+                            "(<run>/trunk.pt) where a trunk will do")
+        return self
+
     def class_index(self, c: int | str) -> int:
         """A class given by index or name -> its index (a one-line error for unknown classes)."""
         if not self.has_logits:
@@ -219,6 +235,7 @@ def from_classifier(module, source: str = "") -> Subject:
     return Subject(module, _taps(backbone), color_space=info.get("color_space") or _color_space(backbone),
                    classes=info.get("classes"), image_size=info.get("image_size") or 32, taps=backbone.default_taps,
                    backbone=backbone, head=module.head, method=getattr(module, "method", "supervised"), source=source,
+                   multilabel=getattr(module, "multilabel", False),
                    name=f"classifier {Path(source).name}" if source else f"classifier({backbone.arch})")
 
 

@@ -181,6 +181,9 @@ class MultiLabelDataModule(ImageDataModule):
     only where it has none) and ``test`` (the data's own, if any). ``train_limit`` / ``test_limit``: seeded subsets.
     """
 
+    #: batch targets are multi-hot (B, C), not class indices
+    multilabel = True
+
     def _load(self) -> CachedDataset:
         if self._data is None:
             h = self.hparams

@@ -26,6 +26,8 @@ class Classifier(StagedModule):
     """
 
     method = "supervised"
+    #: one softmax over the classes (MultiLabelClassifier: one logistic output per class)
+    multilabel = False
 
     def __init__(
         self,
@@ -112,6 +114,8 @@ class MultiLabelClassifier(Classifier):
     one-vs-rest binary cross-entropy (:func:`cnnlab.multilabel.masked_bce`; difficult-only classes ignored), scored by
     mAP over the epoch. Logs ``{train,val,test}/loss`` and ``/map``; the fine-tune recipe options are the Classifier's
     (``label_smoothing`` must stay 0)."""
+
+    multilabel = True
 
     @staticmethod
     def build_metrics(num_classes: int) -> nn.ModuleDict:

@@ -123,12 +123,13 @@ def class_model(ctx: Context, classes: Sequence | None = None, steps: int = 200,
         obj = obj + tv_weight * O.tv()
     mod = ctx.optimize(img, obj, steps, "class_model", lucid_transforms(s) if robust else None, optimizer, lr)
     out = mod.result()
-    probs = _logits(ctx, out).softmax(1)
+    probs = ctx.network.probabilities(_logits(ctx, out))
     names = [ctx.network.class_name(i) for i in idx]
     conf = probs[torch.arange(len(idx)), torch.tensor(idx)]
     ctx.save("class_model", out, nrow=_cols(len(idx)), title=f"Class models of {ctx.network.name} (Simonyan et al.)",
              caption=f"each image maximizes one class score from gray ({steps} steps {optimizer}, L2 {l2_weight:g}"
-                     f"{', robust transforms' if robust else ''}); under it: the class and its softmax probability",
+                     f"{', robust transforms' if robust else ''}); under it: the class and its "
+                     f"{'sigmoid' if ctx.network.multilabel else 'softmax'} probability",
              notes=[f"{n} p={float(p):.2f}" for n, p in zip(names, conf)])
     return {"objective_start": mod.history[0], "objective_end": mod.history[-1],
             "mean_target_prob": float(conf.mean()), **{f"prob/{n}": float(p) for n, p in zip(names, conf)}}
@@ -343,6 +344,7 @@ def adversarial(ctx: Context, count: int = 10, eps: float = 8 / 255, step_size: 
     robustness curve: robust accuracy against L-infinity eps for FGSM and PGD with ``restarts`` random
     starts (worst case per point) on ``curve_count`` test images, beside the median minimal L-infinity
     perturbation (bisection over eps of PGD success per image, ``minimal_search`` rounds)."""
+    ctx.network.single_label("viz=adversarial")
     A.check_eps(eps)
     A.check_eps(step_size, "step_size")
     curve_eps = sorted(A.check_eps(e, "curve_eps") for e in curve_eps)
@@ -439,6 +441,7 @@ def _curve_figure(rows: list[dict], label: dict, median: float, title: str = "")
 def fooling(ctx: Context, classes: Sequence | None = None, size: int | None = None, steps: int = 300, lr: float = 0.05,
             confidence: float = 0.99) -> dict:
     """Nguyen et al.: unrecognizable images classified as each class with >= ``confidence``."""
+    ctx.network.single_label("viz=fooling")
     idx = ctx.class_indices(classes)
     imgs, conf, taken = A.fooling_images(ctx.network, torch.tensor(idx), _size(ctx, size), steps, lr, confidence,
                                          generator=torch.Generator().manual_seed(ctx.seed))
