@@ -19,6 +19,8 @@ data cache, loading a trunk; a pool worker pays the first three once, a submitit
     PYTHONPATH=src CNNLAB_DATA=../shared/data python scripts/bench_gap_workers.py --out bench_workers.json
     PYTHONPATH=src python scripts/bench_gap_workers.py --budget smoke --plan "" --out bench_smoke.json
     PYTHONPATH=src python scripts/bench_gap_workers.py --steps 20 --out bench_steps.json   # thread settings only
+    CNNLAB_DATA=../shared/data python scripts/bench_gap_workers.py --plan "" --overhead-of outputs/gap/quick_transfer
+        # only the per-arm overhead, against a finished run of that budget (its trunks and data cache)
 """
 
 from __future__ import annotations
@@ -181,7 +183,15 @@ def main() -> None:
     ap.add_argument("--out", default="bench_gap_workers.json")
     ap.add_argument("--steps", type=int, default=0,
                     help="only time this many training steps per thread setting (side by side), no gap runs")
+    ap.add_argument("--overhead-of", default=None, metavar="RUN_DIR",
+                    help="only the per-arm overhead of a worker, against this finished gap run of --budget/--plan")
     args = ap.parse_args()
+    if args.overhead_of:
+        res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(), "command": " ".join(sys.argv),
+               "load_before": os.getloadavg(), "overhead": overhead(args, Path(args.overhead_of).resolve())}
+        Path(args.out).write_text(json.dumps(res, indent=1))
+        print(json.dumps(res, indent=1))
+        return
     if args.steps:
         res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(), "command": " ".join(sys.argv),
                "steps": [steps_side_by_side(args.steps, n) for n in (0, args.neighbours)]}

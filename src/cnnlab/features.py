@@ -44,25 +44,13 @@ def pool_features(fmap: torch.Tensor, target_dims: int | None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def extract_features(
-    backbone: TappedNetwork,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    taps: Sequence[str],
-    preprocess: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
-    target_dims: int | None = 9216,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float16,
-    progress: str | None = None,
-    total: int | None = None,
-) -> dict[str, torch.Tensor]:
-    """Run the frozen ``backbone`` (eval mode) over ``batches`` of ``(uint8 images, labels)``.
-
-    Returns ``{tap: (N, D_tap)}`` pooled features (stored as ``dtype`` to bound memory) and
-    ``"labels": (N,)``. ``preprocess`` turns a uint8 batch into model input (``dm.preprocess``).
-    """
+def extract_features(backbone: TappedNetwork, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], taps: Sequence[str],
+                     *args, **kwargs) -> dict[str, torch.Tensor]:
+    """:func:`iter_features` (the same arguments) gathered: ``{tap: (N, D_tap)}`` pooled features (stored as its
+    ``dtype`` to bound memory) and ``"labels": (N,)``."""
     out: dict[str, list[torch.Tensor]] = {t: [] for t in taps}
     labels: list[torch.Tensor] = []
-    for feats, y in iter_features(backbone, batches, taps, preprocess, target_dims, device, dtype, progress, total):
+    for feats, y in iter_features(backbone, batches, taps, *args, **kwargs):
         for t, v in feats.items():
             out[t].append(v)
         labels.append(y)
@@ -83,7 +71,9 @@ def iter_features(
     progress: str | None = None,
     total: int | None = None,
 ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-    """Yield ``({tap: (B, D_tap)}, labels (B,))`` per batch (CPU, ``dtype``); the backbone runs in eval mode.
+    """Run the frozen ``backbone`` over ``batches`` of ``(uint8 images, labels)``; ``preprocess`` turns a uint8 batch
+    into model input (``dm.preprocess``). Yield ``({tap: (B, D_tap)}, labels (B,))`` per batch (CPU, ``dtype``),
+    pooled to about ``target_dims`` (:func:`pool_features`); the backbone runs in eval mode.
 
     Its mode is restored when the iteration ends (or is abandoned).
     """
