@@ -61,8 +61,9 @@ def main() -> None:
             print(f"seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
         m = json.loads((run_dir / "metrics.json").read_text())
         out["runs"][seed] = {k: m[k] for k in m if k.startswith(("test/", "val/miou"))}
-    out["random_init_test_miou"] = mean_ci([r["test/miou"] for r in out["runs"].values()])
-    out["random_init_val_miou"] = mean_ci([r["val/miou"] for r in out["runs"].values()])
+    if out["runs"]:  # --skip-runs: no trained runs to summarize
+        out["random_init_test_miou"] = mean_ci([r["test/miou"] for r in out["runs"].values()])
+        out["random_init_val_miou"] = mean_ci([r["val/miou"] for r in out["runs"].values()])
     if not args.skip_probe:
         torch.manual_seed(args.seeds[0])
         backbone = instantiate(backbone_config(args.width))
