@@ -134,6 +134,44 @@ def test_pool_equals_sequential_and_a_killed_worker_loses_only_its_arm(sequentia
     shutil.rmtree(out)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z" if Path(f"/proc/{pid}").exists() else True
+
+
+@pytest.mark.slow
+def test_pool_workers_end_when_the_gap_process_is_killed(tmp_path, data_dir):
+    """SIGKILL the gap process while a worker runs an arm: the worker ends within seconds instead of computing on as
+    an orphan beside the rerun's workers, and its unfinished arm has no marker (the rerun runs it again)."""
+    out = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    # a pretraining far longer than the wait below: a worker that only stopped at the end of its arm would fail
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab.gap", *PLAN, "pretrain.steps=20000", f"paths.data_dir={data_dir}",
+                             f"hydra.run.dir={out}", "launcher=pool", "launcher.workers=2"], cwd=PROJECT_ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock = out / "jobs" / "colorization_seed0" / ".cnnlab.lock"
+    deadline = time.time() + 300
+    while not (lock.is_file() and lock.read_text().startswith("pid")):
+        assert proc.poll() is None and time.time() < deadline, "the pretraining arm never started"
+        time.sleep(0.05)
+    worker = int(lock.read_text().split()[1])
+    assert worker != proc.pid and _alive(worker)
+    proc.kill()
+    proc.wait()
+    try:
+        deadline = time.time() + 30
+        while _alive(worker) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not _alive(worker), "the worker outlived the gap process"
+        assert not (out / "arms" / "colorization_seed0" / "gap_arm.json").exists()
+    finally:
+        if _alive(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
 @pytest.mark.slow
 def test_submitit_path_runs_the_plan_as_jobs(sequential, data_dir):
     """The SLURM launcher's path through submitit's local executor: one process per arm (so only the random init's

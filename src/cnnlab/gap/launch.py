@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol
@@ -206,8 +207,22 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
+def _exit_with_parent(poll_s: float = 1.0) -> None:
+    """End this worker when the process that started it is gone (killed, or stopped without shutting the pool): an
+    orphan would go on computing an arm nobody collects, beside the rerun's own workers."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)  # the arm in progress is left unfinished (no marker): the next invocation reruns it
+
+    threading.Thread(target=watch, name="cnnlab-parent-watch", daemon=True).start()
+
+
 def _pool_init(devices, threads: int | None) -> None:
-    """A pool worker's start: its own GPU (before torch sees CUDA) and its thread count."""
+    """A pool worker's start: its own GPU (before torch sees CUDA), its thread count, and an end with its parent."""
+    _exit_with_parent()
     if devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(devices.get())
     if threads:
