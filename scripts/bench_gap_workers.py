@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 
 #: launcher name -> (overrides, environment)
-LAUNCHERS = {"local": ([], {}), "local threads=1": (["threads=1"], {}),
-             "local passive": ([], {"OMP_WAIT_POLICY": "PASSIVE"}),
+LAUNCHERS = {"local": (["launcher=local"], {}), "local threads=1": (["launcher=local", "threads=1"], {}),
+             "local passive": (["launcher=local"], {"OMP_WAIT_POLICY": "PASSIVE"}),
              "pool 2x1": (["launcher=pool", "launcher.workers=2", "threads=1"], {})}
 PLAN = ("inits=[random,colorization] seeds=[0] label_subsets=[0] data.train_limit=2000 random_init.calibrate_batches=4 "
         "finetune.lrs=[0.03] report.wandb=false")

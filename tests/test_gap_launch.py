@@ -53,7 +53,7 @@ def sequential(tmp_path_factory, data_dir) -> dict:
     every test of this module runs into. The same path each time: a fine-tune arm's key includes its trunk's
     absolute path (``model.backbone.path``), so only runs in one place can be compared key for key."""
     out = tmp_path_factory.mktemp("launch") / "gap"
-    run_cli("cnnlab.gap", *PLAN, f"paths.data_dir={data_dir}", f"hydra.run.dir={out}")
+    run_cli("cnnlab.gap", *PLAN, "launcher=local", f"paths.data_dir={data_dir}", f"hydra.run.dir={out}")
     _check_wandb_group(out)
     ref = {"keys": _keys(out), "outputs": _outputs(out, _keys(out)), "out": out}
     shutil.rmtree(out)

@@ -32,8 +32,9 @@ def _compose(*overrides):
 
     from cnnlab.config import CONF_DIR
 
+    # every arm in this process (launcher=local): the tests below check its results, not the pool
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("gap", overrides=list(overrides))
+        return compose("gap", overrides=["launcher=local", *overrides])
 
 
 @pytest.fixture(scope="module")

@@ -282,6 +282,18 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+#: memory one CPU worker may need: a quick-budget worker peaked at 5.9 GB resident (2026-12-03, docs/benchmarks.md)
+CPU_WORKER_BYTES = 8 * 2**30
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def visible_gpus() -> list[str]:
     """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries (empty without CUDA)."""
     import torch
@@ -332,8 +344,8 @@ class Local(Launcher):
 
 
 class Pool(Launcher):
-    """``workers`` worker processes on this machine (null: one per visible GPU, else one per CPU core), each with
-    ``threads`` torch threads (null: the cores split evenly between the workers)."""
+    """``workers`` worker processes on this machine (null: one per visible GPU, else one per CPU core but at most one
+    per 8 GiB of memory), each with ``threads`` torch threads (null: the cores split evenly between the workers)."""
 
     name = "pool"
 
@@ -344,7 +356,7 @@ class Pool(Launcher):
     def plan_workers(self) -> tuple[int, list[str], int]:
         """``(workers, GPUs, threads per worker)`` on this machine."""
         gpus = visible_gpus()
-        n = int(self.workers or len(gpus) or cpu_count())
+        n = int(self.workers or len(gpus) or min(cpu_count(), max(1, (memory_bytes() or CPU_WORKER_BYTES) // CPU_WORKER_BYTES)))
         if n < 1:
             raise UserError(f"launcher.workers={self.workers}: give at least 1 (or null: one per GPU / core)")
         if gpus and n > len(gpus):

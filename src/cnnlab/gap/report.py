@@ -244,12 +244,12 @@ def task_markdown(res: dict) -> str:
                 f"{ft[f][i].get('step_is_last', 0)} of {len(ft[f][i]['step_chosen'])}" for f in fr) + " |")
         lines += published_beside(res, fr[-1], rows)
     lines += ["", "### Validation accuracies behind the choices (%, mean over paired runs)", "",
-              "| init | best tap val | " + " | ".join(f"fine-tune {100 * float(f):g}% val" for f in fr) + " |",
+              "| " + " | ".join(["init", "best tap val", *(f"fine-tune {100 * float(f):g}% val" for f in fr)]) + " |",
               "|---" * (len(fr) + 2) + "|"]
     for i in rows:
         b = best.get(i)
         tap_val = f"{100 * b['val']:.1f} ({b['tap']})" if b and b["val"] is not None else "–"
-        lines.append(f"| {i} | {tap_val} | " + " | ".join(format_acc(res["finetune"][f][i]["val"]) for f in fr) + " |")
+        lines.append("| " + " | ".join([i, tap_val, *(format_acc(res["finetune"][f][i]["val"]) for f in fr)]) + " |")
     lines += ["", "### Reading", "", *reading(res)]
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,118 @@
+"""Does a longer pretraining close more of the gap? The gap's validation-only probes at several pretraining lengths.
+
+For each length, ``cnnlab-gap validation_only=true pretrain.steps=<length>`` with no fine-tunes (the probes are what
+the pretraining alone decides; fine-tunes add their own length and search), into ``<out>/length_<steps>/``; a run
+that finished is reused (the gap resumes). Then one table and one plot: per task and probe family, each init's
+validation score at the tap chosen on validation and the gap closed, (colorization - random) / (supervised - random),
+against the length. No test split is read: this chooses a budget, it does not report a result.
+
+    CNNLAB_DATA=../shared/data python scripts/gap_length_study.py --lengths 250 500 1000 2000 -- \\
+        seeds=[0] threads=1 pool.cfg.train_limit=null
+    python scripts/gap_length_study.py --lengths 250 500 1000 2000 --tabulate-only   # the table from finished runs
+
+Arguments after ``--`` go to every ``cnnlab-gap`` run (the budget, seeds, pool, tasks ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+INITS = ("random", "colorization", "supervised")
+
+
+def run_length(steps: int, out: Path, overrides: list[str]) -> None:
+    cmd = [sys.executable, "-m", "cnnlab.gap", "validation_only=true", f"pretrain.steps={steps}",
+           "tasks.cls.label_fractions=[]", "tasks.seg.label_fractions=[]", *overrides, f"hydra.run.dir={out}"]
+    print("$", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def val_at_best_tap(task: dict, family: str) -> dict[str, tuple[str, float]] | None:
+    """init -> (tap, mean validation score) at the tap the gap chose on validation for that init (linear), or at the
+    linear probe's chosen tap for kNN (kNN is not tuned)."""
+    probe = task["probe"]
+    if family not in probe.get("families", []):
+        return None
+    out = {}
+    for init in INITS:
+        tap = probe["best_tap"][init]["tap"]
+        out[init] = (tap, probe[family][init][tap]["val"]["mean"])
+    return out
+
+
+def gap_closed(scores: dict[str, tuple[str, float]]) -> float | None:
+    r, c, s = (scores[i][1] for i in INITS)
+    return None if s == r else (c - r) / (s - r)
+
+
+def tabulate(lengths: list[int], root: Path) -> tuple[str, dict]:
+    rows, data = [], {}
+    for steps in lengths:
+        path = root / f"length_{steps}" / "gap_results.json"
+        if not path.is_file():
+            rows.append(f"| {steps} | (not run) | | | | | |")
+            continue
+        res = json.loads(path.read_text())
+        for name, task in res["tasks"].items():
+            for family in ("linear", "knn"):
+                scores = val_at_best_tap(task, family)
+                if scores is None:
+                    continue
+                g = gap_closed(scores)
+                n = task["probe"]["linear"]["random"][scores["random"][0]]["val"]["n"]
+                data.setdefault(f"{name} {family}", {})[steps] = g
+                rows.append(f"| {steps} | {name} ({task['kind']}), {family} probe | {n} | "
+                            + " | ".join(f"{100 * scores[i][1]:.1f} ({scores[i][0]})" for i in INITS)
+                            + f" | {'n/a' if g is None else f'{100 * g:.0f}%'} |")
+    head = ["| pretraining steps | task, probe | seeds | random val | colorization val | supervised val | gap closed (val) |",
+            "|---|---|---|---|---|---|---|"]
+    return "\n".join(head + rows) + "\n", data
+
+
+def plot(data: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
+    for label, by_steps in data.items():
+        xs = sorted(s for s, g in by_steps.items() if g is not None)
+        ax.plot(xs, [100 * by_steps[s] for s in xs], marker="o", label=label)
+    ax.axhline(70, color="gray", ls=":", lw=1, label="the claim: 70%")
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("pretraining optimizer steps (every pretrained init)")
+    ax.set_ylabel("gap closed on validation (%)")
+    ax.set_title("Gap closed against pretraining length (validation, probes only)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lengths", type=int, nargs="+", default=[250, 500, 1000, 2000])
+    ap.add_argument("--out", default="outputs/gap/length_study", help="one run dir per length under it")
+    ap.add_argument("--tabulate-only", action="store_true", help="no runs: the table and plot from finished ones")
+    args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    root = Path(args.out)
+    if not args.tabulate_only:
+        for steps in args.lengths:
+            run_length(steps, root / f"length_{steps}", overrides)
+    table, data = tabulate(args.lengths, root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "length_study.md").write_text(table)
+    plot(data, root / "length_study.png")
+    print(table)
+    print(f"wrote {root / 'length_study.md'} and {root / 'length_study.png'}")
+
+
+if __name__ == "__main__":
+    main()
