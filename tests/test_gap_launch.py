@@ -201,13 +201,19 @@ def test_multirun_jobs_share_a_wandb_group(tmp_path, data_dir):
 # ------------------------------------------------------------------------------------------------- fast
 def test_pool_plans_one_worker_per_gpu_or_core(monkeypatch):
     """Planning only (no GPU on the test machines): every visible GPU gets one worker; on a CPU the cores are
-    split between the workers."""
+    split between the workers, at most one worker per 8 GiB of memory."""
     from cnnlab.errors import UserError
     from cnnlab.gap import launch
 
     monkeypatch.setattr(launch, "cpu_count", lambda: 8)
     monkeypatch.setattr(launch, "visible_gpus", lambda: [])
+    monkeypatch.setattr(launch, "memory_bytes", lambda: 64 * 2**30)
     assert launch.Pool().plan_workers() == (8, [], 1)
+    monkeypatch.setattr(launch, "memory_bytes", lambda: 20 * 2**30)  # one CPU worker per 8 GiB: 2, with 4 threads each
+    assert launch.Pool().plan_workers() == (2, [], 4)
+    monkeypatch.setattr(launch, "memory_bytes", lambda: None)  # memory unknown: one worker with every core
+    assert launch.Pool().plan_workers() == (1, [], 8)
+    monkeypatch.setattr(launch, "memory_bytes", lambda: 64 * 2**30)
     assert launch.Pool(workers=2).plan_workers() == (2, [], 4)
     assert launch.Pool(workers=2, threads=1).plan_workers() == (2, [], 1)
     monkeypatch.setattr(launch, "visible_gpus", lambda: ["2", "3", "5"])
