@@ -50,7 +50,7 @@ def gap_closed(scores: dict[str, tuple[str, float]]) -> float | None:
 
 
 def tabulate(lengths: list[int], root: Path) -> tuple[str, dict]:
-    rows, data = [], {}
+    rows, data, seeds = [], {}, 0
     for steps in lengths:
         path = root / f"length_{steps}" / "gap_results.json"
         if not path.is_file():
@@ -64,20 +64,22 @@ def tabulate(lengths: list[int], root: Path) -> tuple[str, dict]:
                     continue
                 g = gap_closed(scores)
                 n = task["probe"]["linear"]["random"][scores["random"][0]]["val"]["n"]
+                seeds = max(seeds, n)
                 data.setdefault(f"{name} {family}", {})[steps] = g
                 rows.append(f"| {steps} | {name} ({task['kind']}), {family} probe | {n} | "
                             + " | ".join(f"{100 * scores[i][1]:.1f} ({scores[i][0]})" for i in INITS)
                             + f" | {'n/a' if g is None else f'{100 * g:.0f}%'} |")
     head = ["| pretraining steps | task, probe | seeds | random val | colorization val | supervised val | gap closed (val) |",
             "|---|---|---|---|---|---|---|"]
-    return "\n".join(head + rows) + "\n", data
+    return "\n".join(head + rows) + "\n", data, seeds
 
 
-def plot(data: dict, path: Path) -> None:
+def plot(data: dict, path: Path, seeds: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
     for label, by_steps in data.items():
@@ -85,10 +87,14 @@ def plot(data: dict, path: Path) -> None:
         ax.plot(xs, [100 * by_steps[s] for s in xs], marker="o", label=label)
     ax.axhline(70, color="gray", ls=":", lw=1, label="the claim: 70%")
     ax.axhline(0, color="black", lw=0.6)
+    steps = sorted({s for by_steps in data.values() for s in by_steps})
     ax.set_xscale("log")
+    ax.set_xticks(steps, [str(s) for s in steps])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the lengths run are labelled
     ax.set_xlabel("pretraining optimizer steps (every pretrained init)")
     ax.set_ylabel("gap closed on validation (%)")
-    ax.set_title("Gap closed against pretraining length (validation, probes only)", fontsize=9)
+    ax.set_title(f"Gap closed against pretraining length (validation, probes only; {seeds} seed(s), no interval)"
+                 if seeds == 1 else f"Gap closed against pretraining length (validation, probes only; mean of {seeds} seeds)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
@@ -106,10 +112,10 @@ def main() -> None:
     if not args.tabulate_only:
         for steps in args.lengths:
             run_length(steps, root / f"length_{steps}", overrides)
-    table, data = tabulate(args.lengths, root)
+    table, data, seeds = tabulate(args.lengths, root)
     root.mkdir(parents=True, exist_ok=True)
     (root / "length_study.md").write_text(table)
-    plot(data, root / "length_study.png")
+    plot(data, root / "length_study.png", seeds)
     print(table)
     print(f"wrote {root / 'length_study.md'} and {root / 'length_study.png'}")
 
