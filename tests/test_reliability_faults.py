@@ -527,3 +527,23 @@ def test_the_error_line_is_the_last_line_after_wandb_started(tmp_path, data_dir)
     lines = proc.stdout.rstrip().splitlines()
     assert proc.returncode == 2 and "wandb sync" in proc.stdout, proc.stdout[-3000:]
     assert lines[-1] == "error: unknown augmentation(s) ['nope']: choose from ['crop', 'flip', 'jitter', 'resized_crop'] (data.augment)", lines[-5:]
+
+
+def test_captums_note_on_its_own_hooks_is_silenced():
+    """Guided backprop (Captum) warns that it sets ReLU hooks on every call, noise in every analysis run's console;
+    the commands' filter drops exactly that, and other warnings still show."""
+    import warnings
+
+    import torch
+    from captum.attr import GuidedBackprop
+
+    from cnnlab.cli import quiet_third_party
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    net(torch.zeros(1, 3, 8, 8))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_third_party()
+        GuidedBackprop(net).attribute(torch.rand(1, 3, 8, 8, requires_grad=True), target=0)
+        warnings.warn("a warning of ours", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["a warning of ours"]

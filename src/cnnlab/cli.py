@@ -476,9 +476,11 @@ _TIPS = _DropTips()
 
 def quiet_third_party() -> None:
     """Silence third-party output that tells the user nothing about their run: Lightning's "litlogger" tip and
-    deprecation warnings raised inside Lightning and torch about their own internals."""
+    deprecation warnings raised inside Lightning and torch about their own internals, Captum's notes on its own hooks."""
     import warnings
 
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_TIPS)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_TIPS)
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Captum's guided backprop / deconvnet announce the ReLU hooks they add and remove again within each call
+    warnings.filterwarnings("ignore", message=r"Setting backward hooks on ReLU activations")
