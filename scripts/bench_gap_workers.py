@@ -186,21 +186,18 @@ def main() -> None:
     ap.add_argument("--overhead-of", default=None, metavar="RUN_DIR",
                     help="only the per-arm overhead of a worker, against this finished gap run of --budget/--plan")
     args = ap.parse_args()
-    if args.overhead_of:
-        res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(), "command": " ".join(sys.argv),
-               "load_before": os.getloadavg(), "overhead": overhead(args, Path(args.overhead_of).resolve())}
-        Path(args.out).write_text(json.dumps(res, indent=1))
-        print(json.dumps(res, indent=1))
-        return
-    if args.steps:
-        res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(), "command": " ".join(sys.argv),
-               "steps": [steps_side_by_side(args.steps, n) for n in (0, args.neighbours)]}
+    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
+                 "command": " ".join(sys.argv), "load_before": os.getloadavg()}
+    if args.overhead_of or args.steps:  # one measurement alone, no gap runs
+        if args.overhead_of:
+            res["overhead"] = overhead(args, Path(args.overhead_of).resolve())
+        else:
+            res["steps"] = [steps_side_by_side(args.steps, n) for n in (0, args.neighbours)]
         Path(args.out).write_text(json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
         return
     root = Path(tempfile.mkdtemp(prefix="bench_gap_workers_"))
-    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
-                 "command": " ".join(sys.argv), "runs": {}}
+    res["runs"] = {}
     try:
         for n in (0, args.neighbours):
             procs = [busy() for _ in range(n)]
