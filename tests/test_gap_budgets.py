@@ -19,7 +19,7 @@ RGB = {"standard", "full"}
 EXPECT = {  # budget: (seeds, label subsets, {task: (label fractions, candidates = lrs x variants, probe subsets)})
     "smoke": (1, 2, {"cls": (1, 4, 2), "seg": (1, 1, 1)}),
     "quick": (2, 1, {"cls": (1, 2, 1), "seg": (1, 2, 1)}),
-    "standard": (4, 1, {"cls": (2, 2, 1), "seg": (2, 2, 1)}),
+    "standard": (4, 1, {"cls": (2, 3, 1), "seg": (2, 3, 1)}),
     "gpu_check": (1, 1, {"cls": (1, 2, 1), "seg": (1, 1, 1)}),
     "full": (4, 2, {"cls": (2, 3, 1), "seg": (2, 3, 1)}),
 }
