@@ -54,3 +54,16 @@ def test_an_editable_install_is_a_plain_path_entry_to_src(tmp_path):
     assert not [n for n in names if n.endswith("_finder.py")], names
     (pth,) = [n for n in names if n.endswith(".pth")]
     assert zipfile.ZipFile(wheel).read(pth).decode().split() == [str((source / "src").resolve())]
+
+
+def test_importing_cnnlab_makes_idle_torch_threads_sleep_before_torch_loads():
+    """OpenMP reads ``OMP_WAIT_POLICY`` once, when torch loads: the package sets it on import, before any of its
+    commands imports torch, and leaves a value the environment gives alone."""
+    import os
+
+    code = "import os, sys, cnnlab; print('torch' in sys.modules, os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for given, expect in ((None, "False PASSIVE"), ("ACTIVE", "False ACTIVE")):
+        run_env = env if given is None else {**env, "OMP_WAIT_POLICY": given}
+        out = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True, check=True, timeout=300)
+        assert out.stdout.strip() == expect

@@ -93,13 +93,16 @@ def test_voc2007_targets_through_torchvision_vocdetection(tmp_path):
 
 
 def test_multi_hot_and_a_labels_folder(ml_folder, data_dir):
+    from cnnlab.data.datamodule import ImageDataModule
     from cnnlab.data.multilabel import MultiLabelDataModule, parse_labels_file
+    from cnnlab.data.segmentation import SegmentationDataModule
 
     assert multi_hot([("b", False), ("c", True), ("c", False), ("a", True)], ["a", "b", "c", "d"]).tolist() == [IGNORE, 1, 1, 0]
     assert parse_labels_file("x.png disk ?ring\n\ny.png\n", "labels.txt") == {"x.png": [("disk", False), ("ring", True)], "y.png": []}
     dm = MultiLabelDataModule(name="voc2007", source=str(ml_folder), data_dir=str(data_dir), image_size=32, progress=False,
                               label_fraction=0.5, label_seed=1)
     dm.setup()
+    assert dm.multilabel and not ImageDataModule.multilabel and not SegmentationDataModule.multilabel
     assert dm.num_classes == 5 and {s: len(d) for s, d in dm.splits.items()} == {"train": 30, "val": 24, "test": 24}
     lines = (ml_folder / "val" / "labels.txt").read_text().split("\n")
     first = set(lines[0].split()[1:])

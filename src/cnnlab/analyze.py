@@ -114,7 +114,7 @@ def run(cfg: DictConfig) -> dict:
         return {}
     subject.single_label("cnnlab-analyze")
     dm = build_datamodule(cfg, subject)
-    if getattr(dm, "multilabel", False):
+    if dm.multilabel:
         raise UserError(f"cnnlab-analyze reads single-label data, but data={dm.hparams.name} has several labels per "
                         "image: choose single-label data (data=cifar10, data=imagefolder data.source=<folder>)")
     loggers = ensure_wandb_started(instantiate_group(cfg.get("logger")))

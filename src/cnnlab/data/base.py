@@ -64,6 +64,9 @@ def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
 class SplitDataModule(pl.LightningDataModule):
     """The base of cnnlab's data modules: ``splits`` of uint8 tensors, their loaders and the training batch's seed."""
 
+    #: labels are one class per image; the multi-label module (several present classes per image) says True
+    multilabel = False
+
     def __init__(self):
         super().__init__()
         self._data = None

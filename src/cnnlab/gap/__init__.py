@@ -1,11 +1,11 @@
 """``cnnlab-gap``: how much of the gap between a random init and supervised pretraining does
 colorization pretraining close? (``python -m cnnlab.gap``)
 
-    cnnlab-gap                    # the quick budget: real CIFAR-10, 2-core CPU, <= 15 min
-    cnnlab-gap budget=standard    # the headline: 3 seeds x 2 label subsets, <= 2 h on a 2-core CPU
-    cnnlab-gap budget=smoke       # synthetic data, seconds (what the tests run)
-    cnnlab-gap budget=gpu_check   # every arm kind on one GPU in minutes; budget=full: hours
-    cnnlab-gap seeds=[0,1,2] label_subsets=[0,1] label_fractions=[0.01,0.1]
+    cnnlab-gap                    # quick: Tiny-ImageNet -> CIFAR-10 and CamVid, <= 15 min on a 2-core CPU
+    cnnlab-gap budget=standard    # the headline: 4 pretraining seeds, <= 3 h on a 2-core CPU
+    cnnlab-gap budget=smoke       # a plumbing check on synthetic data (what the tests run)
+    cnnlab-gap budget=gpu_check   # every arm kind on one GPU in minutes; budget=full: ImageNet -> VOC, hours
+    cnnlab-gap seeds=[0,1,2] label_subsets=[0,1] tasks.cls.label_fractions=[0.01,0.1]
 
 Every arm runs into ``outputs/gap/<budget>/arms/<arm>/``; rerunning the same command reuses the
 finished arms, so an interrupted reproduction resumes. See :mod:`cnnlab.gap.arms` (what an arm is),
@@ -17,10 +17,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# Idle torch (OpenMP) threads sleep instead of spinning. Read once, when torch loads, which checking the config
-# already does, so it is set on import; worker processes inherit it. On a CPU shared with other work spinning
-# threads were 14x slower per training step, sleeping ones 2x faster than one thread (docs/benchmarks.md).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # every arm is a W&B run: W&B's per-run banner and "wandb sync" hint would bury the arm progress lines (the README's one
 # sync command covers every arm; each run keeps its W&B logs under its own wandb/ folder)
 os.environ.setdefault("WANDB_SILENT", "true")
