@@ -60,3 +60,19 @@ def test_keyed_cache_recomputes_for_another_key_and_survives_a_corrupt_file(tmp_
         assert keyed_cache(path, "other", compute)["n"] == before + 1, "the recomputed value replaced the damaged file"
     assert "unreadable cache file" in caplog.text
     assert sorted(p.name for p in path.parent.iterdir()) == ["v.pt"], "no temp files left"
+
+
+def test_a_directory_published_twice_keeps_the_first_when_asked_and_fails_otherwise(tmp_path):
+    """Two workers building the same cache: the second rename finds the first's directory; a cache keeps it whole."""
+    from cnnlab.io.files import atomic_dir
+
+    target = tmp_path / "cache"
+    with atomic_dir(target) as tmp:
+        (tmp / "meta.json").write_text("first")
+    with atomic_dir(target, first_wins=True) as tmp:
+        (tmp / "meta.json").write_text("second")
+    assert (target / "meta.json").read_text() == "first"
+    with pytest.raises(OSError), atomic_dir(target) as tmp:
+        (tmp / "meta.json").write_text("third")
+    assert (target / "meta.json").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"], "no temp directory is left behind"

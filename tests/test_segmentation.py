@@ -144,6 +144,24 @@ def test_a_good_folder_loads_with_its_own_splits(tmp_path):
     assert images.dtype == torch.uint8 and images.shape == (2, 3, 6, 8) and masks.shape == (2, 6, 8)
 
 
+def test_a_cache_another_worker_published_first_is_kept(tmp_path):
+    """Two gap workers decode the same source at once; the one that publishes second finds the first's cache in
+    place and loads it (it used to fail with 'Directory not empty' and lose the arm)."""
+    from PIL import Image
+
+    from cnnlab.data.segmentation import build_seg_cache
+
+    src = _folder(tmp_path / "ok", {"train/a": _frame(), "val/b": _frame(value=2), "test/c": _frame()})
+    first = _dm(src, tmp_path / "data")
+    first.setup()
+    (path,) = (tmp_path / "data" / "cache").iterdir()
+    pairs = [(split, name, Image.fromarray(image), Image.fromarray(mask))
+             for split, name, (image, mask) in (("train", "a", _frame()), ("val", "b", _frame(value=1)), ("test", "c", _frame()))]
+    second = build_seg_cache(path, pairs, ["a", "b", "c"], (6, 8), 255, {"source": str(src), "name": "segfolder"})
+    assert second.splits["val"].masks.max() == 2, "the first publisher's cache is the one kept"
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name], "no temp directory is left behind"
+
+
 def test_test_limit_is_a_fixed_subset_of_the_test_frames(tmp_path):
     frames = {"train/a": _frame(), "val/b": _frame(), **{f"test/t{i}": _frame(value=i % 3) for i in range(6)}}
     src = _folder(tmp_path / "ok", frames)

@@ -88,17 +88,13 @@ def load_cache(path: Path) -> CachedDataset:
 
 def write_cache(path: Path, classes: list[str], splits: dict[str, CachedSplit], meta: dict) -> CachedDataset:
     """Atomically write a cache directory (temp dir + rename: a cache is several files, not one)."""
-    try:
-        with atomic_dir(path) as tmp:
-            for s, split in splits.items():
-                np.save(tmp / f"{s}_images.npy", np.ascontiguousarray(split.images, dtype=np.uint8))
-                np.save(tmp / f"{s}_labels.npy", np.asarray(split.labels, dtype=np.int64))
-            meta = dict(meta, classes=classes, splits=sorted(splits), version=CACHE_VERSION,
-                        counts={s: int(len(v.labels)) for s, v in splits.items()})
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    except OSError:  # another process finished first: keep theirs
-        if not (path / "meta.json").exists():
-            raise
+    with atomic_dir(path, first_wins=True) as tmp:
+        for s, split in splits.items():
+            np.save(tmp / f"{s}_images.npy", np.ascontiguousarray(split.images, dtype=np.uint8))
+            np.save(tmp / f"{s}_labels.npy", np.asarray(split.labels, dtype=np.int64))
+        meta = dict(meta, classes=classes, splits=sorted(splits), version=CACHE_VERSION,
+                    counts={s: int(len(v.labels)) for s, v in splits.items()})
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     return load_cache(path)
 
 

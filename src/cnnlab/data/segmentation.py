@@ -194,7 +194,8 @@ def build_seg_cache(path: Path, pairs, classes: list[str], size: tuple[int, int]
         d["names"].append(name)
     if "train" not in per:
         raise UserError(f"{meta.get('source')} has no training frames: add train/images + train/labels")
-    with atomic_dir(path) as tmp:
+    # two gap workers (or DDP ranks) may decode the same source at once: the first to publish wins
+    with atomic_dir(path, first_wins=True) as tmp:
         for s, d in per.items():
             np.save(tmp / f"{s}_images.npy", np.stack(d["images"]))
             np.save(tmp / f"{s}_masks.npy", np.stack(d["masks"]))

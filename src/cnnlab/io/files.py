@@ -81,12 +81,14 @@ def write_json(path: str | Path, data: Any) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path, first_wins: bool = False) -> Iterator[Path]:
     """Yield a new temp directory beside ``path``; on a clean exit every file in it is fsynced and the
     directory is renamed onto ``path`` (for results made of several files, e.g. a dataset cache).
 
-    The rename fails with ``OSError`` when ``path`` already exists and is not empty (another process
-    finished first); the temp directory is removed whatever happens.
+    The rename fails with ``OSError`` when ``path`` already exists and is not empty: another process
+    published it first. ``first_wins`` keeps theirs instead (right for a cache that two workers or DDP ranks
+    build from the same source: a rename is all or nothing, so what is there is whole). The temp directory is
+    removed whatever happens.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +101,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
                 with open(f, "rb+") as fh:
                     os.fsync(fh.fileno())
         _fsync_dir(tmp)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not (first_wins and path.is_dir() and any(path.iterdir())):
+                raise
         _fsync_dir(path.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
