@@ -128,7 +128,7 @@ def test_standard_finetune_length_scales_with_the_labelled_pool(tmp_path):
         assert c.data.label_fraction == f and c.data.label_seed == 1 and c.test is False, "candidates never read test"
         assert c.callbacks.get("last_checkpoint") is None, "one best-on-val checkpoint per candidate"
         assert c.data.name == "cifar10" and c.data.color_space == "L"
-    assert steps == {0.01: 300, 0.1: 400}
+    assert steps == {0.01: 630, 0.1: 800}
     seg = runner.configs.finetune("seg", "random", 0, 0, 1.0, 1e-3, Path("/x/trunk.pt"), 367, "ft", tmp_path / "ft")
     assert seg.monitor == "val/miou" and seg.model.trunk_lr_mult == 1.0 and "warmup_steps" not in seg.model
     assert seg.model._target_.endswith("Segmenter") and seg.data.name == "camvid" and seg.backbone._target_.endswith("backbone_from_trunk")
