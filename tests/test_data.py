@@ -158,3 +158,21 @@ def test_missing_stl10_without_network_is_clear(tmp_path):
     dm = ImageDataModule(name="stl10", data_dir=str(tmp_path), image_size=96, download=False)
     with pytest.raises(UserError, match="STL-10 not found in .*stl10_binary.*network access"):
         dm.setup()
+
+
+def test_a_folder_without_test_has_no_test_split_and_no_split_stands_in(tmp_path):
+    """Without test/ there is no test split: asking for it names the fix, and the validation split (where choices
+    are made) is never reported under the test split's name."""
+    src = _make_tar(tmp_path / "train_only.tar.gz", _folder_files(per_class=10, splits=("train",)))
+    dm = ImageDataModule(name="imagefolder", source=str(src), data_dir=str(tmp_path), image_size=8, progress=False,
+                         val_fraction=0.2, test_limit=5)
+    dm.setup()
+    assert set(dm.splits) == {"train", "val"} and len(dm.splits["val"]) == 4
+    dm.require("val")
+    for ask in (lambda: dm.require("test"), dm.test_dataloader):
+        with pytest.raises(UserError, match=r"train_only\.tar\.gz has no test split: .*or run with test=false"):
+            ask()
+    no_val = ImageDataModule(name="imagefolder", source=str(src), data_dir=str(tmp_path), image_size=8, progress=False,
+                             val_fraction=0.0)
+    with pytest.raises(UserError, match="the val split is empty: check data.val_fraction"):
+        no_val.setup()

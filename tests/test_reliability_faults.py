@@ -205,6 +205,33 @@ def test_no_validation_split_is_refused_before_the_run(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_folder_without_test_stops_a_run_that_would_test_before_it_trains(tmp_path):
+    """Without test/ the run refuses at the start (not after training, and never testing on the validation split
+    under the test split's name); test=false trains."""
+    src = tmp_path / "train_only.tar.gz"
+    with tarfile.open(src, "w:gz") as tar:
+        for k, cls in enumerate(("cat", "dog")):
+            for i in range(12):
+                buf = io.BytesIO()
+                Image.new("RGB", (12, 12), (100 * k, 50 + 5 * i, 200)).save(buf, format="JPEG")
+                info = tarfile.TarInfo(f"train/{cls}/{i}.jpg")
+                info.size = buf.tell()
+                buf.seek(0)
+                tar.addfile(info, buf)
+    args = ["data=imagefolder", *(a for a in B if not a.startswith("data")), f"data.source={src}", "data.image_size=8", "data.val_fraction=0.25",
+            "data.batch_size=8", f"paths.data_dir={tmp_path / 'data'}"]
+    # a crop padding as large as the image is a clear error too (kornia's reflection pad would raise from below)
+    proc = run_cli("cnnlab.train", *args, "data.crop_padding=8", f"hydra.run.dir={tmp_path / 'run_pad'}", check=False)
+    one_error(proc, "error: data.crop_padding=8 does not fit data.image_size=8")
+    args.append("data.crop_padding=1")
+    proc = run_cli("cnnlab.train", *args, f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    one_error(proc, f"error: {src} has no test split: add one to the data")
+    assert not list((tmp_path / "run").rglob("*.ckpt")) and not (tmp_path / "run" / "metrics.json").exists()
+    proc = run_cli("cnnlab.train", *args, "test=false", f"hydra.run.dir={tmp_path / 'run2'}")
+    metrics = (tmp_path / "run2" / "metrics.json").read_text()
+    assert "val/acc" in metrics and "test/" not in metrics
+
+
 # ----------------------------------------------------------------------------- 5. no dead end before the first checkpoint
 @pytest.fixture
 def small_filesystem(tmp_path):

@@ -90,18 +90,20 @@ def run(cfg: DictConfig) -> float | None:
     out_dir = Path(cfg.paths.output_dir)
     if cfg.get("seed") is not None:  # 0 is a valid seed
         pl.seed_everything(int(cfg.seed), workers=True)
-    print_config_tree(cfg, save_to=out_dir / "config_tree.log")
-
-    callbacks = instantiate_group(cfg.get("callbacks"))
-    loggers = ensure_wandb_started(instantiate_group(cfg.get("logger")))
-    trainer = build_trainer(cfg, callbacks, loggers)
-
+    # the data first: a data fault (no test split, one class) stops the run before a logger or a run dir starts
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     if "num_classes" in cfg.model:
         from cnnlab.validation import check_classes
 
         check_classes(datamodule.classes, cfg.data)
+    if cfg.get("test", False):
+        datamodule.require("test")
+    print_config_tree(cfg, save_to=out_dir / "config_tree.log")
+
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = ensure_wandb_started(instantiate_group(cfg.get("logger")))
+    trainer = build_trainer(cfg, callbacks, loggers)
     model_cfg = cfg.model
     if "num_classes" in model_cfg and model_cfg.num_classes is None:
         model_cfg = model_cfg.copy()

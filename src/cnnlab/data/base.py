@@ -97,11 +97,16 @@ class SplitDataModule(pl.LightningDataModule):
         self._load()
 
     # ----------------------------------------------------------------------------- loaders
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def require(self, split: str) -> None:
+        """Raise one clear :class:`UserError` when the data has no ``split`` (a folder without ``test/``), so a run
+        stops before training instead of at its end, and no other split ever stands in for it."""
         self.setup()
         if split not in self.splits:
-            raise UserError(f"{self._load().meta.get('source')} has no {split} split: add a {split} split to the "
-                            "data, or run with test=false")
+            fix = " (a test/ or val/ directory beside train/), or run with test=false" if split == "test" else ""
+            raise UserError(f"{self._load().meta.get('source')} has no {split} split: add one to the data{fix}")
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        self.require(split)
         ds, h = self.splits[split], self.hparams
         bs = h.batch_size if train else (h.eval_batch_size or h.batch_size)
         return DataLoader(

@@ -81,6 +81,10 @@ def build_augment(names: Sequence[str], image_size: int, crop_padding: int = 4) 
     unknown = [n for n in names if n not in table]
     if unknown:
         raise UserError(f"unknown augmentation(s) {unknown}: choose from {sorted(table)} (data.augment)")
+    if "crop" in names and not 0 <= crop_padding < image_size:
+        # reflect padding mirrors the image inside itself, so it needs fewer pixels than the image has
+        raise UserError(f"data.crop_padding={crop_padding} does not fit data.image_size={image_size}: the crop pads by "
+                        "reflection, so give 0 <= data.crop_padding < data.image_size (e.g. image_size // 8)")
     return nn.Sequential(*[table[n]() for n in names])
 
 
@@ -158,22 +162,23 @@ class ImageDataModule(SplitDataModule):
         labels_t = torch.from_numpy(labels)
         self.splits["train"] = TensorImageDataset(images[pool], labels_t[pool])
         self.splits["val"] = TensorImageDataset(images[val_idx], labels_t[val_idx])
+        # a folder without test/ has no test split (never the validation split under another name: numbers chosen
+        # on val would be reported as test); asking for it raises (``require``)
         if "test" in data.splits:
             test = data.splits["test"]
             self.splits["test"] = TensorImageDataset(torch.from_numpy(np.array(test.images)), torch.from_numpy(test.labels))
-        else:
-            log.warning("%s has no test split: using the validation split as test", data.meta.get("source"))
-            self.splits["test"] = self.splits["val"]
-        if len(self.splits["val"]) == 0:
+        if len(self.splits["val"]) == 0 and "test" in self.splits:
+            # val_fraction=0 (test-only readers); every consumer that chooses on val refuses it (check_selection, probes)
             self.splits["val"] = self.splits["test"]
-        if h.get("test_limit") and h.test_limit < len(self.splits["test"]):
+        if h.get("test_limit") and "test" in self.splits and h.test_limit < len(self.splits["test"]):
             # quick runs only: a fixed class-balanced part of the test split; reported numbers use all of it
             test = self.splits["test"]
             keep = torch.from_numpy(balanced_subset(test.labels.numpy(), count=h.test_limit, seed=h.split_seed))
             self.splits["test"] = TensorImageDataset(test.images[keep], test.labels[keep])
         for name, ds in self.splits.items():
             if len(ds) == 0:
-                raise UserError(f"the {name} split is empty: check data.source, data.train_limit and data.label_fraction")
+                knobs = "data.val_fraction" if name == "val" else "data.source, data.train_limit and data.label_fraction"
+                raise UserError(f"the {name} split is empty: check {knobs}")
 
     # ----------------------------------------------------------------------------- on device
     def preprocess(self, images: torch.Tensor, train: bool = False, seed: int | None = None) -> torch.Tensor:

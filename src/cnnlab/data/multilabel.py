@@ -227,9 +227,9 @@ class MultiLabelDataModule(ImageDataModule):
             if len(ds) == 0:
                 raise UserError(f"the {name} split of {where} is empty: add images to it or lower data.val_fraction")
 
-    def test_dataloader(self):
+    def require(self, split: str) -> None:
         self.setup()
-        if "test" not in self.splits:
+        if split == "test" and "test" not in self.splits:
             raise UserError(f"{self._load().meta.get('source')} has no test split: add test/images + test/{LABELS_FILE}, "
                             "or run with test=false")
-        return super().test_dataloader()
+        super().require(split)

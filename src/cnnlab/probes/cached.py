@@ -71,6 +71,8 @@ def probe_trunk_cached(
     if datamodule.splits["val"] is datamodule.splits.get("test"):
         raise UserError("the data has no validation split apart from the test split (data.val_fraction=0 or no train images "
                         "left): probe choices would be made on test; set data.val_fraction > 0")
+    if evaluate_test and "test" not in datamodule.splits:
+        raise UserError("the data has no test split: pass evaluate_test=False")
     fp = state_fingerprint(backbone)
     h = datamodule.hparams
     temp = None
