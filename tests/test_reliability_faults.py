@@ -542,18 +542,20 @@ def test_help_lists_the_commands_own_groups_only():
 
 @pytest.mark.slow
 def test_the_error_line_is_the_last_line_after_wandb_started(tmp_path, data_dir):
-    """W&B (offline) is running when the data module refuses its options: W&B's closing lines come before the error,
-    in the one stream a terminal shows (stdout and stderr merged, as they reach the user)."""
+    """W&B (offline) is running when the model refuses its options (the data are checked before any logger starts):
+    W&B's closing lines come before the error, in the one stream a terminal shows (stdout and stderr merged, as they
+    reach the user)."""
     from cnnlab.config import PROJECT_ROOT
 
     env = {**os.environ, "WANDB_MODE": "offline"}
     env.pop("WANDB_SILENT", None)
-    proc = subprocess.run([sys.executable, "-m", "cnnlab.train", *B, "logger=wandb", "data.augment=[nope]",
+    proc = subprocess.run([sys.executable, "-m", "cnnlab.train", *B, "logger=wandb", "model.warmup_steps=-1",
                            f"paths.data_dir={data_dir}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=PROJECT_ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     lines = proc.stdout.rstrip().splitlines()
     assert proc.returncode == 2 and "wandb sync" in proc.stdout, proc.stdout[-3000:]
-    assert lines[-1] == "error: unknown augmentation(s) ['nope']: choose from ['crop', 'flip', 'jitter', 'resized_crop'] (data.augment)", lines[-5:]
+    assert lines[-1] == ("error: model.trunk_lr_mult (1.0), model.warmup_steps (-1) and model.head_only_steps (0) "
+                         "must be >= 0"), lines[-5:]
 
 
 def test_captums_note_on_its_own_hooks_is_silenced():
