@@ -189,6 +189,27 @@ def test_submitit_path_runs_the_plan_as_jobs(sequential, data_dir):
 
 
 @pytest.mark.slow
+def test_a_w_and_b_record_cut_short_is_written_again_and_its_arm_is_not_rerun(tmp_path, data_dir):
+    """A worker ended (a broken pool ends them all) after its arm was marked done but while W&B was writing the arm's
+    record: the file exists without its run record. The rerun reruns no arm, and writes that record again, once."""
+    from cnnlab.gap.launch import RECORDED
+
+    out = tmp_path / "gap"
+    args = [*PLAN, "inits=[random]", f"paths.data_dir={data_dir}", f"hydra.run.dir={out}", "launcher=local"]
+    run_cli("cnnlab.gap", *args)
+    arm = out / "arms" / "random_seed0"
+    [record] = arm.glob("wandb/offline-run-*/run-*.wandb")
+    record.write_bytes(record.read_bytes()[:7])  # W&B's header only: what a worker ended mid-record leaves
+    (arm / RECORDED).unlink()
+    before = _stamps(out)
+
+    again = run_cli("cnnlab.gap", *args)
+    assert "arms: ran 0, reused 4" in again.stdout and _stamps(out) == before
+    assert (arm / RECORDED).is_file()
+    _check_wandb_group(out)  # exactly one W&B run per arm, each with its run record
+
+
+@pytest.mark.slow
 def test_multirun_jobs_share_a_wandb_group(tmp_path, data_dir):
     sweep = tmp_path / "sweep"
     run_cli("cnnlab.train", "-m", "data=synthetic", "data.synthetic.n_train=100", "data.synthetic.n_test=50", "backbone.width=4",

@@ -99,6 +99,10 @@ def tracking_env(runner: ArmRunner, arm: Arm) -> dict:
             "WANDB_MODE": resolve_wandb_mode(str(runner.cfg.report.get("wandb_mode", "auto"))) if on else "disabled"}
 
 
+#: written in an arm dir once its W&B record is finished (W&B's own files exist from the record's first moment)
+RECORDED = ".wandb_recorded"
+
+
 def _log_record(runner: ArmRunner, arm: Arm) -> None:
     """An arm that trains nothing (a random init, probes, the test of a chosen candidate) as a W&B run holding
     its finished record (``gap_arm.json``), so that every arm of the run appears in the group."""
@@ -109,23 +113,28 @@ def _log_record(runner: ArmRunner, arm: Arm) -> None:
     d = arm.dir(runner.root)
     try:
         record = json.loads((d / "gap_arm.json").read_text())
+        import shutil
+
         import wandb
 
+        # a record begun by a worker that died (a broken pool ends every worker) is incomplete: start it again
+        shutil.rmtree(d / "wandb", ignore_errors=True)
         run = wandb.init(project="cnnlab", name=arm.name, dir=str(d), config=record, reinit="finish_previous",
                          group=os.environ["WANDB_RUN_GROUP"], job_type=arm.kind, mode=os.environ["WANDB_MODE"],
                          tags=["gap", str(runner.cfg.budget_name)])
         run.summary.update({k: v for k, v in _flat(record).items() if isinstance(v, (int, float))})
         run.finish()
+        (d / RECORDED).touch()
     except Exception as err:  # noqa: BLE001 - tracking never fails an arm whose results are on disk
         log.warning("W&B record of arm %s failed: %s", arm.name, err)
 
 
 def missing_record(runner: ArmRunner, arm: Arm) -> bool:
-    """Whether a finished arm that trains nothing lacks the W&B run :func:`_log_record` gives it (its worker died
-    after writing the result, before the record; tracking off counts as nothing missing)."""
+    """Whether a finished arm that trains nothing lacks the finished W&B run :func:`_log_record` gives it (its
+    worker died after writing the result, before or while recording; tracking off counts as nothing missing)."""
     if tracking_env(runner, arm)["WANDB_MODE"] == "disabled" or runner.arm_config(arm) is not None:
         return False
-    return not any(arm.dir(runner.root).glob("wandb/*run-*"))
+    return not (arm.dir(runner.root) / RECORDED).is_file()
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -442,7 +451,9 @@ def execute(runner: ArmRunner, plan: Plan, todo: list[Arm], launcher: Launcher,
             on_done: Callable[[Arm, float | None], None] = lambda arm, seconds: None) -> None:
     """Run ``todo`` with ``launcher``: each arm as soon as its inputs are finished, in plan order, ``launcher.slots``
     at a time. After a failure nothing new starts; the running arms finish, then the first failure is raised
-    (the finished arms are kept: rerunning the command resumes)."""
+    (the finished arms are kept: rerunning the command resumes). A pool worker's death breaks the pool, which ends
+    its other workers too: an arm they had not marked done runs again on the rerun, and a done arm whose W&B record
+    was cut short is recorded again."""
     known = {a.name for a in plan.arms}
     finished = {n for n, s in plan.status.items() if s == "done"}
     waiting = list(todo)
