@@ -2,6 +2,7 @@
 the protocol's properties, resuming, test labels that change no choice, and one-line errors for bad input."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -162,7 +163,9 @@ def test_gap_smoke_both_tasks_end_to_end_resume_and_test_labels_change_no_choice
                 setattr(test, _field, values[torch.randperm(len(values), generator=torch.Generator().manual_seed(1))])
         monkeypatch.setattr(cls_, "setup", permuted)
     cfg = _compose(*args[:2], f"paths.output_dir={shuffled}", f"tasks.seg.cfg.source={shapes_segfolder}", "report.wandb=false")
+    monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
     res3 = run(cfg, out_dir=shuffled, choices={})
+    assert "WANDB_RUN_GROUP" not in os.environ, "the arms' W&B group would outlive the run in this process"
     assert all(res3["arms"][f"{i}_seed0"]["reused"] for i in INITS), "the copied trunks are reused"
     assert _choices(res3) == _choices(res), "no choice depends on a test label"
     assert res3["tasks"]["cls"]["probe"]["linear"] != cls["probe"]["linear"], "the permuted test labels did reach the test scores"

@@ -459,9 +459,6 @@ def execute(runner: ArmRunner, plan: Plan, todo: list[Arm], launcher: Launcher,
     waiting = list(todo)
     running: dict[str, tuple] = {}
     failures: list[tuple[Arm, BaseException]] = []
-    # the report's W&B run (written after the arms) joins the arms' group through the same variable (W&B reads it at
-    # the process's first run: a second gap run in one process would need the report to pass its group itself)
-    os.environ["WANDB_RUN_GROUP"] = wandb_group(runner.root)
     for arm in plan.arms:  # a worker that died between an arm's result and its W&B record: record it now
         if arm.name in finished and missing_record(runner, arm):
             with _env(**tracking_env(runner, arm)):

@@ -468,8 +468,10 @@ def write_report(res: dict, out_dir: str | Path, title: str = "") -> dict[str, P
 
 
 def log_to_wandb(res: dict, paths: dict[str, Path], out_dir: str | Path, name: str, mode: str = "auto",
-                 config: dict | None = None, tags: Sequence[str] = ()) -> str | None:
-    """The same tables and plot as one W&B run (offline without credentials); returns the run's directory."""
+                 config: dict | None = None, tags: Sequence[str] = (), group: str | None = None) -> str | None:
+    """The same tables and plot as one W&B run (offline without credentials) in ``group`` (the arms' group, passed
+    here rather than through ``$WANDB_RUN_GROUP``, which would outlive the run in the caller's process); returns the
+    run's directory."""
     import wandb
 
     from cnnlab.tracking import resolve_wandb_mode
@@ -479,7 +481,7 @@ def log_to_wandb(res: dict, paths: dict[str, Path], out_dir: str | Path, name: s
         return None
     try:
         run = wandb.init(project="cnnlab", name=name, job_type="gap", dir=str(out_dir), mode=mode, config=config or {},
-                         tags=list(tags), reinit="finish_previous")
+                         tags=list(tags), group=group, reinit="finish_previous")
     except Exception as err:  # noqa: BLE001 - network/auth errors: the files on disk are the result
         log.warning("W&B failed (%s): the report files are on disk anyway", err)
         return None

@@ -469,8 +469,11 @@ class Runner:
         paths = write_report(res, self.root, title)
         wandb_dir = None
         if c.report.wandb:
+            from cnnlab.gap.launch import wandb_group
+
             wandb_dir = log_to_wandb(res, paths, self.root, name=f"gap_{c.budget_name}", mode=c.report.wandb_mode,
-                                     config=OmegaConf.to_container(c, resolve=True), tags=["gap", str(c.budget_name)])
+                                     config=OmegaConf.to_container(c, resolve=True), tags=["gap", str(c.budget_name)],
+                                     group=wandb_group(self.root))
         console.print(markdown_tables(res), soft_wrap=True, markup=False)
         console.print(f"results: {paths['json']}\ntable:   {paths['markdown']}\nplot:    {paths['plot']}" +
                       (f"\nW&B:     {wandb_dir}" if wandb_dir else ""))
