@@ -162,18 +162,22 @@ def test_a_cache_another_worker_published_first_is_kept(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name], "no temp directory is left behind"
 
 
-def test_test_limit_is_a_fixed_subset_of_the_test_frames(tmp_path):
-    frames = {"train/a": _frame(), "val/b": _frame(), **{f"test/t{i}": _frame(value=i % 3) for i in range(6)}}
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_a_limit_is_a_fixed_subset_of_the_split_frames(tmp_path, split):
+    frames = {"train/a": _frame(), **{f"{s}/{s}{i}": _frame(value=i % 3) for s in ("val", "test") for i in range(6)}}
     src = _folder(tmp_path / "ok", frames)
     names = []
     for run in range(2):
-        dm = _dm(src, tmp_path / "data", test_limit=3, label_seed=run, shuffle_seed=run)
+        dm = _dm(src, tmp_path / "data", **{f"{split}_limit": 3}, label_seed=run, shuffle_seed=run)
         dm.setup()
-        names.append(dm.splits["test"].names)
+        names.append(dm.splits[split].names)
+        other = "val" if split == "test" else "test"
+        assert len(dm.splits[other]) == 6, "a limit on one split leaves the other whole"
     assert len(names[0]) == 3 and names[0] == names[1], "the subset depends on the data settings, not the run's seeds"
     whole = _dm(src, tmp_path / "data")
     whole.setup()
-    assert len(whole.splits["test"]) == 6 and set(names[0]) < set(whole.splits["test"].names)
+    assert len(whole.splits[split]) == 6 and set(names[0]) < set(whole.splits[split].names)
+    assert dm.splits[split].sizes.tolist() == [[12, 16]] * 3, "the kept frames are still scored at full resolution"
 
 
 @pytest.mark.parametrize("case, frames, message", [

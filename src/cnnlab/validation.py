@@ -79,6 +79,7 @@ RULES: dict[str, Rule] = {
     "data.num_workers": Rule(int, low=0),
     "data.train_limit": Rule(int, low=1, nullable=True),
     "data.test_limit": Rule(int, low=1, nullable=True),
+    "data.val_limit": Rule(int, low=1, nullable=True),
     "data.label_fraction": FRACTION,
     "data.synthetic.n_train": POSITIVE_INT,
     "data.synthetic.n_test": POSITIVE_INT,

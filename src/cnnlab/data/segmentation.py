@@ -313,7 +313,8 @@ class SegmentationDataModule(SplitDataModule):
 
     Splits: ``train`` (a seeded ``label_fraction`` of its frames), ``val`` (the dataset's own; held out from
     train by ``val_fraction`` and ``split_seed`` only where it has none) and ``test`` (all of it, or a fixed
-    ``test_limit`` frames of it for quick runs).
+    ``test_limit`` frames of it for quick runs). ``val_limit`` keeps a fixed subset of the val frames the same way
+    (plumbing checks: every val and test frame is scored at full resolution, most of a tiny run's time).
     """
 
     def __init__(
@@ -330,6 +331,7 @@ class SegmentationDataModule(SplitDataModule):
         label_fraction: float = 1.0,
         label_seed: int = 0,
         test_limit: int | None = None,
+        val_limit: int | None = None,
         shuffle_seed: int = 0,
         color_space: str = "rgb",
         augment: bool = True,
@@ -374,28 +376,30 @@ class SegmentationDataModule(SplitDataModule):
         pool = np.arange(len(train.names))
         if "val" in data.splits:
             val = data.splits["val"]
-            self.splits["val"] = make(val, np.arange(len(val.names)), full=True)
+            self.splits["val"] = make(val, self._limited(len(val.names), h.val_limit), full=True)
         else:  # held out from train, independent of the run seed; scored at the working size (no full maps kept)
             if not h.val_fraction > 0:
                 raise UserError(f"{data.meta.get('source')} has no val split: set data.val_fraction > 0 to hold frames out of train")
             val_idx = frame_subset(len(pool), h.val_fraction, h.split_seed)
             pool = np.setdiff1d(pool, val_idx)
-            self.splits["val"] = make(train, val_idx, full=False)
+            self.splits["val"] = make(train, val_idx[self._limited(len(val_idx), h.val_limit)], full=False)
         if h.label_fraction < 1.0:
             pool = pool[frame_subset(len(pool), h.label_fraction, h.label_seed)]
         self.splits["train"] = make(train, pool, full=False)
         if "test" in data.splits:
             test = data.splits["test"]
-            idx = np.arange(len(test.names))
-            if h.test_limit and h.test_limit < len(idx):
-                # quick runs only: a fixed subset of the test frames, part of the data (so a checkpoint's evaluation
-                # scores the same frames); reported numbers use all of them
-                idx = frame_subset(len(idx), None, h.split_seed, count=h.test_limit)
-            self.splits["test"] = make(test, idx, full=True)
+            self.splits["test"] = make(test, self._limited(len(test.names), h.test_limit), full=True)
         for name, ds in self.splits.items():
             if len(ds) == 0:
                 raise UserError(f"the {name} split of {data.meta.get('source')} is empty: add frames to it "
                                 "or lower data.val_fraction")
+
+    def _limited(self, n: int, limit: int | None) -> np.ndarray:
+        """Indices of all ``n`` frames of a split, or of a fixed ``limit`` of them: quick runs only, a subset that is part
+        of the data settings (so a checkpoint's evaluation scores the same frames); reported numbers use all of them."""
+        if limit and limit < n:
+            return frame_subset(n, None, self.hparams.split_seed, count=limit)
+        return np.arange(n)
 
     def loader(self, split: str, batch_size: int | None = None) -> DataLoader:
         """An unshuffled loader over ``split`` outside the Trainer (``batch_size`` default: ``data.eval_batch_size``:
