@@ -14,4 +14,6 @@ fi
 bash scripts/setup.sh
 # lint first (settings in pyproject.toml [tool.ruff]): a style error fails in seconds, not after the suite
 .venv/bin/python -m ruff check src tests scripts setup.py
-.venv/bin/python -m pytest -q "$@"
+# two worker processes (pytest-xdist), a test file at a time each (module fixtures are built once): much of the suite
+# is single-threaded process start-up and I/O, so two workers fill two cores; CNNLAB_TEST_WORKERS=0 runs one process
+.venv/bin/python -m pytest -q -n "${CNNLAB_TEST_WORKERS:-2}" --dist loadfile "$@"

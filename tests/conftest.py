@@ -21,6 +21,18 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_CONSOLE", "off")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files that hold slow tests first, those with a longer own timeout (the longest tests) before them, the order
+    within a file kept: with the suite split over workers a file at a time (scripts/test.sh), the long files start
+    at once rather than last, which would leave one worker finishing them alone."""
+    weight: dict = {}
+    for item in items:
+        timeout = item.get_closest_marker("timeout")
+        own = timeout.args[0] if timeout and timeout.args else 0
+        weight[item.path] = max(weight.get(item.path, -1), own if item.get_closest_marker("slow") else -1)
+    items.sort(key=lambda item: -weight[item.path])
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """Where datasets are cached during tests (the project's data/ dir: caches are reused across runs)."""

@@ -176,6 +176,7 @@ class _TapMaps(torch.nn.Module):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_short_training_on_cifar_lowers_loss_and_beats_trivial_baselines(cifar_dm_kwargs):
     """600 steps of 64 images (40 s on 2 cores) on real CIFAR-10; AuC on 1,024 test images at every 2nd pixel.
 

@@ -146,6 +146,7 @@ def test_wandb_failure_falls_back_to_offline(tmp_path, data_dir):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_supervised_training_on_real_cifar10_beats_chance(tmp_path, cifar_archive, data_dir):
     run_dir = tmp_path / "cifar"
     run_cli("cnnlab.train", "data=cifar10", f"data.source={cifar_archive}", "data.train_limit=5000", "data.eval_batch_size=1000",
