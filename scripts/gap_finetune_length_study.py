@@ -1,0 +1,134 @@
+"""Are the gap's fine-tunes long enough? The same trunks fine-tuned longer, on validation only, beside a finished run.
+
+Copies the trunk arms of ``--seeds`` x ``--inits`` from a finished gap run (``--from``) into ``--out`` (the gap
+reuses a trunk whose key matches: same pool, backbone and pretraining), runs ``cnnlab-gap validation_only=true`` there
+with the overrides after ``--`` (the longer lengths, the rate grid, the fractions to study), then one table: per task
+and label fraction, each init's validation score, the best checkpoint's step and how often it was the last
+validation, and the gap closed on validation, for the finished run (its same seeds) and for the longer one. No test
+split is read by the new run: this chooses a budget, it does not report a result.
+
+    CNNLAB_DATA=../shared/data python scripts/gap_finetune_length_study.py --from outputs/gap/standard_transfer \\
+        --out outputs/gap/finetune_length_x3 --seeds 0 1 -- budget=standard 'seeds=[0,1]' \\
+        'inits=[random,colorization,supervised]' 'tasks.cls.label_fractions=[0.1]' 'tasks.seg.label_fractions=[1.0]' \\
+        'finetune.lrs=[0.03,0.1]' finetune.min_steps=2400 finetune.max_steps=2400 finetune.evals=8 \\
+        'tasks.seg.finetune.lrs=[0.003,0.01]' tasks.seg.finetune.min_steps=1500 tasks.seg.finetune.max_steps=1500 \\
+        tasks.seg.finetune.evals=8
+    python scripts/gap_finetune_length_study.py --from outputs/gap/standard_transfer \\
+        --out outputs/gap/finetune_length_x3 --tabulate-only   # the table from a finished study
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+INITS = ("random", "colorization", "supervised")
+
+
+def fail(message: str) -> None:
+    """One line and exit code 2, as cnnlab's commands do for bad input."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def copy_trunks(src: Path, out: Path, inits: list[str], seeds: list[int]) -> None:
+    for init in inits:
+        for seed in seeds:
+            arm = src / "arms" / f"{init}_seed{seed}"
+            if not (arm / "trunk.pt").is_file():
+                fail(f"{arm} holds no trunk.pt: --from must be a finished gap run with these inits and seeds")
+            if not (out / "arms" / arm.name).exists():
+                # copy2 keeps the file times, which the gap's recorded trunk fingerprint is stamped with
+                shutil.copytree(arm, out / "arms" / arm.name, copy_function=shutil.copy2)
+
+
+def finetune_rows(res: dict, seeds: list[int]) -> dict[tuple[str, str], dict]:
+    """(task, fraction) -> init -> per-seed (val, step, last?, lr) over ``seeds`` of a gap_results.json."""
+    out = {}
+    for name, task in res["tasks"].items():
+        for fraction, entry in task.get("finetune", {}).items():
+            units = entry.get("seeds") or res["protocol"]["seeds"]
+            keep = [i for i, s in enumerate(units) if s in seeds]
+            rows = {}
+            for init in INITS:
+                e = entry.get(init)
+                if not e or not e["val"].get("values"):
+                    continue
+                rows[init] = {"val": [e["val"]["values"][i] for i in keep], "step": [e["step_chosen"][i] for i in keep],
+                              "lr": [e["lr_chosen"][i] for i in keep]}
+            out[(name, fraction)] = rows
+    return out
+
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def steps_of(path: Path) -> dict[tuple[str, float], int]:
+    """(task, fraction) -> the fine-tunes' length in steps, from the run's candidate arms."""
+    out = {}
+    for arm in path.glob("arms/finetune_*_lr*"):
+        info = json.loads((arm / "gap_arm.json").read_text()) if (arm / "gap_arm.json").is_file() else None
+        cand = arm / "candidate.json"
+        if info and cand.is_file():
+            out[(info["task"], float(info["fraction"]))] = json.loads(cand.read_text())["max_steps"]
+    return out
+
+
+def tabulate(src: Path, out: Path, seeds: list[int]) -> str:
+    runs = [(src, json.loads((src / "gap_results.json").read_text())), (out, json.loads((out / "gap_results.json").read_text()))]
+    if not runs[1][1].get("validation_only"):
+        fail(f"{out} is not a validation-only run: the study's fine-tunes choose a budget and read no test split")
+    lines = ["| task, labels | run | steps | lrs chosen | " + " | ".join(f"{i} val" for i in INITS)
+             + " | supervised - random (points) | best = last validation | gap closed (val) |", "|---" * (7 + len(INITS)) + "|"]
+    for key in finetune_rows(runs[1][1], seeds):
+        for path, res in runs:
+            rows = finetune_rows(res, seeds).get(key)
+            if not rows or any(i not in rows for i in INITS):
+                continue
+            steps = steps_of(path).get((key[0], float(key[1])), "?")
+            last = sum(s == steps for i in INITS for s in rows[i]["step"])
+            total = sum(len(rows[i]["step"]) for i in INITS)
+            r, c, s = (mean(rows[i]["val"]) for i in INITS)
+            # a denominator under a point is within the validation noise of 1,000 images: no ratio
+            gap = "n/a (< 1 point)" if abs(s - r) < 0.01 else f"{100 * (c - r) / (s - r):.0f}%"
+            lrs = "; ".join(f"{i[:3]} " + ",".join(f"{lr:g}" for lr in rows[i]["lr"]) for i in INITS)
+            lines.append(f"| {key[0]} {100 * float(key[1]):g}% | {path.name} | {steps} | {lrs} | "
+                         + " | ".join(f"{100 * mean(rows[i]['val']):.1f}" for i in INITS)
+                         + f" | {100 * (s - r):+.1f} | {last} of {total} | {gap} |")
+    n = len(seeds)
+    return "\n".join(lines) + f"\n\nValidation scores, mean of {n} pretraining seed(s) ({', '.join(map(str, seeds))}); no interval.\n"
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--from", dest="src", required=True, help="a finished gap run dir (its trunks are reused)")
+    ap.add_argument("--out", required=True, help="the new, validation-only run dir")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--inits", nargs="+", default=list(INITS))
+    ap.add_argument("--tabulate-only", action="store_true", help="no run: the table from a finished study")
+    args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    src, out = Path(args.src), Path(args.out)
+    if not (src / "gap_results.json").is_file():
+        fail(f"{src} has no gap_results.json: --from must be a finished gap run")
+    if args.tabulate_only and not (out / "gap_results.json").is_file():
+        fail(f"{out} has no gap_results.json: run the study first (without --tabulate-only)")
+    if not args.tabulate_only:
+        copy_trunks(src, out, args.inits, args.seeds)
+        cmd = [sys.executable, "-m", "cnnlab.gap", "validation_only=true", *overrides, f"hydra.run.dir={out}"]
+        print("$", " ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, check=True)
+    table = tabulate(src, out, args.seeds)
+    (out / "finetune_length_study.md").write_text(table)
+    print(table)
+    print(f"wrote {out / 'finetune_length_study.md'}")
+
+
+if __name__ == "__main__":
+    main()
