@@ -25,14 +25,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from statistics import fmean
+
+from cnnlab.cli import exit_on_user_error
+from cnnlab.errors import UserError
 
 INITS = ("random", "colorization", "supervised")
-
-
-def fail(message: str) -> None:
-    """One line and exit code 2, as cnnlab's commands do for bad input."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def copy_trunks(src: Path, out: Path, inits: list[str], seeds: list[int]) -> None:
@@ -40,14 +38,15 @@ def copy_trunks(src: Path, out: Path, inits: list[str], seeds: list[int]) -> Non
         for seed in seeds:
             arm = src / "arms" / f"{init}_seed{seed}"
             if not (arm / "trunk.pt").is_file():
-                fail(f"{arm} holds no trunk.pt: --from must be a finished gap run with these inits and seeds")
+                raise UserError(f"{arm} holds no trunk.pt: --from must be a finished gap run with these inits and seeds")
             if not (out / "arms" / arm.name).exists():
                 # copy2 keeps the file times, which the gap's recorded trunk fingerprint is stamped with
                 shutil.copytree(arm, out / "arms" / arm.name, copy_function=shutil.copy2)
 
 
 def finetune_rows(res: dict, seeds: list[int]) -> dict[tuple[str, str], dict]:
-    """(task, fraction) -> init -> per-seed (val, step, last?, lr) over ``seeds`` of a gap_results.json."""
+    """(task, fraction) -> init -> per-seed lists ``val``, ``step`` (chosen) and ``lr`` (chosen) over ``seeds`` of a
+    gap_results.json."""
     out = {}
     for name, task in res["tasks"].items():
         for fraction, entry in task.get("finetune", {}).items():
@@ -64,10 +63,6 @@ def finetune_rows(res: dict, seeds: list[int]) -> dict[tuple[str, str], dict]:
     return out
 
 
-def mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs)
-
-
 def steps_of(path: Path) -> dict[tuple[str, float], int]:
     """(task, fraction) -> the fine-tunes' length in steps, from the run's candidate arms."""
     out = {}
@@ -80,30 +75,33 @@ def steps_of(path: Path) -> dict[tuple[str, float], int]:
 
 
 def tabulate(src: Path, out: Path, seeds: list[int]) -> str:
-    runs = [(src, json.loads((src / "gap_results.json").read_text())), (out, json.loads((out / "gap_results.json").read_text()))]
-    if not runs[1][1].get("validation_only"):
-        fail(f"{out} is not a validation-only run: the study's fine-tunes choose a budget and read no test split")
+    results = {path: json.loads((path / "gap_results.json").read_text()) for path in (src, out)}
+    if not results[out].get("validation_only"):
+        raise UserError(f"{out} is not a validation-only run: the study's fine-tunes choose a budget and read no test split")
+    # each run's files read once: its fine-tune rows and lengths
+    runs = [(path, finetune_rows(results[path], seeds), steps_of(path)) for path in (src, out)]
     lines = ["| task, labels | run | steps | lrs chosen | " + " | ".join(f"{i} val" for i in INITS)
              + " | supervised - random (points) | best = last validation | gap closed (val) |", "|---" * (7 + len(INITS)) + "|"]
-    for key in finetune_rows(runs[1][1], seeds):
-        for path, res in runs:
-            rows = finetune_rows(res, seeds).get(key)
+    for key in runs[1][1]:
+        for path, by_key, lengths in runs:
+            rows = by_key.get(key)
             if not rows or any(i not in rows for i in INITS):
                 continue
-            steps = steps_of(path).get((key[0], float(key[1])), "?")
+            steps = lengths.get((key[0], float(key[1])), "?")
             last = sum(s == steps for i in INITS for s in rows[i]["step"])
             total = sum(len(rows[i]["step"]) for i in INITS)
-            r, c, s = (mean(rows[i]["val"]) for i in INITS)
+            r, c, s = (fmean(rows[i]["val"]) for i in INITS)
             # a denominator under a point is within the validation noise of 1,000 images: no ratio
             gap = "n/a (< 1 point)" if abs(s - r) < 0.01 else f"{100 * (c - r) / (s - r):.0f}%"
             lrs = "; ".join(f"{i[:3]} " + ",".join(f"{lr:g}" for lr in rows[i]["lr"]) for i in INITS)
             lines.append(f"| {key[0]} {100 * float(key[1]):g}% | {path.name} | {steps} | {lrs} | "
-                         + " | ".join(f"{100 * mean(rows[i]['val']):.1f}" for i in INITS)
+                         + " | ".join(f"{100 * v:.1f}" for v in (r, c, s))
                          + f" | {100 * (s - r):+.1f} | {last} of {total} | {gap} |")
     n = len(seeds)
     return "\n".join(lines) + f"\n\nValidation scores, mean of {n} pretraining seed(s) ({', '.join(map(str, seeds))}); no interval.\n"
 
 
+@exit_on_user_error
 def main() -> None:
     argv = sys.argv[1:]
     overrides = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -116,14 +114,16 @@ def main() -> None:
     args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     src, out = Path(args.src), Path(args.out)
     if not (src / "gap_results.json").is_file():
-        fail(f"{src} has no gap_results.json: --from must be a finished gap run")
+        raise UserError(f"{src} has no gap_results.json: --from must be a finished gap run")
     if args.tabulate_only and not (out / "gap_results.json").is_file():
-        fail(f"{out} has no gap_results.json: run the study first (without --tabulate-only)")
+        raise UserError(f"{out} has no gap_results.json: run the study first (without --tabulate-only)")
     if not args.tabulate_only:
         copy_trunks(src, out, args.inits, args.seeds)
         cmd = [sys.executable, "-m", "cnnlab.gap", "validation_only=true", *overrides, f"hydra.run.dir={out}"]
         print("$", " ".join(cmd[1:]), flush=True)
-        subprocess.run(cmd, check=True)
+        rc = subprocess.run(cmd).returncode
+        if rc:  # the gap printed its own error line
+            sys.exit(rc)
     table = tabulate(src, out, args.seeds)
     (out / "finetune_length_study.md").write_text(table)
     print(table)
