@@ -19,7 +19,7 @@ RGB = {"standard", "full"}
 EXPECT = {  # budget: (seeds, label subsets, {task: (label fractions, candidates = lrs x variants, probe subsets)})
     "smoke": (1, 2, {"cls": (1, 4, 2), "seg": (1, 1, 1)}),
     "quick": (2, 1, {"cls": (1, 2, 1), "seg": (1, 2, 1)}),
-    "standard": (4, 1, {"cls": (2, 3, 1), "seg": (2, 3, 1)}),
+    "standard": (4, 1, {"cls": (1, 2, 1), "seg": (1, 2, 1)}),
     "gpu_check": (1, 1, {"cls": (1, 2, 1), "seg": (1, 1, 1)}),
     "full": (4, 2, {"cls": (2, 3, 1), "seg": (2, 3, 1)}),
 }
@@ -128,8 +128,9 @@ def test_standard_finetune_length_scales_with_the_labelled_pool(tmp_path):
         assert c.data.label_fraction == f and c.data.label_seed == 1 and c.test is False, "candidates never read test"
         assert c.callbacks.get("last_checkpoint") is None, "one best-on-val checkpoint per candidate"
         assert c.data.name == "cifar10" and c.data.color_space == "L"
-    assert steps == {0.01: 630, 0.1: 800}
+    assert steps == {0.01: 1200, 0.1: 2400}
     seg = runner.configs.finetune("seg", "random", 0, 0, 1.0, 1e-3, Path("/x/trunk.pt"), 367, "ft", tmp_path / "ft")
+    assert seg.trainer.max_steps == 1504 and seg.trainer.max_steps // seg.trainer.val_check_interval == 8
     assert seg.monitor == "val/miou" and seg.model.trunk_lr_mult == 1.0 and "warmup_steps" not in seg.model
     assert seg.model._target_.endswith("Segmenter") and seg.data.name == "camvid" and seg.backbone._target_.endswith("backbone_from_trunk")
 
