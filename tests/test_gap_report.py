@@ -125,3 +125,18 @@ def test_rgb_ceiling_gets_its_own_gap_row():
     assert ft["gap_closed"]["mean"] == pytest.approx(0.5) and ft["gap_closed_rgb"]["mean"] == pytest.approx(0.1 / 0.3)
     md = task_markdown({**res, "grids": {}})
     assert "| gap closed, RGB supervised ceiling |" in md and md.index("| supervised_rgb |") < md.index("| supervised |")
+
+
+def test_edge_flag_only_where_a_grid_has_an_inside():
+    """A fine-tune's rate at the grid's edge is flagged on a grid of 3 or more rates; with 2, every choice is an edge,
+    so the table says that once instead of flagging every row."""
+    col = _fake_collected()
+    for runs in col["finetune"].values():
+        for r in runs[0.1].values():
+            r["lr_at_grid_edge"] = True
+    res = summarize(col, ["random", "colorization", "supervised"], [0.1])
+    three = task_markdown({**res, "grids": {"finetune_lr": [0.01, 0.03, 0.05]}})
+    assert "lr chosen on val, random | 0.01 ×2 (at the grid's edge ×2) |" in three and "none is flagged" not in three
+    two = task_markdown({**res, "grids": {"finetune_lr": [0.01, 0.05]}})
+    assert "lr chosen on val, random | 0.01 ×2 |" in two and "grid's edge" not in two
+    assert "with two rates every choice is an edge, so none is flagged" in two

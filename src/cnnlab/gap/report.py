@@ -224,16 +224,20 @@ def task_markdown(res: dict) -> str:
     if fr:
         ft = res["finetune"]
         grid = res.get("grids", {}).get("finetune_lr")
+        # with two rates every choice is an edge: a flag on every row would say nothing
+        edges_uninformative = grid is not None and len(grid) == 2
         subsets = {"segmentation": "seeded subsets of the training frames", "multilabel": "seeded subsets of the training images"}
         lines += ["", "### Fine-tuning the whole network on " + subsets.get(res.get("kind"), "class-balanced label subsets")
-                  + (f" (learning rate from {grid} and checkpoint chosen on val per run)" if grid else ""), "",
+                  + (f" (learning rate from {grid} and checkpoint chosen on val per run)" if grid else "")
+                  + ("; with two rates every choice is an edge, so none is flagged" if edges_uninformative else ""), "",
                   "| init | " + " | ".join(f"{100 * float(f):g}% labels" for f in fr) + " |", "|---" * (len(fr) + 1) + "|"]
         for i in rows:
             lines.append(f"| {i} | " + " | ".join(format_acc(ft[f][i]["test"]) for f in fr) + " |")
         lines += _gap_rows([ft[f].get("gap") for f in fr])
         for i in rows:
             lines.append(f"| lr chosen on val, {i} | " + " | ".join(
-                _counts(ft[f][i]["lr_chosen"]) + (f" (at the grid's edge ×{ft[f][i]['lr_at_grid_edge']})" if ft[f][i].get("lr_at_grid_edge") else "")
+                _counts(ft[f][i]["lr_chosen"])
+                + (f" (at the grid's edge ×{ft[f][i]['lr_at_grid_edge']})" if ft[f][i].get("lr_at_grid_edge") and not edges_uninformative else "")
                 for f in fr) + " |")
         if len(res.get("grids", {}).get("finetune_variants") or {}) > 1:
             for i in rows:
