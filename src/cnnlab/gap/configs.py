@@ -197,6 +197,7 @@ def location_free(arm_cfg: DictConfig) -> dict:
         d.pop(k, None)
     if "logger" in d:  # tracking changes nothing an arm computes (None: as every arm's key had it before arms logged)
         d["logger"] = None
+    d.pop("tags", None)  # tracking too: they name the budget, and budgets that share an arm share its result
     _drop_trunk_paths(d)
     return replace_in_strings(d, where)
 
