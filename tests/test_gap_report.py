@@ -140,3 +140,22 @@ def test_edge_flag_only_where_a_grid_has_an_inside():
     two = task_markdown({**res, "grids": {"finetune_lr": [0.01, 0.05]}})
     assert "lr chosen on val, random | 0.01 ×2 |" in two and "grid's edge" not in two
     assert "with two rates every choice is an edge, so none is flagged" in two
+
+
+def test_best_is_last_rows_carry_what_the_last_validation_added():
+    """How far from converged: each row's count of runs whose best checkpoint was the last validation comes with the
+    mean gain of that last validation over the one before (points), and the reading repeats it when most runs are."""
+    col = _fake_collected()
+    for j, runs in enumerate(col["finetune"].values()):
+        for k, r in enumerate(runs[0.1].values()):
+            r.update(step_is_last=True, last_gain=0.004 * (j + 1) + 0.002 * k)
+    res = summarize(col, ["random", "colorization", "supervised"], [0.1])
+    assert res["finetune"]["0.1"]["colorization"]["last_gain"] == pytest.approx(0.009)
+    md = task_markdown({**res, "grids": {}})
+    assert "mean gain of the last validation), colorization | 2 of 2 (+0.9) |" in md
+    assert "the last validation added +0.9 points over the one before" in md
+    for runs in col["finetune"].values():
+        for r in runs[0.1].values():
+            r.pop("last_gain")
+    md = task_markdown({**summarize(col, ["random", "colorization", "supervised"], [0.1]), "grids": {}})
+    assert "colorization | 2 of 2 |" in md and "added" not in md, "runs from before the history was kept: no gain shown"

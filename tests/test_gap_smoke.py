@@ -103,6 +103,9 @@ def test_gap_smoke_both_tasks_end_to_end_resume_and_test_labels_change_no_choice
             assert choice["val"] == max(choice["grid"].values()) and choice["lr"] in (0.01, 0.05)
             assert len(choice["grid"]) == 4 and choice["variant"] in ("plain", "lpft"), "the grid is lr x recipe variant"
             assert choice["step"] in (2, 4) and choice["step_is_last"] == (choice["step"] == 4)
+            hist = json.loads((arms / choice["candidate"] / "candidate.json").read_text())["history"]
+            assert [s for s, _ in hist] == [2, 4] and max(v for _, v in hist) == pytest.approx(choice["val"])
+            assert choice["last_gain"] == pytest.approx(hist[1][1] - hist[0][1]), "what the last validation added"
             for lr in ("0.01", "0.05"):
                 for suffix, head_only in (("", 0), ("_lpft", 2)):
                     cand = arms / f"finetune_cls_{init}_f0.5_seed0_sub{k}_lr{lr}{suffix}"

@@ -35,6 +35,10 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, data_dir):
     for key in ("val/acc", "val/loss", "train/loss"):
         assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
     assert (part / "wandb_id.txt").read_text() == wandb_id
+    history = [json.loads((d / "val_history.json").read_text()) for d in (full, part)]
+    assert [e["step"] for e in history[1]] == [e["step"] for e in history[0]] and len(history[0]) == 3, \
+        "one entry per validation, the interrupted part's kept and none repeated"
+    assert history[1][-1]["val/acc"] == pytest.approx(history[0][-1]["val/acc"], abs=1e-6) == pytest.approx(a["val/acc"], abs=1e-6)
     runs = sorted((part / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(r.name.endswith(wandb_id) for r in runs), "the resumed run continues the same W&B run id"
 

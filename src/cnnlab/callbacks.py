@@ -1,7 +1,9 @@
-"""Callbacks: trunk export, metrics kept in checkpoints, per-step reseeding for exact resumes, and a test interrupt."""
+"""Callbacks: trunk export, metrics kept in checkpoints, per-step reseeding for exact resumes, validation history,
+stage clocks and a test interrupt."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -11,9 +13,11 @@ from signal import SIGTERM
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 
 from cnnlab.backbones import save_trunk
+from cnnlab.io.files import write_json
 
 
 def scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
@@ -103,6 +107,34 @@ class InterruptAfter(pl.Callback):
             os.kill(os.getpid(), SIGTERM)  # Lightning's handler notes it; the loop stops at the next batch
         else:
             raise KeyboardInterrupt
+
+
+class ValidationHistory(pl.Callback):
+    """Every validation's scalar ``val/`` metrics with its step, written to ``<run dir>/<filename>`` after each one as
+    ``[{"step": s, "val/acc": a, ...}, ...]``: how a run's score moved, not only its best (the gap reports what a
+    fine-tune's last validation added, a measure of how far from converged it stopped). A resumed run keeps the
+    entries up to the step it resumes from."""
+
+    def __init__(self, filename: str = "val_history.json"):
+        self.filename = filename
+        self.history: list[dict] = []
+
+    def _path(self, trainer: pl.Trainer) -> Path:
+        return Path(trainer.default_root_dir) / self.filename
+
+    def on_train_start(self, trainer, pl_module) -> None:  # after a resume has restored the step
+        path = self._path(trainer)
+        kept = json.loads(path.read_text()) if path.is_file() else []
+        # a checkpoint is written after the validation at its step: that one belongs to the run resumed from it
+        self.history = [e for e in kept if e["step"] <= trainer.global_step]
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:  # not a trainer.validate() call
+            return
+        entry = {k: v for k, v in scalar_metrics(trainer).items() if k.startswith("val/")}
+        if entry:
+            self.history.append({"step": trainer.global_step, **entry})
+            rank_zero_only(write_json)(self._path(trainer), self.history)
 
 
 class StageClock(pl.Callback):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from pathlib import Path
+from statistics import fmean
 from typing import Sequence
 
 from cnnlab.stats import format_acc, format_gap, gap_interval, mean_ci, paired_difference, seed_means
@@ -137,7 +138,8 @@ def summarize(collected: dict, inits: Sequence[str], fractions: Sequence[float],
                         "lr_chosen": [r["lr"] for r in rs], "step_chosen": [r["step"] for r in rs],
                         "variant_chosen": [r.get("variant") for r in rs],
                         "lr_at_grid_edge": sum(bool(r.get("lr_at_grid_edge")) for r in rs),
-                        "step_is_last": sum(bool(r.get("step_is_last")) for r in rs)}
+                        "step_is_last": sum(bool(r.get("step_is_last")) for r in rs),
+                        "last_gain": _mean([r["last_gain"] for r in rs if r.get("last_gain") is not None])}
         if trio:
             entry["gap"] = paired_block({i: {u: runs[i][u]["test"] for u in units} for i in gap_inits}, units)
         ft[str(float(f))] = entry
@@ -148,6 +150,15 @@ def summarize(collected: dict, inits: Sequence[str], fractions: Sequence[float],
 # --------------------------------------------------------------------------------- text
 def _rows(inits: Sequence[str]) -> list[str]:
     return [i for i in ROW_ORDER if i in inits] + [i for i in inits if i not in ROW_ORDER]
+
+
+def _mean(values: list) -> float | None:
+    return fmean(values) if values else None
+
+
+def _gain(gain: float | None) -> str:
+    """A row's mean gain of the chosen fine-tunes' last validation over the one before, in points ('' if unknown)."""
+    return "" if gain is None else f" ({100 * gain:+.1f})"
 
 
 def _counts(values: list) -> str:
@@ -244,8 +255,8 @@ def task_markdown(res: dict) -> str:
                 lines.append(f"| recipe variant chosen on val, {i} | " + " | ".join(
                     ", ".join(f"{v} ×{n}" for v, n in sorted(Counter(ft[f][i].get("variant_chosen", [])).items())) or "–" for f in fr) + " |")
         for i in rows:
-            lines.append(f"| best checkpoint = last step, {i} | " + " | ".join(
-                f"{ft[f][i].get('step_is_last', 0)} of {len(ft[f][i]['step_chosen'])}" for f in fr) + " |")
+            lines.append(f"| best checkpoint = last step (mean gain of the last validation), {i} | " + " | ".join(
+                f"{ft[f][i].get('step_is_last', 0)} of {len(ft[f][i]['step_chosen'])}" + _gain(ft[f][i].get("last_gain")) for f in fr) + " |")
         lines += published_beside(res, fr[-1], rows)
     lines += ["", "### Validation accuracies behind the choices (%, mean over paired runs)", "",
               "| " + " | ".join(["init", "best tap val", *(f"fine-tune {100 * float(f):g}% val" for f in fr)]) + " |",
@@ -324,8 +335,11 @@ def reading(res: dict) -> list[str]:
             out.append(_read_gap(f"fine-tuned on {100 * float(f):g}% of the labels", entry["gap"]["gap_closed"], published))
             last = sum(entry[i].get("step_is_last", 0) for i in res["inits"] if i in entry)
             runs = sum(len(entry[i].get("step_chosen", [])) for i in res["inits"] if i in entry)
+            gain = _mean([entry[i]["last_gain"] for i in res["inits"] if entry.get(i, {}).get("last_gain") is not None])
             if runs and last > runs / 2:
-                out.append(f"  Its best checkpoint was the last validation in {last} of {runs} runs: longer fine-tunes might move it.")
+                out.append(f"  Its best checkpoint was the last validation in {last} of {runs} runs"
+                           + (f" (the last validation added {100 * gain:+.1f} points over the one before, mean over inits)" if gain is not None else "")
+                           + ": longer fine-tunes might move it.")
     return out
 
 

@@ -107,6 +107,12 @@ def _arm_output(log_path: Path):
                 h.setLevel(lv)
 
 
+def last_gain(history: list) -> float | None:
+    """The monitored score of the last validation minus the one before (``history``: ``[[step, score], ...]``); None
+    with fewer than two validations."""
+    return float(history[-1][1] - history[-2][1]) if len(history) >= 2 else None
+
+
 def best_checkpoint(run_dir: Path) -> dict:
     """``{"path", "val", "step"}`` of the best-on-val checkpoint a candidate fine-tune kept."""
     found = sorted((run_dir / "checkpoints").glob("best_*.ckpt"))
@@ -369,7 +375,10 @@ class Runner:
         arm_cfg = self.arm_config(arm)
         self._train_in_process(arm_cfg, d)
         best = best_checkpoint(d)
-        write_json(d / "candidate.json", {"lr": arm.lr, "variant": arm.variant, "max_steps": int(arm_cfg.trainer.max_steps), **best})
+        hist = d / "val_history.json"  # cnnlab.callbacks.ValidationHistory: the monitored score at every validation
+        history = [[e["step"], e[arm_cfg.monitor]] for e in json.loads(hist.read_text()) if arm_cfg.monitor in e] if hist.is_file() else []
+        write_json(d / "candidate.json", {"lr": arm.lr, "variant": arm.variant, "max_steps": int(arm_cfg.trainer.max_steps),
+                                          "history": history, **best})
         return {"val": best["val"], "step": best["step"]}
 
     def _run_finetune_test(self, arm: A.Arm, d: Path) -> dict:
@@ -391,7 +400,9 @@ class Runner:
                   "grid": {f"{a.lr:g}" + (f" {a.variant}" if several else ""): found[a.name]["val"] for a in cands},
                   "candidate": chosen.name, "lr_at_grid_edge": at_grid_edge(chosen.lr, [a.lr for a in cands]),
                   # the best checkpoint was the last validation: a longer fine-tune might have gone further
-                  "step_is_last": best["step"] >= best.get("max_steps", best["step"] + 1)}
+                  "step_is_last": best["step"] >= best.get("max_steps", best["step"] + 1),
+                  # what the chosen candidate's last validation added over the one before: still rising, or flat
+                  "last_gain": last_gain(best.get("history", []))}
         write_json(d / "choice.json", choice)
         return choice
 
