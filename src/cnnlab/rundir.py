@@ -34,8 +34,10 @@ log = logging.getLogger("cnnlab")
 
 LOCK_NAME = ".cnnlab.lock"
 #: what a run dir may hold before the run has produced anything: Hydra's record, logs, trackers' bookkeeping.
-#: A run that failed before any work leaves only these, so the same command can simply be rerun.
-BOOKKEEPING = {".hydra", LOCK_NAME, "config_tree.log", "wandb", "wandb_id.txt", "csv"}
+#: A run that failed before any work leaves only these, so the same command can simply be rerun. The validation
+#: history (cnnlab.callbacks.ValidationHistory) is a record too: a run can validate and then fail on its first
+#: checkpoint (a full disk), and a fresh start in the same dir rewrites it from step 0.
+BOOKKEEPING = {".hydra", LOCK_NAME, "config_tree.log", "wandb", "wandb_id.txt", "csv", "val_history.json"}
 
 _held: dict[Path, int] = {}  # run dir -> the open, locked lock file of this process (released when it exits)
 _made: dict[Path, Path] = {}  # run dir -> the outermost directory this process created for it (itself or a parent)
