@@ -142,13 +142,14 @@ def test_standard_long_shares_the_standards_trunks_and_probes(tmp_path):
     """The long budget differs from the standard only in its fine-tunes: its trunk and probe arms are the standard's
     (the same keys), so one run dir's trunks and probes serve both."""
     runners = {b: Runner(_cfg(b, tmp_path), tmp_path, {}) for b in ("standard", "standard_long")}
-    arms = [a for a in runners["standard"].plan().arms if a.kind in ("trunk", "probe")]
+    planned = {b: [a for a in r.plan().arms if a.kind in ("trunk", "probe")] for b, r in runners.items()}
+    arms = planned["standard"]
     for i, arm in enumerate(a for a in arms if a.kind == "trunk"):
         torch.manual_seed(i)
         rgb = arm.init == "supervised_rgb"
         save_trunk(tmp_path / "arms" / arm.name / "trunk.pt", instantiate(runners["standard"].cfg.backbone, in_channels=3 if rgb else 1),
                    "rgb" if rgb else "L", arm.init)
-    keys = {b: {a.name: r.key(a) for a in r.plan().arms if a.kind in ("trunk", "probe")} for b, r in runners.items()}
+    keys = {b: {a.name: r.key(a) for a in planned[b]} for b, r in runners.items()}
     assert keys["standard"] == keys["standard_long"] and None not in keys["standard"].values()
     assert len(keys["standard"]) == len(arms) == 4 * 4 * 3, "16 trunks, 16 probes per task"
 
