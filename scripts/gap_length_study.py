@@ -3,8 +3,9 @@
 For each length, ``cnnlab-gap validation_only=true pretrain.steps=<length>`` with no fine-tunes (the probes are what
 the pretraining alone decides; fine-tunes add their own length and search), into ``<out>/length_<steps>/``; a run
 that finished is reused (the gap resumes). Then one table and one plot: per task and probe family, each init's
-validation score at the tap chosen on validation and the gap closed, (colorization - random) / (supervised - random),
-against the length. No test split is read: this chooses a budget, it does not report a result.
+validation score at the tap chosen on validation, colorization - random, and the gap closed, (colorization - random) /
+(supervised - random), against the length; with several pretraining seeds, 95% intervals over seeds (Fieller's for the
+gap closed, as the gap's own report). No test split is read: this chooses a budget, it does not report a result.
 
     CNNLAB_DATA=../shared/data python scripts/gap_length_study.py --lengths 250 500 1000 2000 -- \\
         seeds=[0] threads=1 pool.cfg.train_limit=null
@@ -21,6 +22,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cnnlab.cli import exit_on_user_error
+from cnnlab.errors import UserError
+from cnnlab.stats import format_acc, format_gap, gap_interval, paired_difference
+
 INITS = ("random", "colorization", "supervised")
 
 
@@ -31,30 +36,35 @@ def run_length(steps: int, out: Path, overrides: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def val_at_best_tap(task: dict, family: str) -> dict[str, tuple[str, float]] | None:
-    """init -> (tap, mean validation score) at the tap the gap chose on validation for that init (linear), or at the
-    linear probe's chosen tap for kNN (kNN is not tuned)."""
+def val_at_best_tap(task: dict, family: str) -> dict[str, tuple[str, dict]] | None:
+    """init -> (tap, validation scores over seeds) at the tap the gap chose on validation for that init (linear), or
+    at the linear probe's chosen tap for kNN (kNN is not tuned)."""
     probe = task["probe"]
     if family not in probe.get("families", []):
         return None
     out = {}
     for init in INITS:
         tap = probe["best_tap"][init]["tap"]
-        out[init] = (tap, probe[family][init][tap]["val"]["mean"])
+        out[init] = (tap, probe[family][init][tap]["val"])
     return out
 
 
-def gap_closed(scores: dict[str, tuple[str, float]]) -> float | None:
-    r, c, s = (scores[i][1] for i in INITS)
-    return None if s == r else (c - r) / (s - r)
+def gap_closed(scores: dict[str, tuple[str, dict]]) -> dict:
+    """The gap closed on validation over pretraining seeds, with Fieller's interval (cnnlab.stats) when n >= 2; the
+    seeds are paired by position (every init of a run has the same seeds)."""
+    values = [scores[i][1]["values"] for i in ("colorization", "random", "supervised")]
+    if len({len(v) for v in values}) != 1:
+        raise UserError("the inits of a study run have different numbers of seeds: the gap closed needs paired seeds "
+                        "(rerun the length with the same seeds= for every init)")
+    return gap_interval(*values)
 
 
-def tabulate(lengths: list[int], root: Path) -> tuple[str, dict]:
+def tabulate(lengths: list[int], root: Path) -> tuple[str, dict, int]:
     rows, data, seeds = [], {}, 0
     for steps in lengths:
         path = root / f"length_{steps}" / "gap_results.json"
         if not path.is_file():
-            rows.append(f"| {steps} | (not run) | | | | | |")
+            rows.append(f"| {steps} | (not run) | | | | | | |")
             continue
         res = json.loads(path.read_text())
         for name, task in res["tasks"].items():
@@ -63,14 +73,16 @@ def tabulate(lengths: list[int], root: Path) -> tuple[str, dict]:
                 if scores is None:
                     continue
                 g = gap_closed(scores)
-                n = task["probe"]["linear"]["random"][scores["random"][0]]["val"]["n"]
+                n = g["n"]
                 seeds = max(seeds, n)
                 data.setdefault(f"{name} {family}", {})[steps] = g
+                diff = paired_difference(scores["colorization"][1]["values"], scores["random"][1]["values"])
                 rows.append(f"| {steps} | {name} ({task['kind']}), {family} probe | {n} | "
-                            + " | ".join(f"{100 * scores[i][1]:.1f} ({scores[i][0]})" for i in INITS)
-                            + f" | {'n/a' if g is None else f'{100 * g:.0f}%'} |")
-    head = ["| pretraining steps | task, probe | seeds | random val | colorization val | supervised val | gap closed (val) |",
-            "|---|---|---|---|---|---|---|"]
+                            + " | ".join(f"{format_acc(scores[i][1])} ({scores[i][0]})" for i in INITS)
+                            + f" | {format_acc(diff)} | {format_gap(g)} |")
+    head = ["| pretraining steps | task, probe | seeds | random val | colorization val | supervised val "
+            "| colorization - random (points) | gap closed (val) |",
+            "|---|---|---|---|---|---|---|---|"]
     return "\n".join(head + rows) + "\n", data, seeds
 
 
@@ -83,8 +95,11 @@ def plot(data: dict, path: Path, seeds: int) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
     for label, by_steps in data.items():
-        xs = sorted(s for s, g in by_steps.items() if g is not None)
-        ax.plot(xs, [100 * by_steps[s] for s in xs], marker="o", label=label)
+        xs = sorted(s for s, g in by_steps.items() if g["mean"] is not None)
+        line, = ax.plot(xs, [100 * by_steps[s]["mean"] for s in xs], marker="o", label=label)
+        for s in xs:  # Fieller's interval where it is bounded (n >= 2 and supervised distinguishable from random)
+            if by_steps[s]["low"] is not None:
+                ax.plot([s, s], [100 * by_steps[s]["low"], 100 * by_steps[s]["high"]], color=line.get_color(), lw=1)
     ax.axhline(70, color="gray", ls=":", lw=1, label="the claim: 70%")
     ax.axhline(0, color="black", lw=0.6)
     steps = sorted({s for by_steps in data.values() for s in by_steps})
@@ -94,12 +109,14 @@ def plot(data: dict, path: Path, seeds: int) -> None:
     ax.set_xlabel("pretraining optimizer steps (every pretrained init)")
     ax.set_ylabel("gap closed on validation (%)")
     ax.set_title(f"Gap closed against pretraining length (validation, probes only; {seeds} seed(s), no interval)"
-                 if seeds == 1 else f"Gap closed against pretraining length (validation, probes only; mean of {seeds} seeds)", fontsize=9)
+                 if seeds == 1 else f"Gap closed against pretraining length (validation, probes only; mean and 95% "
+                 f"Fieller interval over {seeds} seeds)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
 
 
+@exit_on_user_error
 def main() -> None:
     argv = sys.argv[1:]
     overrides = argv[argv.index("--") + 1:] if "--" in argv else []

@@ -159,3 +159,27 @@ def test_best_is_last_rows_carry_what_the_last_validation_added():
             r.pop("last_gain")
     md = task_markdown({**summarize(col, ["random", "colorization", "supervised"], [0.1]), "grids": {}})
     assert "colorization | 2 of 2 |" in md and "added" not in md, "runs from before the history was kept: no gain shown"
+
+
+def test_a_validation_only_summary_reads_validation_numbers_everywhere():
+    """A validation-only run reads no test split: its tables and gaps are the validation scores, said so, not dashes."""
+    col = _fake_collected()
+    for runs in col["probe"].values():  # what a validation-only probe writes: no test score
+        for r in runs.values():
+            for family in ("linear", "knn"):
+                for t in r[family].values():
+                    t["test"] = None
+    for by_f in col["finetune"].values():
+        for r in by_f[0.1].values():
+            r["test"] = None
+    res = summarize(col, ["random", "colorization", "supervised"], [0.1], score="val")
+    conv2 = res["probe"]["linear_gap"]["conv2"]
+    assert conv2["gap_closed"]["mean"] == pytest.approx((0.50 - 0.30) / (0.60 - 0.30)), "on val, where test is absent"
+    assert res["probe"]["linear_gap"]["best"]["gap_closed"]["n"] == 2
+    assert res["finetune"]["0.1"]["gap"]["gap_closed"]["mean"] == pytest.approx(0.5), "fine-tune val 0.3 / 0.4 / 0.5"
+    text = task_markdown(res)
+    assert "validation split, the one every choice below was made on" in text and "test split" not in text
+    probe_row = next(r for r in text.splitlines() if r.startswith("| colorization | "))
+    assert "–" not in probe_row and probe_row.count("[") == 4, "three taps and the best tap, each with its interval"
+    with pytest.raises(ValueError, match="score"):
+        summarize(col, ["random", "colorization", "supervised"], [0.1], score="train")

@@ -233,4 +233,7 @@ def test_validation_only_run_reads_no_test_split(tmp_path, data_dir):
     r = res["tasks"]["cls"]
     assert r["probe"]["linear"]["random"]["conv2_2"]["val"]["mean"] is not None and r["finetune"]["0.5"]["random"]["val"]["mean"] is not None
     assert all(not json.loads(m.read_text()) for m in (tmp_path / "arms").glob("finetune_cls_random_f0.5_seed0_sub?/metrics.json"))
-    assert "Validation only: no test split was read" in (tmp_path / "gap_table.md").read_text()
+    table = (tmp_path / "gap_table.md").read_text()
+    assert "Validation only: no test split was read" in table and "test split, read once" not in table
+    row = next(r for r in table.splitlines() if r.startswith("| random | "))
+    assert "–" not in row, "the probe table shows the validation scores a validation-only run has, not empty cells"

@@ -90,20 +90,25 @@ def _per_tap(probe: dict, inits, taps, family: str, units_of: dict) -> dict:
     return out
 
 
-def summarize(collected: dict, inits: Sequence[str], fractions: Sequence[float], taps: Sequence[str] = ()) -> dict:
+def summarize(collected: dict, inits: Sequence[str], fractions: Sequence[float], taps: Sequence[str] = (),
+              score: str = "test") -> dict:
     """Accuracies, paired differences and the gap closed from the finished arms (see :meth:`Runner.collect`).
 
     ``collected["probe"][init][unit]`` is a probe result (``cnnlab.probes.cached.probe_trunk_cached``), ``collected["finetune"][init]
     [fraction][unit]`` a fine-tune choice (``{"lr", "step", "val", "test", "grid"}``); ``unit = (seed, subset)``. Every
-    interval runs over pretraining seeds (``n`` = seeds), the subsets of a seed averaged first.
+    interval runs over pretraining seeds (``n`` = seeds), the subsets of a seed averaged first. ``score``: the split the
+    differences and gaps are computed on, ``"test"`` (a result) or ``"val"`` (a validation-only run, which reads no
+    test split: its tables and gaps are validation numbers, optimistic since every choice was made on them).
     """
+    if score not in ("test", "val"):
+        raise ValueError(f"score must be 'test' or 'val', got {score!r}")
     probe, finetune = collected["probe"], collected["finetune"]
     inits = list(inits)
     trio = all(i in inits for i in TRIO)
     gap_inits = TRIO + ((RGB,) if RGB in inits else ())
     if not taps:
         taps = next((r["taps"] for runs in probe.values() for r in runs.values()), [])
-    out: dict = {"inits": inits, "taps": list(taps), "label_fractions": [float(f) for f in fractions]}
+    out: dict = {"inits": inits, "taps": list(taps), "label_fractions": [float(f) for f in fractions], "score": score}
     units_of = {i: sorted(probe.get(i, {}), key=lambda u: (u[0], -1 if u[1] is None else u[1])) for i in inits}
     shared = _shared_units(probe, inits)
     families = [f for f in ("linear", "knn") if any(f in r for runs in probe.values() for r in runs.values())] or ["linear"]
@@ -120,10 +125,10 @@ def summarize(collected: dict, inits: Sequence[str], fractions: Sequence[float],
     pr["best_tap"] = best
     if trio:
         for family in families:
-            pr[f"{family}_gap"] = {t: paired_block({i: {u: probe[i][u][family][t]["test"] for u in shared} for i in gap_inits}, shared)
+            pr[f"{family}_gap"] = {t: paired_block({i: {u: probe[i][u][family][t][score] for u in shared} for i in gap_inits}, shared)
                                    for t in taps}
         if len(best) == len(inits):
-            pr["linear_gap"]["best"] = paired_block({i: {u: probe[i][u]["linear"][best[i]["tap"]]["test"] for u in shared}
+            pr["linear_gap"]["best"] = paired_block({i: {u: probe[i][u]["linear"][best[i]["tap"]][score] for u in shared}
                                                      for i in gap_inits}, shared)
     out["probe"] = pr
     ft: dict = {}
@@ -141,7 +146,7 @@ def summarize(collected: dict, inits: Sequence[str], fractions: Sequence[float],
                         "step_is_last": sum(bool(r.get("step_is_last")) for r in rs),
                         "last_gain": _mean([r["last_gain"] for r in rs if r.get("last_gain") is not None])}
         if trio:
-            entry["gap"] = paired_block({i: {u: runs[i][u]["test"] for u in units} for i in gap_inits}, units)
+            entry["gap"] = paired_block({i: {u: runs[i][u][score] for u in units} for i in gap_inits}, units)
         ft[str(float(f))] = entry
     out["finetune"] = ft
     return out
@@ -201,7 +206,10 @@ def task_markdown(res: dict) -> str:
     rows = _rows(res["inits"])
     metric = res.get("metric", "top-1")
     n_seeds = len(pr.get("seeds", []))
-    lines = [f"Every number: {metric} % on the task's test split, read once per final arm; mean [95% CI] over n = "
+    sc = res.get("score", "test")
+    split = ("the task's validation split, the one every choice below was made on (optimistic: a validation-only run "
+             "chooses, it does not report)") if sc == "val" else "the task's test split, read once per final arm"
+    lines = [f"Every number: {metric} % on {split}; mean [95% CI] over n = "
              f"{n_seeds or '?'} pretraining seed(s) (the label subsets of a seed share its trunks and are averaged within it first). "
              "Choices (best tap, weight decay, learning rate, recipe variant, checkpoint) were made on the validation split; "
              "differences use a paired t-interval over seeds, the gap closed = (colorization − random) / (supervised − random) "
@@ -213,8 +221,8 @@ def task_markdown(res: dict) -> str:
               "| init | " + " | ".join(taps) + " | best tap (chosen on val) |", "|---" * (len(taps) + 2) + "|"]
     for i in rows:
         b = best.get(i)
-        lines.append(f"| {i} | " + " | ".join(format_acc(pr["linear"][i][t]["test"]) for t in taps)
-                     + f" | {format_acc(b['test']) + ' (' + b['tap'] + ')' if b else '–'} |")
+        lines.append(f"| {i} | " + " | ".join(format_acc(pr["linear"][i][t][sc]) for t in taps)
+                     + f" | {format_acc(pr['linear'][i][b['tap']][sc]) + ' (' + b['tap'] + ')' if b else '–'} |")
     if "linear_gap" in pr:
         lines += _gap_rows([pr["linear_gap"].get(t) for t in taps] + [pr["linear_gap"].get("best")])
     lines += ["", "Weight decay chosen on val (per paired run):", "", "| init | " + " | ".join(taps) + " |", "|---" * (len(taps) + 1) + "|"]
@@ -228,7 +236,7 @@ def task_markdown(res: dict) -> str:
         lines += ["", f"### kNN per tap (cosine, weighted, k = {k.get('k', '?')}, T = {k.get('temperature', '?')}; nothing tuned)", "",
                   "| init | " + " | ".join(taps) + " |", "|---" * (len(taps) + 1) + "|"]
         for i in rows:
-            lines.append(f"| {i} | " + " | ".join(format_acc(pr["knn"][i][t]["test"]) for t in taps) + " |")
+            lines.append(f"| {i} | " + " | ".join(format_acc(pr["knn"][i][t][sc]) for t in taps) + " |")
         if "knn_gap" in pr:
             lines += _gap_rows([pr["knn_gap"].get(t) for t in taps])
     fr = [str(float(f)) for f in res["label_fractions"]]
@@ -243,7 +251,7 @@ def task_markdown(res: dict) -> str:
                   + ("; with two rates every choice is an edge, so none is flagged" if edges_uninformative else ""), "",
                   "| init | " + " | ".join(f"{100 * float(f):g}% labels" for f in fr) + " |", "|---" * (len(fr) + 1) + "|"]
         for i in rows:
-            lines.append(f"| {i} | " + " | ".join(format_acc(ft[f][i]["test"]) for f in fr) + " |")
+            lines.append(f"| {i} | " + " | ".join(format_acc(ft[f][i][sc]) for f in fr) + " |")
         lines += _gap_rows([ft[f].get("gap") for f in fr])
         for i in rows:
             lines.append(f"| lr chosen on val, {i} | " + " | ".join(
@@ -297,9 +305,9 @@ def published_beside(res: dict, fraction: str, rows: Sequence[str]) -> list[str]
         return []
     entry = res["finetune"][fraction]
     lines = ["", f"Published beside: {pub['what']}. Their supervised network is an RGB one (here: supervised_rgb).", "",
-             f"| init | here: fine-tuned on {100 * float(fraction):g}% labels | published |", "|---|---|---|"]
+             f"| init | here: fine-tuned on {100 * float(fraction):g}% labels ({res.get('score', 'test')}) | published |", "|---|---|---|"]
     for i in rows:
-        lines.append(f"| {i} | {format_acc(entry[i]['test'])} | {pub.get('supervised' if i == RGB else i, '–')} |")
+        lines.append(f"| {i} | {format_acc(entry[i][res.get('score', 'test')])} | {pub.get('supervised' if i == RGB else i, '–')} |")
     gap = entry.get("gap", {})
     ours = format_gap(gap["gap_closed_rgb" if "gap_closed_rgb" in gap else "gap_closed"]) if gap else "–"
     return lines + [f"| gap closed{' (RGB supervised ceiling)' if 'gap_closed_rgb' in gap else ''} | {ours} | {100 * pub['gap']:.0f}% |"]
@@ -423,8 +431,8 @@ def _accuracy_panel(ax, series: dict, gaps: list, ylabel: str, title: str):
 
 
 def plot(res: dict, path: str | Path, title: str = "") -> Path:
-    """One row per task: probes (and kNN) per tap, fine-tuning per label fraction; test scores with 95% CIs over
-    pretraining seeds, the gap closed above each point."""
+    """One row per task: probes (and kNN) per tap, fine-tuning per label fraction; test scores (validation scores for a
+    validation-only run) with 95% CIs over pretraining seeds, the gap closed above each point."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -436,7 +444,8 @@ def plot(res: dict, path: str | Path, title: str = "") -> Path:
     for row, (name, r) in enumerate(tasks.items()):
         taps, fr, pr = r["taps"], [str(float(f)) for f in r["label_fractions"]], r["probe"]
         metric = r.get("metric", "top-1")
-        ylabel = f"{name}: test {metric} (%)"
+        sc = r.get("score", "test")
+        ylabel = f"{name}: {'val' if sc == 'val' else 'test'} {metric} (%)"
         xs = list(range(len(taps)))
         families = pr.get("families", ["linear", "knn"])
         probe_label = ("Dense linear probe (weight decay chosen on val)" if r.get("kind") == "segmentation" else
@@ -446,7 +455,7 @@ def plot(res: dict, path: str | Path, title: str = "") -> Path:
             if family not in families:
                 ax.axis("off")
                 continue
-            series = {i: [(x, pr[family][i][t]["test"]) for x, t in zip(xs, taps)] for i in _rows(r["inits"])}
+            series = {i: [(x, pr[family][i][t][sc]) for x, t in zip(xs, taps)] for i in _rows(r["inits"])}
             gaps = [(x, pr[f"{family}_gap"][t]["gap_closed"]) for x, t in zip(xs, taps)] if f"{family}_gap" in pr else []
             _accuracy_panel(ax, series, gaps, ylabel, f"{name} · {label}")
             ax.set_xticks(xs, taps, rotation=30, fontsize=8)
@@ -455,7 +464,7 @@ def plot(res: dict, path: str | Path, title: str = "") -> Path:
             ax.axis("off")
             continue
         fx = [float(f) for f in fr]
-        series = {i: [(x, r["finetune"][f][i]["test"]) for x, f in zip(fx, fr)] for i in _rows(r["inits"])}
+        series = {i: [(x, r["finetune"][f][i][sc]) for x, f in zip(fx, fr)] for i in _rows(r["inits"])}
         gaps = [(x, r["finetune"][f]["gap"]["gap_closed"]) for x, f in zip(fx, fr) if "gap" in r["finetune"][f]]
         _accuracy_panel(ax, series, gaps, ylabel, f"{name} · fine-tuning (lr, variant, checkpoint chosen on val)")
         if len(fx) > 1:

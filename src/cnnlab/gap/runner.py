@@ -427,7 +427,8 @@ class Runner:
         for t, spec in self.tasks.items():
             probe_cfg, ft_cfg = task_setting(c, t, "probe"), task_setting(c, t, "finetune")
             fractions = [float(f) for f in spec.label_fractions]
-            r = summarize(collected[t], list(c.inits), fractions, list(probe_cfg.taps) if probe_cfg.taps and spec.kind != "segmentation" else [])
+            r = summarize(collected[t], list(c.inits), fractions, list(probe_cfg.taps) if probe_cfg.taps and spec.kind != "segmentation" else [],
+                          score="val" if c.validation_only else "test")
             # every paired run's own numbers: each choice with the validation grid it was made from, and its test score
             r["runs"] = {"probe": {i: {unit_key(u): {k: v for k, v in pr.items() if k in ("linear", "knn", "dense", "n_train", "n_val", "n_test")}
                                        for u, pr in runs.items()} for i, runs in collected[t]["probe"].items()},
