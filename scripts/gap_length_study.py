@@ -94,12 +94,13 @@ def plot(data: dict, path: Path, seeds: int) -> None:
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
-    for label, by_steps in data.items():
+    for k, (label, by_steps) in enumerate(data.items()):
         xs = sorted(s for s, g in by_steps.items() if g["mean"] is not None)
-        line, = ax.plot(xs, [100 * by_steps[s]["mean"] for s in xs], marker="o", label=label)
+        shift = 1.0 + 0.03 * (k - (len(data) - 1) / 2)  # side by side on the log axis, so the intervals do not overlap
+        line, = ax.plot([s * shift for s in xs], [100 * by_steps[s]["mean"] for s in xs], marker="o", label=label)
         for s in xs:  # Fieller's interval where it is bounded (n >= 2 and supervised distinguishable from random)
             if by_steps[s]["low"] is not None:
-                ax.plot([s, s], [100 * by_steps[s]["low"], 100 * by_steps[s]["high"]], color=line.get_color(), lw=1)
+                ax.plot([s * shift] * 2, [100 * by_steps[s]["low"], 100 * by_steps[s]["high"]], color=line.get_color(), lw=1)
     ax.axhline(70, color="gray", ls=":", lw=1, label="the claim: 70%")
     ax.axhline(0, color="black", lw=0.6)
     steps = sorted({s for by_steps in data.values() for s in by_steps})
@@ -108,9 +109,8 @@ def plot(data: dict, path: Path, seeds: int) -> None:
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the lengths run are labelled
     ax.set_xlabel("pretraining optimizer steps (every pretrained init)")
     ax.set_ylabel("gap closed on validation (%)")
-    ax.set_title(f"Gap closed against pretraining length (validation, probes only; {seeds} seed(s), no interval)"
-                 if seeds == 1 else f"Gap closed against pretraining length (validation, probes only; mean and 95% "
-                 f"Fieller interval over {seeds} seeds)", fontsize=9)
+    ax.set_title("Gap closed against pretraining length (validation, probes only)\n"
+                 + (f"{seeds} seed(s), no interval" if seeds == 1 else f"mean and 95% Fieller interval over {seeds} seeds"), fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
