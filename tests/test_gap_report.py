@@ -183,3 +183,14 @@ def test_a_validation_only_summary_reads_validation_numbers_everywhere():
     assert "–" not in probe_row and probe_row.count("[") == 4, "three taps and the best tap, each with its interval"
     with pytest.raises(ValueError, match="score"):
         summarize(col, ["random", "colorization", "supervised"], [0.1], score="train")
+
+
+def test_a_validation_only_run_has_its_own_wandb_summary_keys():
+    """W&B summaries of a validation-only run never share a key with a result's (a dashboard would compare them)."""
+    from cnnlab.gap.report import wandb_summary
+
+    keys = {score: set(wandb_summary({"tasks": {"cls": summarize(_fake_collected(), ["random", "colorization", "supervised"], [0.1],
+                                                                  score=score)}}))
+            for score in ("val", "test")}
+    assert {"gap_closed_val/cls/linear/conv2", "gap_closed_val/cls/finetune/0.1"} <= keys["val"]
+    assert keys["test"] == {k.replace("gap_closed_val/", "gap_closed/") for k in keys["val"]}

@@ -494,6 +494,21 @@ def write_report(res: dict, out_dir: str | Path, title: str = "") -> dict[str, P
     return paths
 
 
+def wandb_summary(res: dict) -> dict[str, float | None]:
+    """The gap closed of every task, probe tap and label fraction, keyed for a W&B run summary. A validation-only
+    run's gaps are validation numbers: they get their own key (``gap_closed_val/...``), never compared as results."""
+    out = {}
+    for name, r in res.get("tasks", {}).items():
+        key = "gap_closed_val" if r.get("score") == "val" else "gap_closed"
+        for family in ("linear", "knn"):
+            for t, block in (r["probe"].get(f"{family}_gap") or {}).items():
+                out[f"{key}/{name}/{family}/{t}"] = block["gap_closed"]["mean"]
+        for f, entry in r["finetune"].items():
+            if "gap" in entry:
+                out[f"{key}/{name}/finetune/{f}"] = entry["gap"]["gap_closed"]["mean"]
+    return out
+
+
 def log_to_wandb(res: dict, paths: dict[str, Path], out_dir: str | Path, name: str, mode: str = "auto",
                  config: dict | None = None, tags: Sequence[str] = (), group: str | None = None) -> str | None:
     """The same tables and plot as one W&B run (offline without credentials) in ``group`` (the arms' group, passed
@@ -513,14 +528,7 @@ def log_to_wandb(res: dict, paths: dict[str, Path], out_dir: str | Path, name: s
         log.warning("W&B failed (%s): the report files are on disk anyway", err)
         return None
     run.log({"gap/plot": wandb.Image(str(paths["plot"])), "gap/markdown": wandb.Html("<pre>" + paths["markdown"].read_text() + "</pre>")})
-    for name, r in res.get("tasks", {}).items():
-        pr = r["probe"]
-        for family in ("linear", "knn"):
-            for t, block in (pr.get(f"{family}_gap") or {}).items():
-                run.summary[f"gap_closed/{name}/{family}/{t}"] = block["gap_closed"]["mean"]
-        for f, entry in r["finetune"].items():
-            if "gap" in entry:
-                run.summary[f"gap_closed/{name}/finetune/{f}"] = entry["gap"]["gap_closed"]["mean"]
+    run.summary.update(wandb_summary(res))
     run_dir = run.dir
     run.finish()
     return str(Path(run_dir).parent)
