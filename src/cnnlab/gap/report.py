@@ -303,11 +303,11 @@ def published_beside(res: dict, fraction: str, rows: Sequence[str]) -> list[str]
     pub = PUBLISHED_FINETUNE.get(res.get("kind"))
     if not pub:
         return []
-    entry = res["finetune"][fraction]
+    entry, sc = res["finetune"][fraction], res.get("score", "test")
     lines = ["", f"Published beside: {pub['what']}. Their supervised network is an RGB one (here: supervised_rgb).", "",
-             f"| init | here: fine-tuned on {100 * float(fraction):g}% labels ({res.get('score', 'test')}) | published |", "|---|---|---|"]
+             f"| init | here: fine-tuned on {100 * float(fraction):g}% labels ({sc}) | published |", "|---|---|---|"]
     for i in rows:
-        lines.append(f"| {i} | {format_acc(entry[i][res.get('score', 'test')])} | {pub.get('supervised' if i == RGB else i, '–')} |")
+        lines.append(f"| {i} | {format_acc(entry[i][sc])} | {pub.get('supervised' if i == RGB else i, '–')} |")
     gap = entry.get("gap", {})
     ours = format_gap(gap["gap_closed_rgb" if "gap_closed_rgb" in gap else "gap_closed"]) if gap else "–"
     return lines + [f"| gap closed{' (RGB supervised ceiling)' if 'gap_closed_rgb' in gap else ''} | {ours} | {100 * pub['gap']:.0f}% |"]
@@ -445,7 +445,7 @@ def plot(res: dict, path: str | Path, title: str = "") -> Path:
         taps, fr, pr = r["taps"], [str(float(f)) for f in r["label_fractions"]], r["probe"]
         metric = r.get("metric", "top-1")
         sc = r.get("score", "test")
-        ylabel = f"{name}: {'val' if sc == 'val' else 'test'} {metric} (%)"
+        ylabel = f"{name}: {sc} {metric} (%)"
         xs = list(range(len(taps)))
         families = pr.get("families", ["linear", "knn"])
         probe_label = ("Dense linear probe (weight decay chosen on val)" if r.get("kind") == "segmentation" else
