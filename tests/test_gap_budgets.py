@@ -15,12 +15,11 @@ from cnnlab.config import CONF_DIR
 from cnnlab.gap.runner import Runner, validate
 
 #: budgets whose report also has the supervised ceiling on RGB input
-RGB = {"standard", "standard_long", "full"}
+RGB = {"standard", "full"}
 EXPECT = {  # budget: (seeds, label subsets, {task: (label fractions, candidates = lrs x variants, probe subsets)})
     "smoke": (1, 2, {"cls": (1, 4, 2), "seg": (1, 1, 1)}),
     "quick": (2, 1, {"cls": (1, 2, 1), "seg": (1, 2, 1)}),
-    "standard": (4, 1, {"cls": (2, 3, 1), "seg": (2, 3, 1)}),
-    "standard_long": (4, 1, {"cls": (1, 2, 1), "seg": (1, 2, 1)}),
+    "standard": (4, 1, {"cls": (2, 2, 1), "seg": (2, 2, 1)}),
     "gpu_check": (1, 1, {"cls": (1, 2, 1), "seg": (1, 1, 1)}),
     "full": (4, 2, {"cls": (2, 3, 1), "seg": (2, 3, 1)}),
 }
@@ -117,10 +116,8 @@ def test_rgb_ceiling_is_pretrained_and_evaluated_on_colour(tmp_path):
     assert runner.configs.finetune("cls", "supervised", 0, 0, 0.5, 0.01, Path("/x/trunk.pt"), 150, "ft", tmp_path / "ft").data.color_space == "L"
 
 
-@pytest.mark.parametrize("budget, cls_steps, seg_steps", [("standard", {0.01: 630, 0.1: 800}, (500, 4)),
-                                                          ("standard_long", {0.01: 1200, 0.1: 2400}, (1504, 8))])
-def test_standard_finetune_length_scales_with_the_labelled_pool(budget, cls_steps, seg_steps, tmp_path):
-    cfg = _cfg(budget, tmp_path)
+def test_standard_finetune_length_scales_with_the_labelled_pool(tmp_path):
+    cfg = _cfg("standard", tmp_path)
     runner = Runner(cfg, tmp_path, {})
     steps = {}
     for f, n in ((0.01, 490), (0.1, 4900)):
@@ -131,27 +128,26 @@ def test_standard_finetune_length_scales_with_the_labelled_pool(budget, cls_step
         assert c.data.label_fraction == f and c.data.label_seed == 1 and c.test is False, "candidates never read test"
         assert c.callbacks.get("last_checkpoint") is None, "one best-on-val checkpoint per candidate"
         assert c.data.name == "cifar10" and c.data.color_space == "L"
-    assert steps == cls_steps
+    assert steps == {0.01: 1200, 0.1: 2400}
     seg = runner.configs.finetune("seg", "random", 0, 0, 1.0, 1e-3, Path("/x/trunk.pt"), 367, "ft", tmp_path / "ft")
-    assert (seg.trainer.max_steps, seg.trainer.max_steps // seg.trainer.val_check_interval) == seg_steps
+    assert (seg.trainer.max_steps, seg.trainer.max_steps // seg.trainer.val_check_interval) == (1504, 8)
     assert seg.monitor == "val/miou" and seg.model.trunk_lr_mult == 1.0 and "warmup_steps" not in seg.model
     assert seg.model._target_.endswith("Segmenter") and seg.data.name == "camvid" and seg.backbone._target_.endswith("backbone_from_trunk")
 
 
-def test_standard_long_shares_the_standards_trunks_and_probes(tmp_path):
-    """The long budget differs from the standard only in its fine-tunes: its trunk and probe arms are the standard's
-    (the same keys), so one run dir's trunks and probes serve both."""
-    runners = {b: Runner(_cfg(b, tmp_path), tmp_path, {}) for b in ("standard", "standard_long")}
-    planned = {b: [a for a in r.plan().arms if a.kind in ("trunk", "probe")] for b, r in runners.items()}
-    arms = planned["standard"]
-    for i, arm in enumerate(a for a in arms if a.kind == "trunk"):
-        torch.manual_seed(i)
-        rgb = arm.init == "supervised_rgb"
-        save_trunk(tmp_path / "arms" / arm.name / "trunk.pt", instantiate(runners["standard"].cfg.backbone, in_channels=3 if rgb else 1),
-                   "rgb" if rgb else "L", arm.init)
-    keys = {b: {a.name: r.key(a) for a in planned[b]} for b, r in runners.items()}
-    assert keys["standard"] == keys["standard_long"] and None not in keys["standard"].values()
-    assert len(keys["standard"]) == len(arms) == 4 * 4 * 3, "16 trunks, 16 probes per task"
+def test_standard_trains_every_arm_of_every_init_in_bf16_with_channels_last(tmp_path):
+    """The standard's speed setting is one treatment for all: every pretraining and fine-tune arm, of every init."""
+    runner = Runner(_cfg("standard", tmp_path), tmp_path, {})
+    plan = runner.plan()
+    trained = [a for a in plan.arms if (a.kind == "trunk" and a.init != "random")]
+    assert {a.init for a in trained} == {"colorization", "supervised", "supervised_rgb"}
+    for arm in trained:
+        c = runner.arm_config(arm)
+        assert c.trainer.precision == "bf16-mixed" and c.callbacks.channels_last._target_ == "cnnlab.callbacks.ChannelsLast", arm.name
+    for init in ("random", "colorization", "supervised", "supervised_rgb"):
+        for task, fraction, n in (("cls", 0.1, 4900), ("seg", 1.0, 367)):
+            c = runner.configs.finetune(task, init, 0, 0, fraction, 0.01, Path("/x/trunk.pt"), n, "ft", tmp_path / "ft")
+            assert c.trainer.precision == "bf16-mixed" and c.callbacks.channels_last._target_ == "cnnlab.callbacks.ChannelsLast"
 
 
 def test_arm_keys_do_not_depend_on_where_the_run_dir_is(tmp_path, camvid_archive):

@@ -204,13 +204,17 @@ def test_gap_bad_input_is_one_line_error(tmp_path, data_dir, override, message):
 
 @pytest.mark.slow
 def test_validation_only_run_reads_no_test_split(tmp_path, data_dir):
-    """The gap's own plan as a search: validation_only=true runs probes and fine-tune choices without any test read."""
+    """The gap's own plan as a search: validation_only=true runs probes and fine-tune choices without any test read.
+    Its arms train as the standard budget's do, in bf16 mixed precision with channels-last weights."""
     from cnnlab.gap import run
 
     cfg = _compose("budget=smoke", f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path}", "report.wandb=false",
                    "validation_only=true", "inits=[random]", "tasks.seg=null", "probe.taps=[conv2_2,conv4_2]",
-                   "finetune.lrs=[0.05]", "~finetune.variants.lpft")
+                   "finetune.lrs=[0.05]", "~finetune.variants.lpft",
+                   "+arm.groups.precision=bf16-mixed", "+arm.cfg.callbacks.channels_last._target_=cnnlab.callbacks.ChannelsLast")
     res = run(cfg, out_dir=tmp_path, choices={})
+    arm_cfg = OmegaConf.load(tmp_path / "arms" / "finetune_cls_random_f0.5_seed0_sub0_lr0.05" / "config.yaml")
+    assert arm_cfg.trainer.precision == "bf16-mixed" and arm_cfg.callbacks.channels_last._target_.endswith("ChannelsLast")
     found = []
 
     def walk(node, path=""):
