@@ -100,6 +100,18 @@ def test_report_files_table_and_plot(tmp_path):
     assert markdown_tables(res).startswith("**PLUMBING CHECK ON SYNTHETIC DATA")
 
 
+def test_title_names_the_arms_precision_unless_float32():
+    from cnnlab.gap.report import setup_title
+
+    res = {"tasks": {}, "budget": "standard", "backbone": {"arch": "vgg_cifar", "plan": "vgg8", "width": 16}, "pool": {"name": "tinyimagenet"},
+           "protocol": {"seeds": [0, 1, 2, 3], "label_subsets": [0]}}
+    plain = setup_title(res)
+    assert "precision" not in plain and "bf16" not in plain and "VGG-8 width 16" in plain
+    assert setup_title({**res, "arm_numerics": {"precision": "32-true", "channels_last": False}}) == plain
+    mixed = setup_title({**res, "arm_numerics": {"precision": "bf16-mixed", "channels_last": True}})
+    assert mixed.startswith(plain) and mixed.endswith("; every training arm in bf16-mixed with channels-last weights")
+
+
 def test_plan_orders_trunks_probes_then_candidates_before_their_test():
     tasks = {"cls": {"fractions": [0.01, 0.1], "probe_subsets": [0, 1]}, "seg": {"fractions": [1.0], "probe_subsets": [None], "lrs": [0.1]}}
     arms = plan_arms(["random", "colorization", "supervised"], [0, 1], tasks, [0, 1], [0.01, 0.05])

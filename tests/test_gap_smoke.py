@@ -239,5 +239,6 @@ def test_validation_only_run_reads_no_test_split(tmp_path, data_dir):
     assert all(not json.loads(m.read_text()) for m in (tmp_path / "arms").glob("finetune_cls_random_f0.5_seed0_sub?/metrics.json"))
     table = (tmp_path / "gap_table.md").read_text()
     assert "Validation only: no test split was read" in table and "test split, read once" not in table
+    assert "every training arm in bf16-mixed with channels-last weights" in table, "the report says how its arms computed"
     row = next(r for r in table.splitlines() if r.startswith("| random | "))
     assert "–" not in row, "the probe table shows the validation scores a validation-only run has, not empty cells"

@@ -398,6 +398,9 @@ def setup_title(res: dict) -> str:
     title = (f"Pretraining gap ({res.get('protocol_name', '?')}): pretrained on {dataset_name(res.get('pool', {}))}, evaluated on {tasks}; "
              f"{net}, lightness input: random vs colorization vs supervised; {seeds} pretraining seed(s) × {subsets} label subset(s); "
              f"budget {res.get('budget', '?')}")
+    numerics = res.get("arm_numerics") or {}
+    if numerics.get("precision", "32-true") not in ("32-true", "32"):  # float32 is the default and goes unsaid
+        title += f"; every training arm in {numerics['precision']}" + (" with channels-last weights" if numerics.get("channels_last") else "")
     return (SMOKE_BANNER + " · " + title) if res.get("synthetic") else title
 
 
