@@ -6,8 +6,8 @@ fine-tunes on CIFAR-10 and on CamVid) is composed by the gap's own ``ArmConfigs`
 time inside training batches (``cnnlab.callbacks.StageClock``) per step, at one thread, as each gap worker runs.
 
 Then the numbers: one fine-tune per mode and task at the standard budget's length (random init, 10% of the CIFAR-10
-labels / all CamVid frames, the middle rate of the grid) and one colorization pretraining of ``--quality-steps``,
-each mode from the same trunk and seed, with the validation score each reached.
+labels at rate 0.03 / all CamVid frames at 1e-3) and one colorization pretraining of ``--quality-steps``, each mode
+from the same trunk and seed, with the validation score each reached.
 
     CNNLAB_DATA=../shared/data OMP_NUM_THREADS=1 python scripts/bench_gap_precision.py --steps 60 --out bench.json
 """
