@@ -206,3 +206,14 @@ def test_a_validation_only_run_has_its_own_wandb_summary_keys():
             for score in ("val", "test")}
     assert {"gap_closed_val/cls/linear/conv2", "gap_closed_val/cls/finetune/0.1"} <= keys["val"]
     assert keys["test"] == {k.replace("gap_closed_val/", "gap_closed/") for k in keys["val"]}
+
+
+def test_a_gap_without_interval_is_read_once_as_no_conclusion():
+    from cnnlab.gap.report import _read_gap
+
+    shaky = {"mean": -0.25, "low": None, "high": None, "n": 4, "note": "no interval: 1227 of 10000 resamples have supervised <= random"}
+    line = _read_gap("fine-tuned on 10% of the labels", shaky, 0.47)
+    assert line == ("- fine-tuned on 10% of the labels: -25%, n = 4 (no interval: 1227 of 10000 resamples have supervised <= random), "
+                    "so it supports no conclusion.")
+    one = _read_gap("one seed", {"mean": 0.3, "low": None, "high": None, "n": 1}, 0.47)
+    assert one == "- one seed: 30%, n = 1 (no interval), so it supports no conclusion."

@@ -318,8 +318,8 @@ def _read_gap(what: str, g: dict, published: float) -> str:
     if g.get("mean") is None:
         return f"- {what}: no gap closed ({_note(g)})."
     text = f"- {what}: {format_gap(g)}"
-    if g.get("low") is None:
-        return text + f"; no interval ({_note(g) or 'one seed'}), so it supports no conclusion."
+    if g.get("low") is None:  # format_gap has already said why there is no interval
+        return text + ", so it supports no conclusion."
     zero = "excludes 0 (colorization beats random)" if g["low"] > 0 else "includes 0 (no evidence that colorization beats random)" \
         if g["high"] > 0 else "lies below 0 (colorization worse than random)"
     pub = "includes" if g["low"] <= published <= g["high"] else "excludes"
