@@ -141,13 +141,13 @@ def test_standard_trains_every_arm_of_every_init_in_bf16_with_channels_last(tmp_
     plan = runner.plan()
     trained = [a for a in plan.arms if (a.kind == "trunk" and a.init != "random")]
     assert {a.init for a in trained} == {"colorization", "supervised", "supervised_rgb"}
-    for arm in trained:
-        c = runner.arm_config(arm)
-        assert c.trainer.precision == "bf16-mixed" and c.callbacks.channels_last._target_ == "cnnlab.callbacks.ChannelsLast", arm.name
+    configs = {a.name: runner.arm_config(a) for a in trained}
     for init in ("random", "colorization", "supervised", "supervised_rgb"):
         for task, fraction, n in (("cls", 0.1, 4900), ("seg", 1.0, 367)):
-            c = runner.configs.finetune(task, init, 0, 0, fraction, 0.01, Path("/x/trunk.pt"), n, "ft", tmp_path / "ft")
-            assert c.trainer.precision == "bf16-mixed" and c.callbacks.channels_last._target_ == "cnnlab.callbacks.ChannelsLast"
+            configs[f"finetune {task} {init}"] = runner.configs.finetune(task, init, 0, 0, fraction, 0.01, Path("/x/trunk.pt"), n, "ft",
+                                                                         tmp_path / "ft")
+    for name, c in configs.items():
+        assert c.trainer.precision == "bf16-mixed" and c.callbacks.channels_last._target_ == "cnnlab.callbacks.ChannelsLast", name
 
 
 def test_arm_keys_do_not_depend_on_where_the_run_dir_is(tmp_path, camvid_archive):

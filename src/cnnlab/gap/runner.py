@@ -451,9 +451,8 @@ class Runner:
         res["synthetic"] = self.synthetic
         res["validation_only"] = bool(c.validation_only)
         res["inits"] = list(c.inits)
-        arm = OmegaConf.to_container(c.arm, resolve=True)
-        res["arm_numerics"] = {"precision": str((arm.get("groups") or {}).get("precision") or "32-true"),
-                               "channels_last": bool(((arm.get("cfg") or {}).get("callbacks") or {}).get("channels_last"))}
+        res["arm_numerics"] = {"precision": str(OmegaConf.select(c, "arm.groups.precision") or "32-true"),
+                               "channels_last": OmegaConf.select(c, "arm.cfg.callbacks.channels_last") is not None}
         pre = OmegaConf.to_container(c.pretrain, resolve=True)
         res["recipe"] = {"pretrain": pre}
         pool_dm = self.datamodule(None)
