@@ -197,6 +197,9 @@ def test_a_w_and_b_record_cut_short_is_written_again_and_its_arm_is_not_rerun(tm
     out = tmp_path / "gap"
     args = [*PLAN, "inits=[random]", f"paths.data_dir={data_dir}", f"hydra.run.dir={out}", "launcher=local"]
     run_cli("cnnlab.gap", *args)
+    # the package list once, in the gap's own run, also after arms ran in its process (W&B keeps a process's settings)
+    assert len(list(out.glob("wandb/offline-run-*/files/requirements.txt"))) == 1
+    assert not list(out.glob("arms/*/wandb/offline-run-*/files/requirements.txt")), "no arm repeats the package list"
     arm = out / "arms" / "random_seed0"
     [record] = arm.glob("wandb/offline-run-*/run-*.wandb")
     record.write_bytes(record.read_bytes()[:7])  # W&B's header only: what a worker ended mid-record leaves
@@ -220,6 +223,24 @@ def test_multirun_jobs_share_a_wandb_group(tmp_path, data_dir):
 
 
 # ------------------------------------------------------------------------------------------------- fast
+def test_the_pool_parent_wakes_when_an_arm_finishes_not_at_its_next_poll():
+    """The parent starts the next arm when a worker's arm ends: it waits on the running arms' futures, not a timer
+    (a 2-s poll was most of a smoke-sized arm's time)."""
+    import threading
+    from concurrent.futures import Future
+
+    from cnnlab.gap import launch
+
+    slow, fast = Future(), Future()
+    threading.Timer(0.2, fast.set_result, [1.0]).start()
+    t0 = time.monotonic()
+    launch.Pool().wait([slow, fast], timeout=60)
+    assert fast.done() and not slow.done() and time.monotonic() - t0 < 30, "woken by the finished arm, not the timeout"
+    t0 = time.monotonic()
+    launch.Pool().wait([slow], timeout=0.3)
+    assert not slow.done() and time.monotonic() - t0 >= 0.25, "with none finished it waits out the timeout"
+
+
 def test_pool_plans_one_worker_per_gpu_or_core(monkeypatch):
     """Planning only (no GPU on the test machines): every visible GPU gets one worker; on a CPU the cores are
     split between the workers, at most one worker per 8 GiB of memory."""

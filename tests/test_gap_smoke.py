@@ -3,6 +3,7 @@ the protocol's properties, resuming, test labels that change no choice, and one-
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -130,9 +131,12 @@ def test_gap_smoke_both_tasks_end_to_end_resume_and_test_labels_change_no_choice
     assert "## Task cls: classification" in md and "## Task seg: segmentation" in md and "mIoU %" in md
     assert "| gap closed |" in md and "±" not in md and "chosen on val" in md and "Where the time went" in md
     t = res["timing"]
-    assert 0 < t["train_batch_seconds"] < t["arm_seconds"] <= t["wall_seconds"]
+    workers = int(re.search(r"arms run by: pool of (\d+) worker", proc.stdout).group(1))
+    assert 0 < t["train_batch_seconds"] < t["arm_seconds"] <= workers * t["wall_seconds"], "arms overlap in the workers"
     assert (out / "gap.png").stat().st_size > 10_000
     assert list((out / "wandb").glob("offline-run-*")), "the table and plot go to an offline W&B run"
+    assert list((out / "wandb").glob("offline-run-*/files/requirements.txt")), "the gap's own run lists the packages"
+    assert not list(arms.glob("*/wandb/offline-run-*/files/requirements.txt")), "its arms do not repeat the list"
     assert "54 arms, 0 already done" in proc.stdout
     stamps = {p.parent.name: p.stat().st_mtime_ns for p in arms.glob("*/gap_arm.json")}
 

@@ -91,12 +91,15 @@ def _env(**values: str | None):
 
 def tracking_env(runner: ArmRunner, arm: Arm) -> dict:
     """What an arm's W&B run reads from the environment (``wandb.init`` falls back to these variables): its
-    group and kind, and ``disabled`` when the gap's tracking is off (``report.wandb=false``)."""
+    group and kind, ``disabled`` when the gap's tracking is off (``report.wandb=false``), and no package list: every
+    arm of a run has the same environment, which the gap's own run (the table and plot) records once, and listing
+    it costs W&B ~0.2 s per run (a third of a smoke-sized arm)."""
     from cnnlab.tracking import resolve_wandb_mode
 
     on = bool(runner.cfg.report.get("wandb", True))
     return {"WANDB_RUN_GROUP": wandb_group(runner.root), "WANDB_JOB_TYPE": arm.kind,
-            "WANDB_MODE": resolve_wandb_mode(str(runner.cfg.report.get("wandb_mode", "auto"))) if on else "disabled"}
+            "WANDB_MODE": resolve_wandb_mode(str(runner.cfg.report.get("wandb_mode", "auto"))) if on else "disabled",
+            "WANDB__SAVE_REQUIREMENTS": "false"}
 
 
 #: written in an arm dir once its W&B record is finished (W&B's own files exist from the record's first moment)
@@ -328,6 +331,11 @@ class Launcher:
     def stop(self) -> None:
         """Called once at the end, also after a failure."""
 
+    def wait(self, handles: list, timeout: float) -> None:
+        """Block until one of the running ``handles`` may be done, at most ``timeout`` seconds (a cluster's jobs
+        are looked at again after it)."""
+        time.sleep(timeout)
+
     def describe(self) -> str:
         return self.name
 
@@ -395,6 +403,13 @@ class Pool(Launcher):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+    def wait(self, handles: list, timeout: float) -> None:
+        # the next arm starts the moment a worker is free: polling left a worker idle up to POLL_S per arm,
+        # most of a smoke-sized arm's time (docs/benchmarks.md)
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        wait(handles, timeout=timeout, return_when=FIRST_COMPLETED)
 
     def describe(self) -> str:
         where = f"GPU {', '.join(self._gpus)}" if self._gpus else "CPU"
@@ -479,7 +494,7 @@ def execute(runner: ArmRunner, plan: Plan, todo: list[Arm], launcher: Launcher,
                 break
             done = [n for n, (_, h) in running.items() if h.done()]
             if not done:
-                time.sleep(POLL_S)
+                launcher.wait([h for _, h in running.values()], POLL_S)
                 continue
             for n in done:
                 arm, handle = running.pop(n)

@@ -525,8 +525,11 @@ def log_to_wandb(res: dict, paths: dict[str, Path], out_dir: str | Path, name: s
     if mode == "disabled":
         return None
     try:
+        # the package list once for the whole run (its arms skip theirs, launch.tracking_env); said here, because
+        # W&B keeps the settings it read from the environment at its first run in a process, an arm's in-process
         run = wandb.init(project="cnnlab", name=name, job_type="gap", dir=str(out_dir), mode=mode, config=config or {},
-                         tags=list(tags), group=group, reinit="finish_previous")
+                         tags=list(tags), group=group, reinit="finish_previous",
+                         settings=wandb.Settings(x_save_requirements=True))
     except Exception as err:  # noqa: BLE001 - network/auth errors: the files on disk are the result
         log.warning("W&B failed (%s): the report files are on disk anyway", err)
         return None
